@@ -1,0 +1,20 @@
+//! `roleplay validate FILE`: load and check an experiment; write nothing.
+
+use crate::cli::ValidateArgs;
+use crate::error::Result;
+use crate::{plan, spec};
+
+pub fn run(args: ValidateArgs) -> Result<i32> {
+    let loaded = spec::load(&args.file)?;
+    let e = &loaded.experiment;
+    crate::outln!(
+        "ok: `{}`: {} personas x {} goals x {} pairs x {} seeds = {} dialogues",
+        args.file.display(),
+        e.personas.len(),
+        e.goals.len(),
+        e.pairs.len(),
+        e.dialogue.seeds.len(),
+        plan::grid_size(e)
+    );
+    Ok(0)
+}

@@ -1,0 +1,26 @@
+//! roleplay: goal-oriented, persona-based multi-turn dialogues between two LLMs, at cluster scale.
+//!
+//! Layout: `spec` (experiment files) and `plan` (grid expansion) form a pure core; `store` owns
+//! the run directory; `commands` holds one thin module per subcommand and is the only place that
+//! prints.
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod plan;
+pub mod spec;
+pub mod store;
+pub mod ui;
+
+pub use error::{Error, Result};
+
+/// Run one command line; returns the exit code for a run that completed (0, or 1 when some work
+/// failed), or the error to render.
+pub fn run(cli: cli::Cli) -> Result<i32> {
+    use cli::Command;
+    match cli.command {
+        Command::Init(a) => commands::init::run(a),
+        Command::Validate(a) => commands::validate::run(a),
+        Command::Plan(a) => commands::plan::run(a),
+    }
+}

@@ -1,0 +1,247 @@
+//! The planner: an [`Experiment`] expanded into content-addressed work units grouped into shards.
+//!
+//! Pure and synchronous. A unit's id is a hash of everything that determines its output (persona
+//! text and features, goal text, both models' behaviour including templates and sampling, seed, max
+//! turns, stop token) and of nothing else: labels (goal ids, model names), endpoints, keys and
+//! the order of the file do not enter it. So editing one model changes exactly that model's units,
+//! and moving a server to another node changes none.
+//!
+//! Hashing is hierarchical: each persona, goal and model is digested once and a unit hashes only
+//! the digests, which keeps a million-unit plan to a few seconds.
+
+mod units_file;
+
+pub use units_file::{read_units, read_units_of_shard, write_units};
+
+use crate::spec::{Experiment, Sharding};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Bumped when the unit-id scheme changes: a different scheme means different ids.
+pub const UNIT_SCHEME: &str = "roleplay-unit-v1";
+pub const PLAN_FORMAT: &str = "roleplay-plan";
+pub const PLAN_VERSION: u32 = 1;
+
+/// 80 bits of a blake3 hash: collisions are checked for, and would need ~10^12 units to be likely.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitId(pub [u8; 10]);
+
+impl fmt::Display for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UnitId({self})")
+    }
+}
+
+impl std::str::FromStr for UnitId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{s}` is not a unit id (20 hex digits)"));
+        }
+        let mut out = [0u8; 10];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).map_err(|e| e.to_string())?, 16).map_err(|e| e.to_string())?;
+        }
+        Ok(UnitId(out))
+    }
+}
+
+impl Serialize for UnitId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One dialogue to generate. Indices point into the plan's experiment snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub id: UnitId,
+    pub shard: u32,
+    pub persona: u32,
+    pub goal: u32,
+    pub pair: u32,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    /// Index into the experiment's pairs: a shard holds units of one (inquirer, responder) pair.
+    pub pair: u32,
+    pub units: u32,
+}
+
+/// The expansion of an experiment, before it is written anywhere.
+#[derive(Debug, Clone)]
+pub struct Expansion {
+    pub units: Vec<Unit>,
+    pub shards: Vec<Shard>,
+}
+
+/// Digests of the grid's components: computed once, combined per unit.
+struct Digests {
+    personas: Vec<[u8; 32]>,
+    goals: Vec<[u8; 32]>,
+    /// Per pair: (inquirer behaviour, responder behaviour).
+    pairs: Vec<([u8; 32], [u8; 32])>,
+}
+
+fn digest_json<T: Serialize>(tag: &str, v: &T) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(tag.as_bytes());
+    h.update(&[0]);
+    h.update(&serde_json::to_vec(v).expect("serialisable"));
+    *h.finalize().as_bytes()
+}
+
+impl Digests {
+    fn new(exp: &Experiment) -> Digests {
+        #[derive(Serialize)]
+        struct PersonaIdentity<'a> {
+            text: &'a str,
+            features: &'a std::collections::BTreeMap<String, String>,
+            replica: u32,
+        }
+        let personas = exp
+            .personas
+            .iter()
+            .map(|p| digest_json("persona", &PersonaIdentity { text: &p.text, features: &p.features, replica: p.replica }))
+            .collect();
+        let goals = exp.goals.iter().map(|g| digest_json("goal", &g.text)).collect();
+        let model = |name: &str| {
+            let m = exp.model(name).expect("pairs name known models");
+            digest_json("model", &m.behaviour)
+        };
+        let pairs = exp.pairs.iter().map(|p| (model(&p.inquirer), model(&p.responder))).collect();
+        Digests { personas, goals, pairs }
+    }
+}
+
+/// The id of the dialogue (persona, goal, pair, seed) under `exp`'s dialogue settings.
+fn unit_id(d: &Digests, exp: &Experiment, persona: usize, goal: usize, pair: usize, seed: u64) -> UnitId {
+    let mut h = blake3::Hasher::new();
+    h.update(UNIT_SCHEME.as_bytes());
+    h.update(&d.personas[persona]);
+    h.update(&d.goals[goal]);
+    h.update(&d.pairs[pair].0);
+    h.update(&d.pairs[pair].1);
+    h.update(&seed.to_le_bytes());
+    h.update(&exp.dialogue.max_turns.to_le_bytes());
+    h.update(exp.dialogue.stop_token.as_bytes());
+    let mut id = [0u8; 10];
+    id.copy_from_slice(&h.finalize().as_bytes()[..10]);
+    UnitId(id)
+}
+
+/// Number of units the experiment expands to (checked against overflow when it was loaded).
+pub fn grid_size(exp: &Experiment) -> u64 {
+    exp.personas.len() as u64 * exp.goals.len() as u64 * exp.pairs.len() as u64 * exp.dialogue.seeds.len() as u64
+}
+
+/// Expand the grid into units and shards. Deterministic: within a pair, units are ordered by id
+/// and cut into shards of equal size (the last may be smaller); shards are numbered pair by pair.
+pub fn expand(exp: &Experiment) -> Result<Expansion, String> {
+    let digests = Digests::new(exp);
+    let total = grid_size(exp);
+    let per_shard: u64 = match exp.sharding {
+        Sharding::UnitsPerShard(n) => n as u64,
+        Sharding::Shards(n) => total.div_ceil(n as u64).max(1),
+    };
+    let per_pair = exp.personas.len() * exp.goals.len() * exp.dialogue.seeds.len();
+    let mut units = Vec::with_capacity(total as usize);
+    let mut shards = Vec::new();
+    for pair in 0..exp.pairs.len() {
+        let start = units.len();
+        for persona in 0..exp.personas.len() {
+            for goal in 0..exp.goals.len() {
+                for &seed in &exp.dialogue.seeds {
+                    units.push(Unit {
+                        id: unit_id(&digests, exp, persona, goal, pair, seed),
+                        shard: 0,
+                        persona: persona as u32,
+                        goal: goal as u32,
+                        pair: pair as u32,
+                        seed,
+                    });
+                }
+            }
+        }
+        let slice = &mut units[start..start + per_pair];
+        slice.sort_unstable_by_key(|u| u.id);
+        for chunk in slice.chunks_mut(per_shard as usize) {
+            let index = shards.len() as u32;
+            for u in chunk.iter_mut() {
+                u.shard = index;
+            }
+            shards.push(Shard { index, pair: pair as u32, units: chunk.len() as u32 });
+        }
+    }
+    let mut ids: Vec<UnitId> = units.iter().map(|u| u.id).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("two units share the id {} (a hash collision, or two identical units)", w[0]));
+    }
+    Ok(Expansion { units, shards })
+}
+
+/// The plan manifest (`plan.json`): the resolved experiment, the shards, and where the units are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: String,
+    pub version: u32,
+    pub tool_version: String,
+    /// Hash of the unit scheme and the resolved experiment: equal hashes, equal plans.
+    pub plan_hash: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// The experiment file it was planned from (informational).
+    pub source: String,
+    /// Name of the units file beside this manifest.
+    pub units_file: String,
+    pub total_units: u64,
+    pub shards: Vec<Shard>,
+    pub experiment: Experiment,
+}
+
+/// The hash that decides whether a plan is unchanged.
+pub fn plan_hash(exp: &Experiment) -> String {
+    let d = digest_json(UNIT_SCHEME, exp);
+    blake3::Hash::from(d).to_hex()[..32].to_string()
+}
+
+impl Plan {
+    pub fn new(exp: Experiment, expansion: &Expansion, source: String) -> Plan {
+        let plan_hash = plan_hash(&exp);
+        Plan {
+            format: PLAN_FORMAT.into(),
+            version: PLAN_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            units_file: format!("units-{}.tsv", &plan_hash[..16]),
+            plan_hash,
+            created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            source,
+            total_units: expansion.units.len() as u64,
+            shards: expansion.shards.clone(),
+            experiment: exp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

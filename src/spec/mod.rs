@@ -1,0 +1,252 @@
+//! The experiment: what a researcher writes (TOML), resolved into validated types.
+//!
+//! `raw` mirrors the file; `resolve` checks it and produces an [`Experiment`], the only form the
+//! rest of the tool sees. An `Experiment` is also what the plan stores as its snapshot, so workers
+//! on other machines never need the original TOML or the persona and goal files.
+
+pub mod raw;
+mod resolve;
+mod sources;
+pub mod template;
+
+pub use raw::Sampling;
+pub use resolve::{load, load_str};
+pub use template::Template;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Experiment {
+    pub name: String,
+    pub dialogue: DialogueSettings,
+    /// Sorted by id: the order in the file does not matter.
+    pub personas: Vec<Persona>,
+    /// Sorted by id.
+    pub goals: Vec<Goal>,
+    /// Sorted by name.
+    pub models: Vec<Model>,
+    /// Sorted by (inquirer, responder).
+    pub pairs: Vec<Pair>,
+    pub sharding: Sharding,
+    pub worker: WorkerSettings,
+    pub slurm: SlurmSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DialogueSettings {
+    pub max_turns: u32,
+    pub stop_token: String,
+    /// Ascending, without repeats.
+    pub seeds: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Persona {
+    /// `p-` and a hash of the feature map (of the text when there are no features).
+    pub id: String,
+    /// What the inquirer is told it is.
+    pub text: String,
+    /// Kept for analysis: every feature becomes a column of the dataset.
+    pub features: BTreeMap<String, String>,
+    /// 0 for the first persona with this text and features, k for its k-th further copy.
+    #[serde(default)]
+    pub replica: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Goal {
+    pub id: String,
+    pub text: String,
+}
+
+impl Goal {
+    /// The goal split on newlines, each line trimmed, empty lines dropped. Line 0 is the first
+    /// turn's objective; line k is handed to the inquirer at turn k (METHOD.md).
+    pub fn lines(&self) -> Vec<&str> {
+        self.text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Inquirer,
+    Responder,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Inquirer => "inquirer",
+            Role::Responder => "responder",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Any OpenAI-compatible HTTP endpoint (vLLM, TGI, llama.cpp, Ollama, OpenAI).
+    Openai,
+    /// Azure OpenAI: deployment URL, `api-version`, `api-key` header.
+    Azure,
+    /// The built-in offline simulator.
+    Sim,
+    /// Canned replies from a JSONL file.
+    Replay,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// A messages API: system prompt plus alternating user/assistant messages.
+    Chat,
+    /// A raw text-completion API: the whole history concatenated into one prompt.
+    Completions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// How to reach the model. Not part of any unit id: moving a server changes no output.
+    pub transport: Transport,
+    /// Everything that shapes the model's output. Part of the unit id of every unit it is in.
+    pub behaviour: Behaviour,
+}
+
+impl Model {
+    pub fn plays(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn templates(&self, role: Role) -> Option<&Templates> {
+        match role {
+            Role::Inquirer => self.behaviour.inquirer_templates.as_ref(),
+            Role::Responder => self.behaviour.responder_templates.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Transport {
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_version: Option<String>,
+    pub timeout_secs: f64,
+    pub max_retries: u32,
+    /// Requests in flight to this model from one worker.
+    pub concurrency: Option<u32>,
+    /// Absolute path of the replay file (`replay` backend).
+    pub replay_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Behaviour {
+    pub backend: Backend,
+    pub api: Api,
+    /// Model id sent to the server (or the Azure deployment name).
+    pub model: String,
+    pub context_length: Option<u32>,
+    pub regenerate_tries: u32,
+    pub idx_of_possible_prompt: usize,
+    pub self_reply_markers: Vec<String>,
+    pub sampling: Sampling,
+    pub degeneration: Degeneration,
+    pub inquirer_templates: Option<Templates>,
+    pub responder_templates: Option<Templates>,
+    pub sim: Option<SimSettings>,
+    /// blake3 of the replay file's bytes: new replies, new units.
+    pub replay_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Degeneration {
+    pub max_n: usize,
+    pub r: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Templates {
+    pub system_prompt: Option<Template>,
+    pub first_turn: Template,
+    pub nth_turn: Template,
+    pub response_forwarding: Option<Template>,
+    pub mid_response_forwarding: Option<Template>,
+    pub model_output: Template,
+}
+
+/// Rates and shapes of the built-in simulator's behaviour (see `llm::sim`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SimSettings {
+    pub no_prompt_rate: f64,
+    pub multi_prompt_rate: f64,
+    pub degenerate_rate: f64,
+    pub empty_rate: f64,
+    pub stop_after_turns: [u32; 2],
+    pub latency_ms: f64,
+    pub words: [u32; 2],
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            no_prompt_rate: 0.03,
+            multi_prompt_rate: 0.1,
+            degenerate_rate: 0.02,
+            empty_rate: 0.01,
+            stop_after_turns: [2, 9],
+            latency_ms: 0.0,
+            words: [10, 60],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pair {
+    pub inquirer: String,
+    pub responder: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Sharding {
+    #[serde(rename = "units_per_shard")]
+    UnitsPerShard(u32),
+    #[serde(rename = "shards")]
+    Shards(u32),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerSettings {
+    pub concurrency: u32,
+    pub parallel_shards: u32,
+    pub grace_secs: f64,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SlurmSettings {
+    pub template: String,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub time: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    pub mem: Option<String>,
+    pub gpus: Option<String>,
+    pub array_throttle: Option<u32>,
+    pub signal_grace_secs: u32,
+    pub extra_directives: Vec<String>,
+    pub setup: Vec<String>,
+}
+
+impl Experiment {
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
