@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod dialogue;
 pub mod error;
+pub mod llm;
 pub mod plan;
 pub mod spec;
 pub mod store;

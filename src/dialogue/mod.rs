@@ -1,0 +1,49 @@
+//! The roleplay method: one dialogue between a persona-playing inquirer and a responder.
+//!
+//! `rules` holds the three text rules (prompt extraction, stop detection, degeneration check);
+//! `prompt` builds each role's input (chat messages or concatenated raw text); `engine` runs the
+//! turn loop, replaying calls already recorded in the journal so a resumed dialogue repeats no
+//! completed call.
+
+pub mod record;
+
+pub use record::*;
+
+use crate::llm::{CallKey, ChatModel};
+use crate::plan::UnitId;
+use crate::spec::{DialogueSettings, Goal, Model, Persona};
+use std::collections::HashMap;
+
+/// Everything that determines one dialogue.
+#[derive(Debug, Clone, Copy)]
+pub struct DialogueInput<'a> {
+    pub unit: UnitId,
+    pub seed: u64,
+    pub persona: &'a Persona,
+    pub goal: &'a Goal,
+    pub inquirer: &'a Model,
+    pub responder: &'a Model,
+    pub settings: &'a DialogueSettings,
+}
+
+/// Calls already made for this dialogue (read back from the journal): used instead of a request.
+pub type CallCache = HashMap<CallKey, Call>;
+
+/// Receives every new completed call before the engine goes on (the worker's journal).
+pub trait Recorder: Send + Sync {
+    fn record(&self, event: &CallEvent) -> crate::Result<()>;
+}
+
+/// Run (or resume) one dialogue to its end. Backend failures end the dialogue with
+/// [`EndReason::BackendError`]; an `Err` means the recorder failed and the dialogue was abandoned
+/// unfinished.
+pub async fn run_dialogue(
+    input: DialogueInput<'_>,
+    inquirer: &dyn ChatModel,
+    responder: &dyn ChatModel,
+    cache: &CallCache,
+    recorder: &dyn Recorder,
+) -> crate::Result<DialogueRecord> {
+    let _ = (input, inquirer, responder, cache, recorder);
+    Err(crate::Error::runtime("the dialogue engine is not built yet"))
+}

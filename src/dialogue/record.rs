@@ -1,0 +1,158 @@
+//! What a dialogue leaves behind: its calls, its turns and how it ended.
+//!
+//! These types are the contract between the engine (which produces them), the worker's journal
+//! (which stores them, so their serialised form is versioned with the journal) and merge (which
+//! turns them into Parquet). Add fields with `#[serde(default)]`; never rename one.
+
+use crate::llm::{CallKey, ErrorKind};
+use crate::plan::UnitId;
+use crate::spec::Sampling;
+use serde::{Deserialize, Serialize};
+
+/// One completed model call, as used by the method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// The text the method works on: for completion APIs, after echo removal and the self-reply cut.
+    pub output: String,
+    /// What the server returned, when it differs from `output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<String>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub latency_ms: f64,
+    pub finish_reason: Option<String>,
+    /// HTTP attempts (retries of transient faults included).
+    pub attempts: u32,
+    /// The sampling settings sent (randomised on regeneration).
+    pub sampling: Sampling,
+    /// The output was cut at a self-reply marker.
+    #[serde(default)]
+    pub self_reply_cut: bool,
+    /// Oldest (user, assistant) pairs dropped to fit the context window (chat APIs).
+    #[serde(default)]
+    pub trimmed_pairs: u32,
+}
+
+/// One completed turn: the inquirer's prompt and the responder's reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub index: u32,
+    /// The inquirer generation whose prompt was used.
+    pub inquirer: Call,
+    /// The prompt extracted from it (rule A), forwarded to the responder.
+    pub prompt: String,
+    /// Quoted spans found in that output (more than 1 is a "multiple prompts" event).
+    pub num_prompts: u32,
+    /// Earlier generations of this turn that held no prompt (regenerations that failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Call>,
+    pub responder: Call,
+}
+
+/// Why a dialogue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The inquirer said the stop token: it considers its goal reached.
+    Stop,
+    /// Every turn was used.
+    MaxTurns,
+    /// No prompt could be extracted from the inquirer's output (after any regenerations).
+    NoPrompt,
+    DegenerateInquirer,
+    DegenerateResponder,
+    EmptyInquirer,
+    EmptyResponder,
+    /// The prompt no longer fits the context window.
+    ContextOverflow,
+    /// A backend failed for good; `Ending::error` says how.
+    BackendError,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 9] = [
+        EndReason::Stop,
+        EndReason::MaxTurns,
+        EndReason::NoPrompt,
+        EndReason::DegenerateInquirer,
+        EndReason::DegenerateResponder,
+        EndReason::EmptyInquirer,
+        EndReason::EmptyResponder,
+        EndReason::ContextOverflow,
+        EndReason::BackendError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Stop => "stop",
+            EndReason::MaxTurns => "max_turns",
+            EndReason::NoPrompt => "no_prompt",
+            EndReason::DegenerateInquirer => "degenerate_inquirer",
+            EndReason::DegenerateResponder => "degenerate_responder",
+            EndReason::EmptyInquirer => "empty_inquirer",
+            EndReason::EmptyResponder => "empty_responder",
+            EndReason::ContextOverflow => "context_overflow",
+            EndReason::BackendError => "backend_error",
+        }
+    }
+
+    /// A dialogue that ended like this is a failure of the run, not a result of the method.
+    pub fn is_failure(self) -> bool {
+        self == EndReason::BackendError
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendFailure {
+    pub role: crate::spec::Role,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// How the dialogue ended, with the calls of the unfinished last turn (e.g. the `FINISH` output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ending {
+    pub reason: EndReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<BackendFailure>,
+    /// Inquirer generations of the last, incomplete turn (the one that ended the dialogue).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_inquirer: Vec<Call>,
+    /// The responder's reply of the last turn when that reply ended it (empty or degenerate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_responder: Option<Call>,
+}
+
+/// Per-dialogue counters (the reference kept only run-wide ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Turns whose inquirer output held several quoted prompts.
+    pub multiple_prompts: u32,
+    /// Inquirer regenerations made because no prompt was found.
+    pub regenerations: u32,
+    /// Turns where a regeneration found a prompt.
+    pub regeneration_helped: u32,
+    /// Outputs cut at a self-reply marker.
+    pub self_reply_cuts: u32,
+    /// HTTP retries of transient faults, both roles.
+    pub retries: u32,
+    /// (user, assistant) pairs dropped to fit context windows.
+    pub trimmed_pairs: u32,
+}
+
+/// A finished dialogue: everything merge needs for its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialogueRecord {
+    pub unit: UnitId,
+    pub turns: Vec<Turn>,
+    pub ending: Ending,
+    pub counters: Counters,
+}
+
+/// A completed call that the journal records as soon as it returns, so that a restarted worker
+/// resumes inside a dialogue without repeating it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub key: CallKey,
+    pub call: Call,
+}

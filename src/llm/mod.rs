@@ -1,0 +1,130 @@
+//! Model backends behind one trait: OpenAI-compatible HTTP (and Azure), the built-in simulator,
+//! and replay of recorded outputs.
+//!
+//! The dialogue engine builds a [`Request`] (a chat message list or a raw text prompt, plus the
+//! sampling to use) and gets back a [`Completion`] or a [`CallError`]. Retries of transient faults
+//! happen inside the backend (one policy, `retry.rs`); what reaches the engine is final.
+
+use crate::plan::UnitId;
+use crate::spec::{Role, Sampling};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+
+/// One chat message (OpenAI roles: `system`, `user`, `assistant`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// What is sent: a message list for chat APIs, one concatenated text for completion APIs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+/// Which call of which dialogue this is. Sent to HTTP servers as `x-roleplay-*` headers (harmless
+/// to real servers; the sim-server counts calls by them) and used to seed the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallKey {
+    pub unit: UnitId,
+    pub seed: u64,
+    pub turn: u32,
+    pub role: Role,
+    /// 0 for the first generation of this (turn, role); k for the k-th regeneration.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub key: CallKey,
+    pub prompt: Prompt,
+    pub sampling: Sampling,
+}
+
+/// A successful generation, as the server returned it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub text: String,
+    /// From the server's `usage` when it reports one.
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub finish_reason: Option<String>,
+    /// Wall time of the successful attempt plus waits between retries, in milliseconds.
+    pub latency_ms: f64,
+    /// HTTP attempts made (1 when the first one succeeded).
+    pub attempts: u32,
+}
+
+/// Why a call failed for good (after any retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The prompt does not fit the model's context window (HTTP 400 saying so).
+    ContextOverflow,
+    /// 401/403: a wrong or missing key.
+    Auth,
+    /// The environment variable named by `api_key_env` is not set.
+    MissingKey,
+    /// Other 4xx: the server refused the request.
+    BadRequest,
+    /// 404: wrong URL or unknown model.
+    NotFound,
+    /// Transient faults (5xx, 429, timeouts, resets) that outlasted every retry.
+    RetriesExhausted,
+    /// Could not connect at all.
+    Unreachable,
+    /// The body was not the JSON of a completion (HTML, truncated, malformed).
+    BadResponse,
+    /// The replay file has no reply for this call.
+    ReplayExhausted,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ContextOverflow => "context_overflow",
+            ErrorKind::Auth => "auth",
+            ErrorKind::MissingKey => "missing_key",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::ReplayExhausted => "replay_exhausted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallError {
+    pub kind: ErrorKind,
+    /// Names the model and the endpoint, e.g. "model `gpt-4` at `https://...`: HTTP 401 ...".
+    pub message: String,
+    /// HTTP attempts made before giving up.
+    pub attempts: u32,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A model that completes prompts. Implementations are cheap to share (`Arc`) across many
+/// dialogues in flight.
+pub trait ChatModel: Send + Sync {
+    /// The model's configured name (for messages).
+    fn name(&self) -> &str;
+    fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>>;
+}
