@@ -8,17 +8,24 @@ pub fn starter() -> String {
     include_str!("../../jobs/quickstart.toml")
         .replace("run_dir = \"../runs/quickstart\"", "run_dir = \"runs/experiment\"")
         .replace("name = \"quickstart\"", "name = \"experiment\"")
-        .replace("#   roleplay run jobs/quickstart.toml", "#   roleplay run experiment.toml")
+        .replace(
+            "#   roleplay run jobs/quickstart.toml",
+            "#   roleplay run experiment.toml",
+        )
 }
 
 pub fn run(args: InitArgs) -> Result<i32> {
     let path = args.dir.join("experiment.toml");
     if path.exists() && !args.force {
-        return Err(Error::config(format!("`{}` already exists", path.display())).with_hint("pass `--force` to overwrite it, or choose another folder"));
+        return Err(Error::config(format!("`{}` already exists", path.display()))
+            .with_hint("pass `--force` to overwrite it, or choose another folder"));
     }
     fs_err::create_dir_all(&args.dir)?;
     crate::store::write_atomic(&path, starter().as_bytes())?;
     crate::outln!("wrote {}", path.display());
-    eprintln!("next: `roleplay validate {0}`, then `roleplay plan {0}`", path.display());
+    eprintln!(
+        "next: `roleplay validate {0}`, then `roleplay plan {0}`",
+        path.display()
+    );
     Ok(0)
 }

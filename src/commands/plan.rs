@@ -46,7 +46,10 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     let loaded = spec::load(&args.file)?;
     let run_dir = args.run_dir.clone().unwrap_or(loaded.run_dir.clone());
     let exp = loaded.experiment;
-    let expansion = plan::expand(&exp).map_err(|e| Error::config(format!("`{}`: {e}", args.file.display())).with_hint("make personas and goals distinct"))?;
+    let expansion = plan::expand(&exp).map_err(|e| {
+        Error::config(format!("`{}`: {e}", args.file.display()))
+            .with_hint("make the models differ (e.g. sampling), or drop one of the pairs")
+    })?;
     let plan = Plan::new(exp.clone(), &expansion, loaded.source.display().to_string());
     let (status, kept) = if args.dry_run {
         ("dry-run", None)
@@ -62,7 +65,14 @@ pub fn run(args: PlanArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn summarize<'a>(status: &'a str, exp: &'a Experiment, run_dir: &Path, plan: &Plan, x: &Expansion, kept: Option<u64>) -> Summary<'a> {
+fn summarize<'a>(
+    status: &'a str,
+    exp: &'a Experiment,
+    run_dir: &Path,
+    plan: &Plan,
+    x: &Expansion,
+    kept: Option<u64>,
+) -> Summary<'a> {
     let pairs = exp
         .pairs
         .iter()
@@ -85,7 +95,12 @@ fn summarize<'a>(status: &'a str, exp: &'a Experiment, run_dir: &Path, plan: &Pl
         plan_hash: plan.plan_hash.clone(),
         units: x.units.len() as u64,
         shards: x.shards.len(),
-        grid: Grid { personas: exp.personas.len(), goals: exp.goals.len(), pairs: exp.pairs.len(), seeds: exp.dialogue.seeds.len() },
+        grid: Grid {
+            personas: exp.personas.len(),
+            goals: exp.goals.len(),
+            pairs: exp.pairs.len(),
+            seeds: exp.dialogue.seeds.len(),
+        },
         pairs,
         kept_units: kept,
     }
@@ -100,10 +115,22 @@ fn print_summary(s: &Summary) {
     };
     crate::outln!(
         "{verb} {} dialogues in {} shards ({} personas x {} goals x {} pairs x {} seeds)",
-        s.units, s.shards, s.grid.personas, s.grid.goals, s.grid.pairs, s.grid.seeds
+        s.units,
+        s.shards,
+        s.grid.personas,
+        s.grid.goals,
+        s.grid.pairs,
+        s.grid.seeds
     );
     for p in &s.pairs {
-        crate::outln!("  {} -> {}: {} dialogues, {} shards of up to {}", p.inquirer, p.responder, p.units, p.shards, p.largest_shard);
+        crate::outln!(
+            "  {} -> {}: {} dialogues, {} shards of up to {}",
+            p.inquirer,
+            p.responder,
+            p.units,
+            p.shards,
+            p.largest_shard
+        );
     }
     if let Some(k) = s.kept_units {
         crate::outln!("  {k} units kept their id (and any finished work)");
@@ -121,7 +148,10 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
         if old.plan_hash == plan.plan_hash {
             return Ok(("unchanged", None));
         }
-        let old_ids: HashSet<_> = plan::read_units(&rd.units_path(&old))?.into_iter().map(|u| u.id).collect();
+        let old_ids: HashSet<_> = plan::read_units(&rd.units_path(&old))?
+            .into_iter()
+            .map(|u| u.id)
+            .collect();
         let kept = x.units.iter().filter(|u| old_ids.contains(&u.id)).count() as u64;
         if !replan {
             return Err(Error::config(format!(
@@ -143,14 +173,23 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
     if root.exists() {
         let empty = fs_err::read_dir(root)?.next().is_none();
         if !empty {
-            return Err(Error::config(format!("`{}` exists and is not a run directory", root.display()))
-                .with_hint("choose an empty or new folder with `--run-dir`"));
+            return Err(
+                Error::config(format!("`{}` exists and is not a run directory", root.display()))
+                    .with_hint("choose an empty or new folder with `--run-dir`"),
+            );
         }
     }
     // Build the run directory beside its final place, then rename: no partial run directory.
-    let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let parent = root
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     fs_err::create_dir_all(&parent)?;
-    let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.planning."))
         .tempdir_in(&parent)

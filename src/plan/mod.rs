@@ -49,7 +49,8 @@ impl std::str::FromStr for UnitId {
         }
         let mut out = [0u8; 10];
         for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).map_err(|e| e.to_string())?, 16).map_err(|e| e.to_string())?;
+            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).map_err(|e| e.to_string())?, 16)
+                .map_err(|e| e.to_string())?;
         }
         Ok(UnitId(out))
     }
@@ -121,14 +122,27 @@ impl Digests {
         let personas = exp
             .personas
             .iter()
-            .map(|p| digest_json("persona", &PersonaIdentity { text: &p.text, features: &p.features, replica: p.replica }))
+            .map(|p| {
+                digest_json(
+                    "persona",
+                    &PersonaIdentity {
+                        text: &p.text,
+                        features: &p.features,
+                        replica: p.replica,
+                    },
+                )
+            })
             .collect();
         let goals = exp.goals.iter().map(|g| digest_json("goal", &g.text)).collect();
         let model = |name: &str| {
             let m = exp.model(name).expect("pairs name known models");
             digest_json("model", &m.behaviour)
         };
-        let pairs = exp.pairs.iter().map(|p| (model(&p.inquirer), model(&p.responder))).collect();
+        let pairs = exp
+            .pairs
+            .iter()
+            .map(|p| (model(&p.inquirer), model(&p.responder)))
+            .collect();
         Digests { personas, goals, pairs }
     }
 }
@@ -158,6 +172,15 @@ pub fn grid_size(exp: &Experiment) -> u64 {
 /// and cut into shards of equal size (the last may be smaller); shards are numbered pair by pair.
 pub fn expand(exp: &Experiment) -> Result<Expansion, String> {
     let digests = Digests::new(exp);
+    for (i, a) in digests.pairs.iter().enumerate() {
+        if let Some(j) = digests.pairs[..i].iter().position(|b| b == a) {
+            let (p, q) = (&exp.pairs[j], &exp.pairs[i]);
+            return Err(format!(
+                "pairs ({}, {}) and ({}, {}) would generate the same dialogues: their models behave identically (same backend, model id, sampling and templates)",
+                p.inquirer, p.responder, q.inquirer, q.responder
+            ));
+        }
+    }
     let total = grid_size(exp);
     let per_shard: u64 = match exp.sharding {
         Sharding::UnitsPerShard(n) => n as u64,
@@ -189,13 +212,20 @@ pub fn expand(exp: &Experiment) -> Result<Expansion, String> {
             for u in chunk.iter_mut() {
                 u.shard = index;
             }
-            shards.push(Shard { index, pair: pair as u32, units: chunk.len() as u32 });
+            shards.push(Shard {
+                index,
+                pair: pair as u32,
+                units: chunk.len() as u32,
+            });
         }
     }
     let mut ids: Vec<UnitId> = units.iter().map(|u| u.id).collect();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("two units share the id {} (a hash collision, or two identical units)", w[0]));
+        return Err(format!(
+            "two units share the id {} (a hash collision, or two identical units)",
+            w[0]
+        ));
     }
     Ok(Expansion { units, shards })
 }
@@ -234,7 +264,10 @@ impl Plan {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             units_file: format!("units-{}.tsv", &plan_hash[..16]),
             plan_hash,
-            created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             source,
             total_units: expansion.units.len() as u64,
             shards: expansion.shards.clone(),

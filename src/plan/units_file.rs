@@ -15,15 +15,20 @@ pub fn write_units(out: &mut impl Write, units: &[Unit]) -> std::io::Result<()> 
     order.sort_unstable_by_key(|u| (u.shard, u.id));
     writeln!(out, "{HEADER}")?;
     for u in order {
-        writeln!(out, "{}\t{}\t{}\t{}\t{}\t{}", u.id, u.shard, u.persona, u.goal, u.pair, u.seed)?;
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            u.id, u.shard, u.persona, u.goal, u.pair, u.seed
+        )?;
     }
     Ok(())
 }
 
 fn parse_line(path: &Path, n: usize, line: &str) -> Result<Unit> {
     let bad = || {
-        Error::config(format!("`{}` line {n}: not a unit record", path.display()))
-            .with_hint("the units file is written by `roleplay plan` and must not be edited; plan again with `--replan`")
+        Error::config(format!("`{}` line {n}: not a unit record", path.display())).with_hint(
+            "the units file is written by `roleplay plan` and must not be edited; plan again with `--replan`",
+        )
     };
     let mut f = line.split('\t');
     let mut next = || f.next().ok_or_else(bad);
@@ -33,7 +38,14 @@ fn parse_line(path: &Path, n: usize, line: &str) -> Result<Unit> {
     let goal = next()?.parse().map_err(|_| bad())?;
     let pair = next()?.parse().map_err(|_| bad())?;
     let seed = next()?.parse().map_err(|_| bad())?;
-    Ok(Unit { id, shard, persona, goal, pair, seed })
+    Ok(Unit {
+        id,
+        shard,
+        persona,
+        goal,
+        pair,
+        seed,
+    })
 }
 
 fn for_each_unit(path: &Path, mut f: impl FnMut(Unit) -> bool) -> Result<()> {

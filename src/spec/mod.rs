@@ -64,11 +64,7 @@ impl Goal {
     /// The goal split on newlines, each line trimmed, empty lines dropped. Line 0 is the first
     /// turn's objective; line k is handed to the inquirer at turn k (METHOD.md).
     pub fn lines(&self) -> Vec<&str> {
-        self.text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
     }
 }
 

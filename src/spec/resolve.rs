@@ -55,7 +55,12 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
             .err("name", format!("`{name}` is not a usable experiment name"))
             .with_hint("use letters, digits, `-`, `_` and `.` only (it names jobs and folders)"));
     }
-    let run_dir = cx.base.join(raw.run_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| Path::new("runs").join(&name)));
+    let run_dir = cx.base.join(
+        raw.run_dir
+            .as_deref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("runs").join(&name)),
+    );
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
         experiment,
@@ -122,25 +127,37 @@ impl Cx {
         if !(1..=MAX_TURNS).contains(&max_turns) {
             return Err(self
                 .err("dialogue.max_turns", format!("{max_turns} is out of range"))
-                .with_hint(format!("use a number of turns from 1 to {MAX_TURNS} (the paper used 12)")));
+                .with_hint(format!(
+                    "use a number of turns from 1 to {MAX_TURNS} (the paper used 12)"
+                )));
         }
         let stop_token = raw.stop_token.clone().unwrap_or_else(|| "FINISH".into());
-        if stop_token.is_empty() || stop_token.chars().any(|c| c.is_whitespace() || c.is_ascii_punctuation()) {
+        if stop_token.is_empty()
+            || stop_token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_ascii_punctuation())
+        {
             return Err(self
                 .err("dialogue.stop_token", format!("`{stop_token}` cannot be detected"))
                 .with_hint("the stop token is compared with the first and last word of an output, stripped of punctuation: use one word without punctuation, such as `FINISH`"));
         }
         let seeds = raw.seeds.clone().unwrap_or_else(|| vec![0]);
         if seeds.is_empty() {
-            return Err(self.err("dialogue.seeds", "the list is empty").with_hint("give at least one seed, e.g. `seeds = [73, 321, 8479]`"));
+            return Err(self
+                .err("dialogue.seeds", "the list is empty")
+                .with_hint("give at least one seed, e.g. `seeds = [73, 321, 8479]`"));
         }
         let mut set = BTreeSet::new();
         for s in &seeds {
             if *s < 0 {
-                return Err(self.err("dialogue.seeds", format!("seed {s} is negative")).with_hint("seeds are non-negative integers"));
+                return Err(self
+                    .err("dialogue.seeds", format!("seed {s} is negative"))
+                    .with_hint("seeds are non-negative integers"));
             }
             if !set.insert(*s as u64) {
-                return Err(self.err("dialogue.seeds", format!("seed {s} is listed twice")).with_hint("remove the repeat: the same seed twice would plan the same dialogues twice"));
+                return Err(self
+                    .err("dialogue.seeds", format!("seed {s} is listed twice"))
+                    .with_hint("remove the repeat: the same seed twice would plan the same dialogues twice"));
             }
         }
         Ok(DialogueSettings {
@@ -152,7 +169,9 @@ impl Cx {
 
     fn models(&self, raw: &[RawModel]) -> Result<Vec<Model>> {
         if raw.is_empty() {
-            return Err(self.err("models", "no models are declared").with_hint("add `[[models]]` tables: at least one inquirer and one responder"));
+            return Err(self
+                .err("models", "no models are declared")
+                .with_hint("add `[[models]]` tables: at least one inquirer and one responder"));
         }
         let mut seen = BTreeSet::new();
         let mut models = Vec::with_capacity(raw.len());
@@ -160,7 +179,9 @@ impl Cx {
             if !seen.insert(m.name.clone()) {
                 return Err(self
                     .err(&format!("models[{}].name", m.name), "the name is used by two models")
-                    .with_hint("give each `[[models]]` table its own name; two entries may point at the same endpoint"));
+                    .with_hint(
+                        "give each `[[models]]` table its own name; two entries may point at the same endpoint",
+                    ));
             }
             models.push(self.model(m)?);
         }
@@ -186,16 +207,22 @@ impl Cx {
                 "inquirer" => Role::Inquirer,
                 "responder" => Role::Responder,
                 other => {
-                    return Err(self.err(&key("roles"), format!("unknown role `{other}`")).with_hint("roles are `inquirer` and `responder`"));
+                    return Err(self
+                        .err(&key("roles"), format!("unknown role `{other}`"))
+                        .with_hint("roles are `inquirer` and `responder`"));
                 }
             };
             if roles.contains(&role) {
-                return Err(self.err(&key("roles"), format!("role `{r}` is listed twice")).with_hint("list each role once"));
+                return Err(self
+                    .err(&key("roles"), format!("role `{r}` is listed twice"))
+                    .with_hint("list each role once"));
             }
             roles.push(role);
         }
         if roles.is_empty() {
-            return Err(self.err(&key("roles"), "the list is empty").with_hint("set `roles = [\"inquirer\"]`, `[\"responder\"]` or both"));
+            return Err(self
+                .err(&key("roles"), "the list is empty")
+                .with_hint("set `roles = [\"inquirer\"]`, `[\"responder\"]` or both"));
         }
         roles.sort();
         let backend = match m.backend.as_str() {
@@ -213,7 +240,9 @@ impl Cx {
             None | Some("chat") => Api::Chat,
             Some("completions") => Api::Completions,
             Some(other) => {
-                return Err(self.err(&key("api"), format!("unknown api `{other}`")).with_hint("use `chat` (messages API) or `completions` (raw text completion)"));
+                return Err(self
+                    .err(&key("api"), format!("unknown api `{other}`"))
+                    .with_hint("use `chat` (messages API) or `completions` (raw text completion)"));
             }
         };
         let is_http = matches!(backend, Backend::Openai | Backend::Azure);
@@ -221,11 +250,19 @@ impl Cx {
             (Some(url), true) => Some(self.base_url(&key("base_url"), url)?),
             (None, true) => {
                 return Err(self
-                    .err(&key("base_url"), format!("the `{}` backend needs an endpoint", m.backend))
+                    .err(
+                        &key("base_url"),
+                        format!("the `{}` backend needs an endpoint", m.backend),
+                    )
                     .with_hint("set `base_url`, e.g. `http://127.0.0.1:8000/v1` for a local vLLM server"));
             }
             (Some(_), false) => {
-                return Err(self.err(&key("base_url"), format!("the `{}` backend does not use an endpoint", m.backend)).with_hint("remove `base_url`"));
+                return Err(self
+                    .err(
+                        &key("base_url"),
+                        format!("the `{}` backend does not use an endpoint", m.backend),
+                    )
+                    .with_hint("remove `base_url`"));
             }
             (None, false) => None,
         };
@@ -239,36 +276,51 @@ impl Cx {
                     .with_hint("put the key in the environment and give the variable's name, e.g. `api_key_env = \"OPENAI_API_KEY\"`"));
             }
             if !is_http {
-                return Err(self.err(&key("api_key_env"), format!("the `{}` backend takes no key", m.backend)).with_hint("remove `api_key_env`"));
+                return Err(self
+                    .err(&key("api_key_env"), format!("the `{}` backend takes no key", m.backend))
+                    .with_hint("remove `api_key_env`"));
             }
         }
         if backend == Backend::Azure && m.api_version.is_none() {
-            return Err(self.err(&key("api_version"), "the `azure` backend needs an API version").with_hint("set `api_version`, e.g. `\"2024-02-01\"`"));
+            return Err(self
+                .err(&key("api_version"), "the `azure` backend needs an API version")
+                .with_hint("set `api_version`, e.g. `\"2024-02-01\"`"));
         }
         if backend != Backend::Azure && m.api_version.is_some() {
-            return Err(self.err(&key("api_version"), "only the `azure` backend takes an API version").with_hint("remove `api_version`"));
+            return Err(self
+                .err(&key("api_version"), "only the `azure` backend takes an API version")
+                .with_hint("remove `api_version`"));
         }
         let model_id = match (&m.model, backend) {
             (Some(id), _) if !id.trim().is_empty() => id.clone(),
             (_, Backend::Sim) => "roleplay-sim".into(),
             (_, Backend::Replay) => "replay".into(),
             _ => {
-                return Err(self.err(&key("model"), "the model id is missing").with_hint("set `model` to the id the server knows (for Azure, the deployment name)"));
+                return Err(self
+                    .err(&key("model"), "the model id is missing")
+                    .with_hint("set `model` to the id the server knows (for Azure, the deployment name)"));
             }
         };
-        let context_length = opt_range(self, &key("context_length"), m.context_length, 16, 100_000_000)?.map(|v| v as u32);
-        let regenerate_tries = opt_range(self, &key("regenerate_tries"), m.regenerate_tries, 0, 100)?.unwrap_or(0) as u32;
-        let idx = opt_range(self, &key("idx_of_possible_prompt"), m.idx_of_possible_prompt, 0, 100)?.unwrap_or(0) as usize;
+        let context_length =
+            opt_range(self, &key("context_length"), m.context_length, 16, 100_000_000)?.map(|v| v as u32);
+        let regenerate_tries =
+            opt_range(self, &key("regenerate_tries"), m.regenerate_tries, 0, 100)?.unwrap_or(0) as u32;
+        let idx =
+            opt_range(self, &key("idx_of_possible_prompt"), m.idx_of_possible_prompt, 0, 100)?.unwrap_or(0) as usize;
         let max_retries = opt_range(self, &key("max_retries"), m.max_retries, 0, 100)?.unwrap_or(5) as u32;
         let concurrency = opt_range(self, &key("concurrency"), m.concurrency, 1, 100_000)?.map(|v| v as u32);
         let timeout_secs = m.timeout_secs.unwrap_or(300.0);
         if !(timeout_secs > 0.0 && timeout_secs <= 86_400.0) {
-            return Err(self.err(&key("timeout_secs"), format!("{timeout_secs} is out of range")).with_hint("use seconds between 0 and 86400"));
+            return Err(self
+                .err(&key("timeout_secs"), format!("{timeout_secs} is out of range"))
+                .with_hint("use seconds between 0 and 86400"));
         }
         let self_reply_markers = match &m.self_reply_markers {
             Some(list) => {
                 if list.iter().any(String::is_empty) {
-                    return Err(self.err(&key("self_reply_markers"), "a marker is empty").with_hint("remove the empty string"));
+                    return Err(self
+                        .err(&key("self_reply_markers"), "a marker is empty")
+                        .with_hint("remove the empty string"));
                 }
                 list.clone()
             }
@@ -280,10 +332,18 @@ impl Cx {
             max_n: opt_range(self, &key("degeneration.max_n"), m.degeneration.max_n, 2, 64)?.unwrap_or(4) as usize,
             r: opt_range(self, &key("degeneration.r"), m.degeneration.r, 2, 64)?.unwrap_or(2) as usize,
         };
-        if m.templates.inquirer.as_ref().is_some_and(|t| t.inquirer.is_some() || t.responder.is_some())
-            || m.templates.responder.as_ref().is_some_and(|t| t.inquirer.is_some() || t.responder.is_some())
+        if m.templates
+            .inquirer
+            .as_ref()
+            .is_some_and(|t| t.inquirer.is_some() || t.responder.is_some())
+            || m.templates
+                .responder
+                .as_ref()
+                .is_some_and(|t| t.inquirer.is_some() || t.responder.is_some())
         {
-            return Err(self.err(&key("templates"), "role tables nest only one level deep").with_hint("use `[models.templates.inquirer]` and `[models.templates.responder]` directly"));
+            return Err(self
+                .err(&key("templates"), "role tables nest only one level deep")
+                .with_hint("use `[models.templates.inquirer]` and `[models.templates.responder]` directly"));
         }
         let mut inquirer_templates = None;
         let mut responder_templates = None;
@@ -295,7 +355,10 @@ impl Cx {
             if !roles.contains(&role) {
                 if over.is_some() {
                     return Err(self
-                        .err(&key(&format!("templates.{role}")), format!("the model does not play the {role} role"))
+                        .err(
+                            &key(&format!("templates.{role}")),
+                            format!("the model does not play the {role} role"),
+                        )
                         .with_hint(format!("add \"{role}\" to `roles` or remove the table")));
                 }
                 continue;
@@ -316,17 +379,35 @@ impl Cx {
         let sim = match (&m.sim, backend) {
             (Some(s), Backend::Sim) => Some(self.sim(&key("sim"), s)?),
             (None, Backend::Sim) => Some(SimSettings::default()),
-            (Some(_), _) => return Err(self.err(&key("sim"), "only the `sim` backend takes simulator settings").with_hint("remove the `[models.sim]` table or set `backend = \"sim\"`")),
+            (Some(_), _) => {
+                return Err(self
+                    .err(&key("sim"), "only the `sim` backend takes simulator settings")
+                    .with_hint("remove the `[models.sim]` table or set `backend = \"sim\"`"));
+            }
             (None, _) => None,
         };
         let (replay_file, replay_digest) = match (&m.replay_file, backend) {
             (Some(f), Backend::Replay) => {
                 let path = self.path(f);
-                let bytes = fs_err::read(&path).map_err(|e| self.err(&key("replay_file"), format!("cannot read the replay file: {e}")).with_hint("the path is relative to the experiment file"))?;
-                (Some(path.display().to_string()), Some(blake3::hash(&bytes).to_hex().to_string()))
+                let bytes = fs_err::read(&path).map_err(|e| {
+                    self.err(&key("replay_file"), format!("cannot read the replay file: {e}"))
+                        .with_hint("the path is relative to the experiment file")
+                })?;
+                (
+                    Some(path.display().to_string()),
+                    Some(blake3::hash(&bytes).to_hex().to_string()),
+                )
             }
-            (None, Backend::Replay) => return Err(self.err(&key("replay_file"), "the `replay` backend needs a file of replies").with_hint("set `replay_file = \"replies.jsonl\"`")),
-            (Some(_), _) => return Err(self.err(&key("replay_file"), "only the `replay` backend reads a replay file").with_hint("remove `replay_file`")),
+            (None, Backend::Replay) => {
+                return Err(self
+                    .err(&key("replay_file"), "the `replay` backend needs a file of replies")
+                    .with_hint("set `replay_file = \"replies.jsonl\"`"));
+            }
+            (Some(_), _) => {
+                return Err(self
+                    .err(&key("replay_file"), "only the `replay` backend reads a replay file")
+                    .with_hint("remove `replay_file`"));
+            }
             (None, _) => (None, None),
         };
         Ok(Model {
@@ -360,9 +441,14 @@ impl Cx {
     }
 
     fn base_url(&self, key: &str, url: &str) -> Result<String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| self.err(key, format!("`{url}` is not a URL ({e})")).with_hint("use a full URL such as `http://127.0.0.1:8000/v1`"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            self.err(key, format!("`{url}` is not a URL ({e})"))
+                .with_hint("use a full URL such as `http://127.0.0.1:8000/v1`")
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(self.err(key, format!("scheme `{}` is not supported", parsed.scheme())).with_hint("use `http://` or `https://`"));
+            return Err(self
+                .err(key, format!("scheme `{}` is not supported", parsed.scheme()))
+                .with_hint("use `http://` or `https://`"));
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(self
@@ -377,7 +463,9 @@ impl Cx {
         opt_range(self, &format!("{key}.top_k"), s.top_k, 0, 100_000)?;
         let float = |k: &str, v: Option<f64>, lo: f64, hi: f64| -> Result<()> {
             match v {
-                Some(x) if !(lo..=hi).contains(&x) => Err(self.err(&format!("{key}.{k}"), format!("{x} is out of range")).with_hint(format!("use a value from {lo} to {hi}"))),
+                Some(x) if !(lo..=hi).contains(&x) => Err(self
+                    .err(&format!("{key}.{k}"), format!("{x} is out of range"))
+                    .with_hint(format!("use a value from {lo} to {hi}"))),
                 _ => Ok(()),
             }
         };
@@ -400,19 +488,25 @@ impl Cx {
             if (0.0..=1.0).contains(&x) {
                 Ok(x)
             } else {
-                Err(self.err(&format!("{key}.{k}"), format!("{x} is not a rate")).with_hint("rates are from 0 to 1"))
+                Err(self
+                    .err(&format!("{key}.{k}"), format!("{x} is not a rate"))
+                    .with_hint("rates are from 0 to 1"))
             }
         };
         let range = |k: &str, v: Option<[i64; 2]>, dflt: [u32; 2], lo: i64| -> Result<[u32; 2]> {
             match v {
                 None => Ok(dflt),
                 Some([a, b]) if a >= lo && a <= b && b <= 100_000 => Ok([a as u32, b as u32]),
-                Some([a, b]) => Err(self.err(&format!("{key}.{k}"), format!("[{a}, {b}] is not a range")).with_hint(format!("give `[low, high]` with {lo} <= low <= high"))),
+                Some([a, b]) => Err(self
+                    .err(&format!("{key}.{k}"), format!("[{a}, {b}] is not a range"))
+                    .with_hint(format!("give `[low, high]` with {lo} <= low <= high"))),
             }
         };
         let latency_ms = s.latency_ms.unwrap_or(d.latency_ms);
         if !(0.0..=600_000.0).contains(&latency_ms) {
-            return Err(self.err(&format!("{key}.latency_ms"), format!("{latency_ms} is out of range")).with_hint("use milliseconds from 0 to 600000"));
+            return Err(self
+                .err(&format!("{key}.latency_ms"), format!("{latency_ms} is out of range"))
+                .with_hint("use milliseconds from 0 to 600000"));
         }
         Ok(SimSettings {
             no_prompt_rate: rate("no_prompt_rate", s.no_prompt_rate, d.no_prompt_rate)?,
@@ -427,32 +521,48 @@ impl Cx {
 
     /// Validate one role's templates: every placeholder known to that role, every required one present.
     fn templates(&self, model: &str, role: Role, t: &RawTemplates, role_table: bool) -> Result<Templates> {
-        let prefix = if role_table { format!("models[{model}].templates.{role}") } else { format!("models[{model}].templates") };
-        let key = |k: &str| format!("{prefix}.{k}");
-        let parse = |field: &str, v: &Option<String>, allowed: &[&str], required: &[&str]| -> Result<Option<Template>> {
-            let Some(src) = v else { return Ok(None) };
-            let t = Template::parse(src);
-            for s in t.slots() {
-                if !allowed.contains(&s) {
-                    let hint = if allowed.is_empty() {
-                        format!("the {role}'s `{field}` takes no placeholders")
-                    } else {
-                        format!("placeholders allowed in the {role}'s `{field}`: {}", allowed.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", "))
-                    };
-                    return Err(self.err(&key(field), format!("unknown placeholder `<{s}>`")).with_hint(hint));
-                }
-            }
-            for r in required {
-                if !t.has_slot(r) {
-                    return Err(self.err(&key(field), format!("the required placeholder `<{r}>` is missing")).with_hint(format!("the {role}'s `{field}` must contain `<{r}>`")));
-                }
-            }
-            Ok(Some(t))
+        let prefix = if role_table {
+            format!("models[{model}].templates.{role}")
+        } else {
+            format!("models[{model}].templates")
         };
+        let key = |k: &str| format!("{prefix}.{k}");
+        let parse =
+            |field: &str, v: &Option<String>, allowed: &[&str], required: &[&str]| -> Result<Option<Template>> {
+                let Some(src) = v else { return Ok(None) };
+                let t = Template::parse(src);
+                for s in t.slots() {
+                    if !allowed.contains(&s) {
+                        let hint = if allowed.is_empty() {
+                            format!("the {role}'s `{field}` takes no placeholders")
+                        } else {
+                            format!(
+                                "placeholders allowed in the {role}'s `{field}`: {}",
+                                allowed.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")
+                            )
+                        };
+                        return Err(self
+                            .err(&key(field), format!("unknown placeholder `<{s}>`"))
+                            .with_hint(hint));
+                    }
+                }
+                for r in required {
+                    if !t.has_slot(r) {
+                        return Err(self
+                            .err(&key(field), format!("the required placeholder `<{r}>` is missing"))
+                            .with_hint(format!("the {role}'s `{field}` must contain `<{r}>`")));
+                    }
+                }
+                Ok(Some(t))
+            };
         use slot::*;
         let inquirer = role == Role::Inquirer;
         let (sys_allowed, first_allowed, nth_allowed): (&[&str], &[&str], &[&str]) = if inquirer {
-            (&[PERSONA, CONV_STOP], &[PERSONA, OBJECTIVE, CONV_STOP], &[USER_MSG, CONV_STOP])
+            (
+                &[PERSONA, CONV_STOP],
+                &[PERSONA, OBJECTIVE, CONV_STOP],
+                &[USER_MSG, CONV_STOP],
+            )
         } else {
             (&[], &[OBJECTIVE], &[USER_MSG])
         };
@@ -460,7 +570,11 @@ impl Cx {
         let default_first = (!inquirer).then(|| format!("<{OBJECTIVE}>"));
         let first_src = t.first_turn.clone().or(default_first);
         if first_src.is_none() {
-            return Err(self.err(&key("first_turn"), "the inquirer's first-turn template is missing").with_hint("set `first_turn`; it must contain <OBJECTIVE> (and <PERSONA> unless the system prompt has it)"));
+            return Err(self
+                .err(&key("first_turn"), "the inquirer's first-turn template is missing")
+                .with_hint(
+                    "set `first_turn`; it must contain <OBJECTIVE> (and <PERSONA> unless the system prompt has it)",
+                ));
         }
         let first_turn = parse("first_turn", &first_src, first_allowed, &[OBJECTIVE])?.expect("set above");
         let nth_src = t.nth_turn.clone().or_else(|| Some(format!("<{USER_MSG}>")));
@@ -468,31 +582,62 @@ impl Cx {
         let out_src = t.model_output.clone().or_else(|| Some(format!("<{MODEL_ANSWER}>")));
         let model_output = parse("model_output", &out_src, &[MODEL_ANSWER], &[MODEL_ANSWER])?.expect("set above");
         let (response_forwarding, mid_response_forwarding) = if inquirer {
-            let rf = parse("response_forwarding", &t.response_forwarding, &[RESPONSE, CONV_STOP, NEXT_PROMPT], &[RESPONSE])?;
+            let rf = parse(
+                "response_forwarding",
+                &t.response_forwarding,
+                &[RESPONSE, CONV_STOP, NEXT_PROMPT],
+                &[RESPONSE],
+            )?;
             if rf.is_none() {
-                return Err(self.err(&key("response_forwarding"), "the inquirer's response-forwarding template is missing").with_hint("set `response_forwarding`; it must contain <RESPONSE>, the responder's last reply"));
+                return Err(self
+                    .err(
+                        &key("response_forwarding"),
+                        "the inquirer's response-forwarding template is missing",
+                    )
+                    .with_hint("set `response_forwarding`; it must contain <RESPONSE>, the responder's last reply"));
             }
-            let mid = parse("mid_response_forwarding", &t.mid_response_forwarding, &[RESPONSE, CONV_STOP, NEXT_PROMPT], &[RESPONSE, NEXT_PROMPT])?;
+            let mid = parse(
+                "mid_response_forwarding",
+                &t.mid_response_forwarding,
+                &[RESPONSE, CONV_STOP, NEXT_PROMPT],
+                &[RESPONSE, NEXT_PROMPT],
+            )?;
             (rf, mid)
         } else {
-            for (field, v) in [("response_forwarding", &t.response_forwarding), ("mid_response_forwarding", &t.mid_response_forwarding)] {
+            for (field, v) in [
+                ("response_forwarding", &t.response_forwarding),
+                ("mid_response_forwarding", &t.mid_response_forwarding),
+            ] {
                 if v.is_some() {
-                    return Err(self.err(&key(field), "only an inquirer forwards responses").with_hint("remove it, or move it under `[models.templates.inquirer]`"));
+                    return Err(self
+                        .err(&key(field), "only an inquirer forwards responses")
+                        .with_hint("remove it, or move it under `[models.templates.inquirer]`"));
                 }
             }
             (None, None)
         };
         if inquirer {
-            let persona_told = system_prompt.as_ref().is_some_and(|s| s.has_slot(PERSONA)) || first_turn.has_slot(PERSONA);
+            let persona_told =
+                system_prompt.as_ref().is_some_and(|s| s.has_slot(PERSONA)) || first_turn.has_slot(PERSONA);
             if !persona_told {
-                return Err(self.err(&key("first_turn"), "the inquirer is never told its persona").with_hint("put `<PERSONA>` in `system_prompt` (chat models) or `first_turn`"));
+                return Err(self
+                    .err(&key("first_turn"), "the inquirer is never told its persona")
+                    .with_hint("put `<PERSONA>` in `system_prompt` (chat models) or `first_turn`"));
             }
-            let stop_told = [&system_prompt, &Some(first_turn.clone()), &response_forwarding, &mid_response_forwarding]
-                .iter()
-                .any(|t| t.as_ref().is_some_and(|t| t.has_slot(CONV_STOP)));
+            let stop_told = [
+                &system_prompt,
+                &Some(first_turn.clone()),
+                &response_forwarding,
+                &mid_response_forwarding,
+            ]
+            .iter()
+            .any(|t| t.as_ref().is_some_and(|t| t.has_slot(CONV_STOP)));
             if !stop_told {
                 return Err(self
-                    .err(&key("first_turn"), "the inquirer is never told the stop token, so no dialogue could finish by it")
+                    .err(
+                        &key("first_turn"),
+                        "the inquirer is never told the stop token, so no dialogue could finish by it",
+                    )
                     .with_hint("put `<CONV_STOP>` in `system_prompt`, `first_turn` or `response_forwarding`"));
             }
         }
@@ -513,22 +658,31 @@ impl Cx {
                 let inquirers: Vec<_> = by_role(Role::Inquirer).collect();
                 let responders: Vec<_> = by_role(Role::Responder).collect();
                 if inquirers.is_empty() {
-                    return Err(self.err("models", "no model plays the inquirer role").with_hint("add `roles = [\"inquirer\"]` to a model"));
+                    return Err(self
+                        .err("models", "no model plays the inquirer role")
+                        .with_hint("add `roles = [\"inquirer\"]` to a model"));
                 }
                 if responders.is_empty() {
-                    return Err(self.err("models", "no model plays the responder role").with_hint("add `roles = [\"responder\"]` to a model"));
+                    return Err(self
+                        .err("models", "no model plays the responder role")
+                        .with_hint("add `roles = [\"responder\"]` to a model"));
                 }
                 let mut v = Vec::new();
                 for i in &inquirers {
                     for r in &responders {
-                        v.push(Pair { inquirer: i.clone(), responder: r.clone() });
+                        v.push(Pair {
+                            inquirer: i.clone(),
+                            responder: r.clone(),
+                        });
                     }
                 }
                 v
             }
             Some(list) => {
                 if list.is_empty() {
-                    return Err(self.err("pairs", "the list is empty").with_hint("remove `pairs` to run every inquirer against every responder"));
+                    return Err(self
+                        .err("pairs", "the list is empty")
+                        .with_hint("remove `pairs` to run every inquirer against every responder"));
                 }
                 let mut v = Vec::new();
                 for (i, p) in list.iter().enumerate() {
@@ -536,17 +690,32 @@ impl Cx {
                         match models.iter().find(|m| &m.name == name) {
                             None => {
                                 let known: Vec<_> = by_role(role).collect();
-                                return Err(self.err(&format!("pairs[{i}].{role}"), format!("no model is named `{name}`")).with_hint(format!("{role}s declared: {}", known.join(", "))));
+                                return Err(self
+                                    .err(&format!("pairs[{i}].{role}"), format!("no model is named `{name}`"))
+                                    .with_hint(format!("{role}s declared: {}", known.join(", "))));
                             }
                             Some(m) if !m.plays(role) => {
-                                return Err(self.err(&format!("pairs[{i}].{role}"), format!("model `{name}` does not play the {role} role")).with_hint(format!("add \"{role}\" to its `roles`")));
+                                return Err(self
+                                    .err(
+                                        &format!("pairs[{i}].{role}"),
+                                        format!("model `{name}` does not play the {role} role"),
+                                    )
+                                    .with_hint(format!("add \"{role}\" to its `roles`")));
                             }
                             Some(_) => {}
                         }
                     }
-                    let pair = Pair { inquirer: p.inquirer.clone(), responder: p.responder.clone() };
+                    let pair = Pair {
+                        inquirer: p.inquirer.clone(),
+                        responder: p.responder.clone(),
+                    };
                     if v.contains(&pair) {
-                        return Err(self.err(&format!("pairs[{i}]"), format!("the pair ({}, {}) is listed twice", p.inquirer, p.responder)).with_hint("remove the repeat"));
+                        return Err(self
+                            .err(
+                                &format!("pairs[{i}]"),
+                                format!("the pair ({}, {}) is listed twice", p.inquirer, p.responder),
+                            )
+                            .with_hint("remove the repeat"));
                     }
                     v.push(pair);
                 }
@@ -559,17 +728,25 @@ impl Cx {
 
     fn sharding(&self, raw: &RawSharding) -> Result<Sharding> {
         match (raw.units_per_shard, raw.shards) {
-            (Some(_), Some(_)) => Err(self.err("sharding", "both `units_per_shard` and `shards` are set").with_hint("set one of them")),
+            (Some(_), Some(_)) => Err(self
+                .err("sharding", "both `units_per_shard` and `shards` are set")
+                .with_hint("set one of them")),
             (Some(n), None) => {
                 if n < 1 || n as u64 > MAX_UNITS_PER_SHARD {
-                    Err(self.err("sharding.units_per_shard", format!("{n} is out of range")).with_hint(format!("use 1 to {MAX_UNITS_PER_SHARD}; a shard is one job's work, typically 20 to 1000 dialogues")))
+                    Err(self
+                        .err("sharding.units_per_shard", format!("{n} is out of range"))
+                        .with_hint(format!(
+                            "use 1 to {MAX_UNITS_PER_SHARD}; a shard is one job's work, typically 20 to 1000 dialogues"
+                        )))
                 } else {
                     Ok(Sharding::UnitsPerShard(n as u32))
                 }
             }
             (None, Some(n)) => {
                 if n < 1 || n as u64 > MAX_SHARDS {
-                    Err(self.err("sharding.shards", format!("{n} is out of range")).with_hint(format!("use 1 to {MAX_SHARDS}")))
+                    Err(self
+                        .err("sharding.shards", format!("{n} is out of range"))
+                        .with_hint(format!("use 1 to {MAX_SHARDS}")))
                 } else {
                     Ok(Sharding::Shards(n as u32))
                 }
@@ -581,11 +758,14 @@ impl Cx {
     fn worker(&self, raw: &RawWorker) -> Result<WorkerSettings> {
         let grace_secs = raw.grace_secs.unwrap_or(30.0);
         if !(0.0..=3600.0).contains(&grace_secs) {
-            return Err(self.err("worker.grace_secs", format!("{grace_secs} is out of range")).with_hint("use seconds from 0 to 3600"));
+            return Err(self
+                .err("worker.grace_secs", format!("{grace_secs} is out of range"))
+                .with_hint("use seconds from 0 to 3600"));
         }
         Ok(WorkerSettings {
             concurrency: opt_range(self, "worker.concurrency", raw.concurrency, 1, 100_000)?.unwrap_or(64) as u32,
-            parallel_shards: opt_range(self, "worker.parallel_shards", raw.parallel_shards, 1, 1024)?.unwrap_or(2) as u32,
+            parallel_shards: opt_range(self, "worker.parallel_shards", raw.parallel_shards, 1, 1024)?.unwrap_or(2)
+                as u32,
             grace_secs,
             max_attempts: opt_range(self, "worker.max_attempts", raw.max_attempts, 1, 1000)?.unwrap_or(3) as u32,
         })
@@ -594,28 +774,43 @@ impl Cx {
     fn slurm(&self, raw: &RawSlurm) -> Result<SlurmSettings> {
         let plain = |k: &str, v: &Option<String>| -> Result<Option<String>> {
             match v {
-                Some(s) if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:,=+/".contains(c)) => Err(self
-                    .err(&format!("slurm.{k}"), format!("`{s}` has characters Slurm does not accept here"))
-                    .with_hint("use letters, digits and `-_.:,=+/` only")),
+                Some(s) if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:,=+/".contains(c)) => {
+                    Err(self
+                        .err(
+                            &format!("slurm.{k}"),
+                            format!("`{s}` has characters Slurm does not accept here"),
+                        )
+                        .with_hint("use letters, digits and `-_.:,=+/` only"))
+                }
                 _ => Ok(v.clone()),
             }
         };
         let template = raw.template.clone().unwrap_or_else(|| "api".into());
         if template.is_empty() {
-            return Err(self.err("slurm.template", "the template name is empty").with_hint("use `api`, `vllm`, `sim` or a path to your own template"));
+            return Err(self
+                .err("slurm.template", "the template name is empty")
+                .with_hint("use `api`, `vllm`, `sim` or a path to your own template"));
         }
-        let template = if template.contains('/') || template.ends_with(".j2") { self.path(&template).display().to_string() } else { template };
+        let template = if template.contains('/') || template.ends_with(".j2") {
+            self.path(&template).display().to_string()
+        } else {
+            template
+        };
         if let Some(lines) = &raw.extra_directives {
             for l in lines {
                 if !l.starts_with("--") || l.contains('\n') {
-                    return Err(self.err("slurm.extra_directives", format!("`{l}` is not an sbatch option")).with_hint("write each as `--option=value`, one per entry, e.g. `--constraint=a100`"));
+                    return Err(self
+                        .err("slurm.extra_directives", format!("`{l}` is not an sbatch option"))
+                        .with_hint("write each as `--option=value`, one per entry, e.g. `--constraint=a100`"));
                 }
             }
         }
         if let Some(lines) = &raw.setup
             && lines.iter().any(|l| l.contains('\n'))
         {
-            return Err(self.err("slurm.setup", "an entry spans several lines").with_hint("give one shell line per entry"));
+            return Err(self
+                .err("slurm.setup", "an entry spans several lines")
+                .with_hint("give one shell line per entry"));
         }
         Ok(SlurmSettings {
             template,
@@ -626,8 +821,10 @@ impl Cx {
             cpus_per_task: opt_range(self, "slurm.cpus_per_task", raw.cpus_per_task, 1, 100_000)?.map(|v| v as u32),
             mem: plain("mem", &raw.mem)?,
             gpus: plain("gpus", &raw.gpus)?,
-            array_throttle: opt_range(self, "slurm.array_throttle", raw.array_throttle, 1, 1_000_000)?.map(|v| v as u32),
-            signal_grace_secs: opt_range(self, "slurm.signal_grace_secs", raw.signal_grace_secs, 1, 65_535)?.unwrap_or(120) as u32,
+            array_throttle: opt_range(self, "slurm.array_throttle", raw.array_throttle, 1, 1_000_000)?
+                .map(|v| v as u32),
+            signal_grace_secs: opt_range(self, "slurm.signal_grace_secs", raw.signal_grace_secs, 1, 65_535)?
+                .unwrap_or(120) as u32,
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
         })
@@ -635,12 +832,23 @@ impl Cx {
 
     /// The grid's size, checked before anything is expanded.
     fn grid_size(&self, exp: &Experiment) -> Result<u64> {
-        let factors = [exp.personas.len() as u64, exp.goals.len() as u64, exp.pairs.len() as u64, exp.dialogue.seeds.len() as u64];
+        let factors = [
+            exp.personas.len() as u64,
+            exp.goals.len() as u64,
+            exp.pairs.len() as u64,
+            exp.dialogue.seeds.len() as u64,
+        ];
         let total = factors.iter().try_fold(1u64, |acc, f| acc.checked_mul(*f));
         match total {
             Some(n) if n <= MAX_UNITS => Ok(n),
             _ => Err(self
-                .err("personas x goals x pairs x seeds", format!("the grid ({} x {} x {} x {}) exceeds {MAX_UNITS} dialogues", factors[0], factors[1], factors[2], factors[3]))
+                .err(
+                    "personas x goals x pairs x seeds",
+                    format!(
+                        "the grid ({} x {} x {} x {}) exceeds {MAX_UNITS} dialogues",
+                        factors[0], factors[1], factors[2], factors[3]
+                    ),
+                )
                 .with_hint("split the experiment into several files, or sample fewer personas")),
         }
     }
@@ -648,7 +856,9 @@ impl Cx {
 
 fn opt_range(cx: &Cx, key: &str, v: Option<i64>, lo: i64, hi: i64) -> Result<Option<i64>> {
     match v {
-        Some(x) if x < lo || x > hi => Err(cx.err(key, format!("{x} is out of range")).with_hint(format!("use a value from {lo} to {hi}"))),
+        Some(x) if x < lo || x > hi => Err(cx
+            .err(key, format!("{x} is out of range"))
+            .with_hint(format!("use a value from {lo} to {hi}"))),
         _ => Ok(v),
     }
 }

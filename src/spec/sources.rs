@@ -16,6 +16,9 @@ use std::path::Path;
 /// Above this many distinct personas a sample would be pointless to plan.
 const MAX_PERSONAS: i64 = 10_000_000;
 
+/// A persona before its text and id are settled: (features, ready text, explicit id, where it came from).
+type PersonaRow = (BTreeMap<String, String>, Option<String>, Option<String>, String);
+
 /// One record of a persona or goal file: field name -> value, with the line it came from.
 struct Record {
     line: usize,
@@ -24,9 +27,14 @@ struct Record {
 
 pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona>> {
     let Some(raw) = raw else {
-        return Err(cx.err("personas", "the table is missing").with_hint("add `[personas]` with a `template` and `fixed`, `sample` or `file`"));
+        return Err(cx
+            .err("personas", "the table is missing")
+            .with_hint("add `[personas]` with a `template` and `fixed`, `sample` or `file`"));
     };
-    let sources = [raw.fixed.is_some(), raw.file.is_some(), raw.sample.is_some()].iter().filter(|b| **b).count();
+    let sources = [raw.fixed.is_some(), raw.file.is_some(), raw.sample.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if sources != 1 {
         return Err(cx
             .err("personas", if sources == 0 { "no persona source is given" } else { "more than one persona source is given" })
@@ -36,28 +44,46 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
     if let Some(t) = &template
         && t.slots().next().is_none()
     {
-        return Err(cx.err("personas.template", "the template has no `<FEATURE>` placeholder").with_hint("write features as upper-case names in angle brackets, e.g. `<AGE>-year-old ...` for a feature `age`"));
+        return Err(cx
+            .err("personas.template", "the template has no `<FEATURE>` placeholder")
+            .with_hint(
+                "write features as upper-case names in angle brackets, e.g. `<AGE>-year-old ...` for a feature `age`",
+            ));
     }
-    // (features, ready text, where it came from)
-    let mut rows: Vec<(BTreeMap<String, String>, Option<String>, Option<String>, String)> = Vec::new();
+    let mut rows: Vec<PersonaRow> = Vec::new();
     if let Some(fixed) = &raw.fixed {
         for (i, map) in fixed.iter().enumerate() {
             let key = format!("personas.fixed[{i}]");
             let mut features = BTreeMap::new();
             for (k, v) in map {
-                features.insert(feature_name(cx, &key, k)?, scalar(v).ok_or_else(|| cx.err(&format!("{key}.{k}"), "a feature value must be a string, number or boolean").with_hint("quote the value"))?);
+                features.insert(
+                    feature_name(cx, &key, k)?,
+                    scalar(v).ok_or_else(|| {
+                        cx.err(
+                            &format!("{key}.{k}"),
+                            "a feature value must be a string, number or boolean",
+                        )
+                        .with_hint("quote the value")
+                    })?,
+                );
             }
             rows.push((features, None, None, key));
         }
     } else if let Some(sample) = &raw.sample {
         if sample.count < 1 || sample.count > MAX_PERSONAS {
-            return Err(cx.err("personas.sample.count", format!("{} is out of range", sample.count)).with_hint(format!("sample from 1 to {MAX_PERSONAS} personas")));
+            return Err(cx
+                .err("personas.sample.count", format!("{} is out of range", sample.count))
+                .with_hint(format!("sample from 1 to {MAX_PERSONAS} personas")));
         }
         if sample.seed < 0 {
-            return Err(cx.err("personas.sample.seed", "the seed is negative").with_hint("use a non-negative integer"));
+            return Err(cx
+                .err("personas.sample.seed", "the seed is negative")
+                .with_hint("use a non-negative integer"));
         }
         if sample.features.is_empty() {
-            return Err(cx.err("personas.sample.features", "no features are given").with_hint("add lists of values, e.g. `age = [\"18 to 24\", \"25 to 34\"]`"));
+            return Err(cx
+                .err("personas.sample.features", "no features are given")
+                .with_hint("add lists of values, e.g. `age = [\"18 to 24\", \"25 to 34\"]`"));
         }
         let mut values: Vec<(String, Vec<String>)> = Vec::new();
         for (k, list) in &sample.features {
@@ -65,21 +91,37 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
             let name = feature_name(cx, &key, k)?;
             let mut vs = Vec::new();
             for v in list {
-                let s = scalar(v).ok_or_else(|| cx.err(&key, "a feature value must be a string, number or boolean").with_hint("quote the value"))?;
+                let s = scalar(v).ok_or_else(|| {
+                    cx.err(&key, "a feature value must be a string, number or boolean")
+                        .with_hint("quote the value")
+                })?;
                 if vs.contains(&s) {
-                    return Err(cx.err(&key, format!("the value `{s}` is listed twice")).with_hint("remove the repeat"));
+                    return Err(cx
+                        .err(&key, format!("the value `{s}` is listed twice"))
+                        .with_hint("remove the repeat"));
                 }
                 vs.push(s);
             }
             if vs.is_empty() {
-                return Err(cx.err(&key, "the list of values is empty").with_hint("give at least one value"));
+                return Err(cx
+                    .err(&key, "the list of values is empty")
+                    .with_hint("give at least one value"));
             }
             values.push((name, vs));
         }
-        let combos = values.iter().try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64));
+        let combos = values
+            .iter()
+            .try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64));
         if combos.is_some_and(|c| (sample.count as u64) > c) {
             return Err(cx
-                .err("personas.sample.count", format!("{} distinct personas were asked for, but the features combine in only {} ways", sample.count, combos.unwrap_or(0)))
+                .err(
+                    "personas.sample.count",
+                    format!(
+                        "{} distinct personas were asked for, but the features combine in only {} ways",
+                        sample.count,
+                        combos.unwrap_or(0)
+                    ),
+                )
                 .with_hint("lower `count` or add feature values"));
         }
         for features in sample_distinct(&values, sample.count as usize, sample.seed as u64) {
@@ -106,7 +148,9 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
         }
     }
     if rows.is_empty() {
-        return Err(cx.err("personas", "the list of personas is empty").with_hint("give at least one persona"));
+        return Err(cx
+            .err("personas", "the list of personas is empty")
+            .with_hint("give at least one persona"));
     }
     let mut out = Vec::with_capacity(rows.len());
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -119,26 +163,48 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
             (Some(t), _) => t,
             (None, Some(tpl)) => render_persona(cx, tpl, &features, &whence)?,
             (None, None) => {
-                return Err(cx.err("personas.template", format!("{whence} has no `text`, and there is no template to build one from its features")).with_hint("add `template = \"...<FEATURE>...\"` to `[personas]`"));
+                return Err(cx
+                    .err(
+                        "personas.template",
+                        format!("{whence} has no `text`, and there is no template to build one from its features"),
+                    )
+                    .with_hint("add `template = \"...<FEATURE>...\"` to `[personas]`"));
             }
         };
         if text.trim().is_empty() {
-            return Err(cx.err("personas", format!("{whence}: the persona text is empty")).with_hint("give every persona a non-empty text or features"));
+            return Err(cx
+                .err("personas", format!("{whence}: the persona text is empty"))
+                .with_hint("give every persona a non-empty text or features"));
         }
         let (id, replica) = match id {
             Some(id) => (checked_id(cx, &whence, id)?, 0),
             None => {
                 let content = serde_json::to_string(&(&text, &features)).expect("string map");
-                let base = if features.is_empty() { short_hash(text.as_bytes()) } else { short_hash(serde_json::to_string(&features).expect("string map").as_bytes()) };
+                let base = if features.is_empty() {
+                    short_hash(text.as_bytes())
+                } else {
+                    short_hash(serde_json::to_string(&features).expect("string map").as_bytes())
+                };
                 let n = copies.entry(content).or_insert(0);
                 *n += 1;
-                if *n == 1 { (format!("p-{base}"), 0) } else { (format!("p-{base}-{n}"), *n - 1) }
+                if *n == 1 {
+                    (format!("p-{base}"), 0)
+                } else {
+                    (format!("p-{base}-{n}"), *n - 1)
+                }
             }
         };
         if let Some(prev) = seen.insert(id.clone(), whence.clone()) {
-            return Err(cx.err("personas", format!("{whence} has the same id `{id}` as {prev}")).with_hint("give every persona its own id"));
+            return Err(cx
+                .err("personas", format!("{whence} has the same id `{id}` as {prev}"))
+                .with_hint("give every persona its own id"));
         }
-        out.push(Persona { id, text, features, replica });
+        out.push(Persona {
+            id,
+            text,
+            features,
+            replica,
+        });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
@@ -148,8 +214,17 @@ fn render_persona(cx: &Cx, tpl: &Template, features: &BTreeMap<String, String>, 
     for s in tpl.slots() {
         if !features.contains_key(&s.to_ascii_lowercase()) {
             return Err(cx
-                .err("personas.template", format!("placeholder `<{s}>` has no feature `{}` in {whence}", s.to_ascii_lowercase()))
-                .with_hint(format!("give every persona a `{}` feature, or remove `<{s}>` from the template", s.to_ascii_lowercase())));
+                .err(
+                    "personas.template",
+                    format!(
+                        "placeholder `<{s}>` has no feature `{}` in {whence}",
+                        s.to_ascii_lowercase()
+                    ),
+                )
+                .with_hint(format!(
+                    "give every persona a `{}` feature, or remove `<{s}>` from the template",
+                    s.to_ascii_lowercase()
+                )));
         }
     }
     Ok(tpl.render(|slot| features.get(&slot.to_ascii_lowercase()).map(String::as_str)))
@@ -163,7 +238,13 @@ fn sample_distinct(values: &[(String, Vec<String>)], count: usize, seed: u64) ->
     while out.len() < count {
         let picks: Vec<usize> = values.iter().map(|(_, v)| rng.random_range(0..v.len())).collect();
         if seen.insert(picks.clone()) {
-            out.push(values.iter().zip(&picks).map(|((k, v), i)| (k.clone(), v[*i].clone())).collect());
+            out.push(
+                values
+                    .iter()
+                    .zip(&picks)
+                    .map(|((k, v), i)| (k.clone(), v[*i].clone()))
+                    .collect(),
+            );
         }
     }
     out
@@ -171,13 +252,17 @@ fn sample_distinct(values: &[(String, Vec<String>)], count: usize, seed: u64) ->
 
 pub(super) fn goals(cx: &Cx, raw: Option<&RawGoals>) -> Result<Vec<Goal>> {
     let Some(raw) = raw else {
-        return Err(cx.err("goals", "the table is missing").with_hint("add `[goals]` with `items = [...]` or `file = \"goals.jsonl\"`"));
+        return Err(cx
+            .err("goals", "the table is missing")
+            .with_hint("add `[goals]` with `items = [...]` or `file = \"goals.jsonl\"`"));
     };
     let mut rows: Vec<(Option<String>, String, String)> = Vec::new();
     match (&raw.items, &raw.file) {
         (Some(items), None) => {
             if raw.id_field.is_some() || raw.text_field.is_some() {
-                return Err(cx.err("goals", "`id_field` and `text_field` apply to a goals file only").with_hint("remove them, or use `file`"));
+                return Err(cx
+                    .err("goals", "`id_field` and `text_field` apply to a goals file only")
+                    .with_hint("remove them, or use `file`"));
             }
             for (i, item) in items.iter().enumerate() {
                 let whence = format!("goals.items[{i}]");
@@ -197,34 +282,47 @@ pub(super) fn goals(cx: &Cx, raw: Option<&RawGoals>) -> Result<Vec<Goal>> {
                     let have: Vec<_> = rec.fields.keys().cloned().collect();
                     return Err(cx
                         .err("goals.text_field", format!("{whence} has no field `{text_field}`"))
-                        .with_hint(format!("set `text_field` to the field that holds the goal; this record has: {}", have.join(", "))));
+                        .with_hint(format!(
+                            "set `text_field` to the field that holds the goal; this record has: {}",
+                            have.join(", ")
+                        )));
                 };
                 rows.push((rec.fields.get(id_field).cloned(), text.clone(), whence));
             }
         }
         _ => {
-            return Err(cx.err("goals", "give exactly one of `items` and `file`").with_hint("`items = [\"...\"]` inline, or `file = \"goals.jsonl\"`"));
+            return Err(cx
+                .err("goals", "give exactly one of `items` and `file`")
+                .with_hint("`items = [\"...\"]` inline, or `file = \"goals.jsonl\"`"));
         }
     }
     if rows.is_empty() {
-        return Err(cx.err("goals", "the list of goals is empty").with_hint("give at least one goal"));
+        return Err(cx
+            .err("goals", "the list of goals is empty")
+            .with_hint("give at least one goal"));
     }
     let mut out = Vec::with_capacity(rows.len());
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut texts: HashMap<String, String> = HashMap::new();
     for (id, text, whence) in rows {
         if text.trim().is_empty() {
-            return Err(cx.err("goals", format!("{whence}: the goal text is empty")).with_hint("remove the empty goal"));
+            return Err(cx
+                .err("goals", format!("{whence}: the goal text is empty"))
+                .with_hint("remove the empty goal"));
         }
         let id = match id {
             Some(id) => checked_id(cx, &whence, id)?,
             None => format!("g-{}", short_hash(text.as_bytes())),
         };
         if let Some(prev) = ids.insert(id.clone(), whence.clone()) {
-            return Err(cx.err("goals", format!("{whence} has the same id `{id}` as {prev}")).with_hint("give every goal its own id"));
+            return Err(cx
+                .err("goals", format!("{whence} has the same id `{id}` as {prev}"))
+                .with_hint("give every goal its own id"));
         }
         if let Some(prev) = texts.insert(text.clone(), whence.clone()) {
-            return Err(cx.err("goals", format!("{whence} has the same text as {prev}")).with_hint("remove the duplicate: identical goals would plan identical dialogues"));
+            return Err(cx
+                .err("goals", format!("{whence} has the same text as {prev}"))
+                .with_hint("remove the duplicate: identical goals would plan identical dialogues"));
         }
         out.push(Goal { id, text });
     }
@@ -234,15 +332,20 @@ pub(super) fn goals(cx: &Cx, raw: Option<&RawGoals>) -> Result<Vec<Goal>> {
 
 fn checked_id(cx: &Cx, whence: &str, id: String) -> Result<String> {
     if id.trim().is_empty() || id.chars().any(char::is_control) || id.len() > 200 {
-        return Err(cx.err("id", format!("{whence}: `{}` is not a usable id", id.escape_debug())).with_hint("ids are non-empty, single-line, at most 200 characters"));
+        return Err(cx
+            .err("id", format!("{whence}: `{}` is not a usable id", id.escape_debug()))
+            .with_hint("ids are non-empty, single-line, at most 200 characters"));
     }
     Ok(id)
 }
 
 fn feature_name(cx: &Cx, key: &str, name: &str) -> Result<String> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
-        return Err(cx.err(key, format!("`{name}` is not a usable feature name")).with_hint("feature names are letters, digits and `_`; the template refers to a feature `age` as `<AGE>`"));
+        return Err(cx.err(key, format!("`{name}` is not a usable feature name")).with_hint(
+            "feature names are letters, digits and `_`; the template refers to a feature `age` as `<AGE>`",
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -272,8 +375,15 @@ pub(crate) fn short_hash(bytes: &[u8]) -> String {
 
 /// Read a JSONL or CSV file into records of string fields.
 fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
-    let text = fs_err::read_to_string(path).map_err(|e| cx.err(key, format!("cannot read the file: {e}")).with_hint("the path is relative to the experiment file"))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let text = fs_err::read_to_string(path).map_err(|e| {
+        cx.err(key, format!("cannot read the file: {e}"))
+            .with_hint("the path is relative to the experiment file")
+    })?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let shown = path.display();
     let mut out = Vec::new();
     match ext.as_str() {
@@ -282,13 +392,23 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::config(format!("`{shown}` line {}: not valid JSON ({e})", i + 1)).with_hint("each line must be one JSON object"))?;
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                    Error::config(format!("`{shown}` line {}: not valid JSON ({e})", i + 1))
+                        .with_hint("each line must be one JSON object")
+                })?;
                 let serde_json::Value::Object(map) = v else {
-                    return Err(Error::config(format!("`{shown}` line {}: not a JSON object", i + 1)).with_hint("each line must be one JSON object"));
+                    return Err(Error::config(format!("`{shown}` line {}: not a JSON object", i + 1))
+                        .with_hint("each line must be one JSON object"));
                 };
                 let mut fields = BTreeMap::new();
                 for (k, v) in map {
-                    let s = json_scalar(&v).ok_or_else(|| Error::config(format!("`{shown}` line {}: field `{k}` is not a string, number or boolean", i + 1)).with_hint("flatten nested values into their own fields"))?;
+                    let s = json_scalar(&v).ok_or_else(|| {
+                        Error::config(format!(
+                            "`{shown}` line {}: field `{k}` is not a string, number or boolean",
+                            i + 1
+                        ))
+                        .with_hint("flatten nested values into their own fields")
+                    })?;
                     fields.insert(k, s);
                 }
                 out.push(Record { line: i + 1, fields });
@@ -296,16 +416,32 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
         }
         "csv" => {
             let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
-            let headers = rdr.headers().map_err(|e| Error::config(format!("`{shown}`: cannot read the CSV header ({e})")).with_hint("the first row names the columns"))?.clone();
+            let headers = rdr
+                .headers()
+                .map_err(|e| {
+                    Error::config(format!("`{shown}`: cannot read the CSV header ({e})"))
+                        .with_hint("the first row names the columns")
+                })?
+                .clone();
             for (i, row) in rdr.records().enumerate() {
-                let row = row.map_err(|e| Error::config(format!("`{shown}` record {}: {e}", i + 1)).with_hint("every row needs as many fields as the header"))?;
+                let row = row.map_err(|e| {
+                    Error::config(format!("`{shown}` record {}: {e}", i + 1))
+                        .with_hint("every row needs as many fields as the header")
+                })?;
                 let line = row.position().map(|p| p.line() as usize).unwrap_or(i + 2);
-                let fields = headers.iter().zip(row.iter()).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let fields = headers
+                    .iter()
+                    .zip(row.iter())
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 out.push(Record { line, fields });
             }
         }
         _ => {
-            return Err(cx.err(key, format!("`{shown}` is neither `.jsonl` nor `.csv`")).with_hint("give a JSON Lines (`.jsonl`) or CSV (`.csv`) file"));
+            return Err(cx
+                .err(key, format!("`{shown}` is neither `.jsonl` nor `.csv`"))
+                .with_hint("give a JSON Lines (`.jsonl`) or CSV (`.csv`) file"));
         }
     }
     Ok(out)

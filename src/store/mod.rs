@@ -72,15 +72,20 @@ impl RunDir {
     pub fn load_plan(&self) -> Result<Plan> {
         let path = self.plan_path();
         if !path.exists() {
-            return Err(Error::config(format!("`{}` is not a run directory (no `{PLAN_FILE}`)", self.root.display()))
-                .with_hint("create one with `roleplay plan EXPERIMENT.toml`, or pass the run directory it printed"));
+            return Err(Error::config(format!(
+                "`{}` is not a run directory (no `{PLAN_FILE}`)",
+                self.root.display()
+            ))
+            .with_hint("create one with `roleplay plan EXPERIMENT.toml`, or pass the run directory it printed"));
         }
         let bytes = fs_err::read(&path)?;
         let head: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::config(format!("`{}` is not valid JSON ({e})", path.display())).with_hint("the plan is written by `roleplay plan` and must not be edited; plan again with `--replan`")
+            Error::config(format!("`{}` is not valid JSON ({e})", path.display()))
+                .with_hint("the plan is written by `roleplay plan` and must not be edited; plan again with `--replan`")
         })?;
         if head.get("format").and_then(|v| v.as_str()) != Some(PLAN_FORMAT) {
-            return Err(Error::config(format!("`{}` is not a roleplay plan", path.display())).with_hint("point the command at a run directory made by `roleplay plan`"));
+            return Err(Error::config(format!("`{}` is not a roleplay plan", path.display()))
+                .with_hint("point the command at a run directory made by `roleplay plan`"));
         }
         let version = head.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version > PLAN_VERSION as u64 {
@@ -91,11 +96,15 @@ impl RunDir {
             .with_hint("use the roleplay version that made the run, or upgrade this one"));
         }
         let plan: Plan = serde_json::from_value(head).map_err(|e| {
-            Error::config(format!("`{}` does not hold a valid plan ({e})", path.display())).with_hint("the plan must not be edited by hand; plan again with `--replan`")
+            Error::config(format!("`{}` does not hold a valid plan ({e})", path.display()))
+                .with_hint("the plan must not be edited by hand; plan again with `--replan`")
         })?;
         if crate::plan::plan_hash(&plan.experiment) != plan.plan_hash {
-            return Err(Error::config(format!("`{}` was changed after it was written (its hash does not match its content)", path.display()))
-                .with_hint("plans must not be edited by hand: edit the experiment file and run `roleplay plan --replan`"));
+            return Err(Error::config(format!(
+                "`{}` was changed after it was written (its hash does not match its content)",
+                path.display()
+            ))
+            .with_hint("plans must not be edited by hand: edit the experiment file and run `roleplay plan --replan`"));
         }
         Ok(plan)
     }
@@ -111,9 +120,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Like [`write_atomic`], with a writer callback for large or streamed content.
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
@@ -135,7 +153,8 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<
 /// fsync a directory so a rename in it survives a power cut.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = fs_err::File::open(dir)?;
-    d.sync_all().map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", dir.display())))
+    d.sync_all()
+        .map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", dir.display())))
 }
 
 /// An exclusive advisory lock held for the life of the value (released on drop or process exit,
@@ -159,10 +178,18 @@ impl Lock {
             .open(path)
             .map_err(|e| Error::runtime(format!("cannot open the lock `{}`: {e}", path.display())))?;
         match file.try_lock() {
-            Ok(()) => Ok(Lock { _file: file, path: path.to_path_buf() }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::runtime(format!("{what} is already running (`{}` is locked)", path.display()))
-                .with_hint("wait for the other process to finish; a lock is released as soon as its holder exits")),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::runtime(format!("cannot lock `{}`: {e}", path.display()))),
+            Ok(()) => Ok(Lock {
+                _file: file,
+                path: path.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::runtime(format!(
+                "{what} is already running (`{}` is locked)",
+                path.display()
+            ))
+            .with_hint("wait for the other process to finish; a lock is released as soon as its holder exits")),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::runtime(format!("cannot lock `{}`: {e}", path.display())))
+            }
         }
     }
 }
