@@ -65,3 +65,45 @@ pub struct PlanArgs {
     #[arg(long)]
     pub replan: bool,
 }
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// An experiment file (TOML) or a run directory made by `roleplay plan`.
+    pub target: PathBuf,
+    /// Run directory to use (default: the experiment's `run_dir`).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Replace an existing, different plan first (see `roleplay plan --replan`).
+    #[arg(long)]
+    pub replan: bool,
+    /// Run dialogues that ended with a backend failure again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Shards open at once (default: enough to keep `worker.concurrency` dialogues in flight).
+    #[arg(long)]
+    pub parallel_shards: Option<u32>,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Do not fsync the journal (faster, loses the last moments on a machine crash; for benchmarks).
+    #[arg(long, hide = true)]
+    pub no_fsync: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The shard to run (default: from SLURM_ARRAY_TASK_ID through `--array-map`).
+    #[arg(long)]
+    pub shard: Option<u32>,
+    /// JSON map from array task index to shard (`{"shards": [...]}`), written by `roleplay render`.
+    #[arg(long)]
+    pub array_map: Option<PathBuf>,
+    /// Run dialogues that ended with a backend failure again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Do not fsync the journal (for benchmarks).
+    #[arg(long, hide = true)]
+    pub no_fsync: bool,
+}

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod spec;
 pub mod store;
 pub mod ui;
+pub mod worker;
 
 pub use error::{Error, Result};
 

@@ -3,3 +3,11 @@
 pub mod init;
 pub mod plan;
 pub mod validate;
+
+/// The async runtime for commands that talk to models: a multi-threaded tokio runtime.
+pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::runtime(format!("cannot start the async runtime: {e}")))
+}

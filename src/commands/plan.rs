@@ -42,27 +42,61 @@ struct PairSummary<'a> {
     largest_shard: u32,
 }
 
-pub fn run(args: PlanArgs) -> Result<i32> {
-    let loaded = spec::load(&args.file)?;
-    let run_dir = args.run_dir.clone().unwrap_or(loaded.run_dir.clone());
+/// An experiment planned (or dry-run) into a run directory.
+pub struct Planned {
+    pub run_dir: PathBuf,
+    /// `dry-run`, `created`, `unchanged` or `replanned`.
+    pub status: &'static str,
+    pub kept: Option<u64>,
+    pub plan: Plan,
+    pub expansion: Expansion,
+}
+
+/// Load, expand and (unless `dry_run`) write an experiment's plan. Shared by `plan` and `run`.
+pub fn plan_experiment(file: &Path, run_dir: Option<&Path>, replan: bool, dry_run: bool) -> Result<Planned> {
+    let loaded = spec::load(file)?;
+    let run_dir = run_dir.map(Path::to_path_buf).unwrap_or(loaded.run_dir.clone());
     let exp = loaded.experiment;
     let expansion = plan::expand(&exp).map_err(|e| {
-        Error::config(format!("`{}`: {e}", args.file.display()))
+        Error::config(format!("`{}`: {e}", file.display()))
             .with_hint("make the models differ (e.g. sampling), or drop one of the pairs")
     })?;
-    let plan = Plan::new(exp.clone(), &expansion, loaded.source.display().to_string());
-    let (status, kept) = if args.dry_run {
+    let plan = Plan::new(exp, &expansion, loaded.source.display().to_string());
+    let (status, kept) = if dry_run {
         ("dry-run", None)
     } else {
-        write_plan(&run_dir, &plan, &expansion, args.replan)?
+        write_plan(&run_dir, &plan, &expansion, replan)?
     };
-    let summary = summarize(status, &exp, &run_dir, &plan, &expansion, kept);
+    Ok(Planned {
+        run_dir,
+        status,
+        kept,
+        plan,
+        expansion,
+    })
+}
+
+pub fn run(args: PlanArgs) -> Result<i32> {
+    let p = plan_experiment(&args.file, args.run_dir.as_deref(), args.replan, args.dry_run)?;
+    let summary = summarize(p.status, &p.plan.experiment, &p.run_dir, &p.plan, &p.expansion, p.kept);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&summary).expect("serialisable"));
     } else {
         print_summary(&summary);
     }
     Ok(0)
+}
+
+/// The human summary of a plan (used by `run` as well).
+pub fn print_planned(p: &Planned) {
+    print_summary(&summarize(
+        p.status,
+        &p.plan.experiment,
+        &p.run_dir,
+        &p.plan,
+        &p.expansion,
+        p.kept,
+    ));
 }
 
 fn summarize<'a>(

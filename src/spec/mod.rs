@@ -220,7 +220,8 @@ pub enum Sharding {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerSettings {
     pub concurrency: u32,
-    pub parallel_shards: u32,
+    /// Shards the local executor opens at once; `None`: enough to keep `concurrency` busy.
+    pub parallel_shards: Option<u32>,
     pub grace_secs: f64,
     pub max_attempts: u32,
 }

@@ -764,8 +764,7 @@ impl Cx {
         }
         Ok(WorkerSettings {
             concurrency: opt_range(self, "worker.concurrency", raw.concurrency, 1, 100_000)?.unwrap_or(64) as u32,
-            parallel_shards: opt_range(self, "worker.parallel_shards", raw.parallel_shards, 1, 1024)?.unwrap_or(2)
-                as u32,
+            parallel_shards: opt_range(self, "worker.parallel_shards", raw.parallel_shards, 1, 1024)?.map(|v| v as u32),
             grace_secs,
             max_attempts: opt_range(self, "worker.max_attempts", raw.max_attempts, 1, 1000)?.unwrap_or(3) as u32,
         })

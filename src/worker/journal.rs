@@ -1,0 +1,369 @@
+//! The shard journal: an append-only log of completed model calls and finished dialogues.
+//!
+//! It is the truth about what is done. Layout: one header line, then one record per line, each
+//! `<checksum> <json>` where the checksum is 8 hex digits of blake3 over the JSON. Records are
+//! written with a single `write` on a file opened for appending, so a killed process (SIGKILL)
+//! loses nothing it wrote; an fsync runs every [`SYNC_INTERVAL`] while records arrive and on close
+//! (group commit), so a machine crash loses at most that window, which resumes by repeating those
+//! calls. A reader accepts a torn last record (a crash mid-write) and ignores it; opening the
+//! journal for writing cuts such a tail off first so new records start on a clean line. A damaged
+//! record anywhere else is reported with its line and skipped: the units it touched run again,
+//! and merge deduplicates by unit id, so nothing is counted twice.
+
+use crate::dialogue::{CallEvent, DialogueRecord};
+use crate::error::{Error, Result};
+use crate::plan::UnitId;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub const JOURNAL_FORMAT: &str = "roleplay-journal";
+pub const JOURNAL_VERSION: u32 = 1;
+/// Group-commit interval: the longest a written record waits for its fsync.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub plan_hash: String,
+    pub shard: u32,
+}
+
+/// A worker attempt on the shard began.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptStart {
+    pub attempt: u32,
+    pub host: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub slurm_job_id: Option<String>,
+    pub started_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Entry {
+    Attempt(AttemptStart),
+    Call(Box<CallEvent>),
+    Done(Box<DialogueRecord>),
+}
+
+/// Everything a journal holds, read back.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub header: Option<Header>,
+    pub entries: Vec<Entry>,
+    /// Byte length of the valid prefix (header and whole, checked records).
+    pub valid_len: u64,
+    /// A torn last record was found (and ignored).
+    pub torn_tail: bool,
+    /// Line numbers of damaged records that were skipped.
+    pub damaged_lines: Vec<usize>,
+}
+
+fn checksum(json: &[u8]) -> String {
+    blake3::hash(json).to_hex()[..8].to_string()
+}
+
+fn encode(json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + 10);
+    line.extend_from_slice(checksum(json).as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(json);
+    line.push(b'\n');
+    line
+}
+
+/// Read a journal; `None` when the file does not exist.
+pub fn read(path: &Path) -> Result<Option<Contents>> {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| Error::runtime(format!("cannot read `{}`: {e}", path.display())))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::runtime(format!("cannot open `{}`: {e}", path.display()))),
+    }
+    parse(path, &bytes).map(Some)
+}
+
+/// Parse journal bytes (exposed for fuzzing and tests).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Contents> {
+    let mut out = Contents::default();
+    let mut pos = 0usize;
+    let mut line_no = 0usize;
+    while pos < bytes.len() {
+        line_no += 1;
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            // No newline: a record cut short by a crash.
+            out.torn_tail = true;
+            break;
+        };
+        let line = &bytes[pos..pos + nl];
+        let next = pos + nl + 1;
+        let is_last = next >= bytes.len();
+        let parsed = decode_line(line);
+        if line_no == 1 {
+            let header = parsed.and_then(|v| serde_json::from_slice::<Header>(v).ok());
+            match header {
+                Some(h) if h.format == JOURNAL_FORMAT => {
+                    if h.version > JOURNAL_VERSION {
+                        return Err(Error::config(format!(
+                            "`{}` was written by a newer roleplay (journal version {}; this one reads up to {JOURNAL_VERSION})",
+                            path.display(),
+                            h.version
+                        ))
+                        .with_hint("use the roleplay version that wrote the run, or upgrade this one"));
+                    }
+                    out.header = Some(h);
+                }
+                _ if is_last => {
+                    out.torn_tail = true;
+                    break;
+                }
+                _ => {
+                    return Err(
+                        Error::config(format!("`{}` is not a roleplay journal (bad header)", path.display()))
+                            .with_hint("move the file aside: its shard's units will then run again"),
+                    );
+                }
+            }
+        } else {
+            match parsed.and_then(|v| serde_json::from_slice::<Entry>(v).ok()) {
+                Some(e) => out.entries.push(e),
+                None if is_last => {
+                    out.torn_tail = true;
+                    break;
+                }
+                None => out.damaged_lines.push(line_no),
+            }
+        }
+        pos = next;
+        out.valid_len = pos as u64;
+    }
+    Ok(out)
+}
+
+/// The JSON of a checked line, or `None` if the checksum does not match.
+fn decode_line(line: &[u8]) -> Option<&[u8]> {
+    if line.len() < 10 || line[8] != b' ' {
+        return None;
+    }
+    let (sum, json) = (&line[..8], &line[9..]);
+    (checksum(json).as_bytes() == sum).then_some(json)
+}
+
+/// An open journal: appends records, and syncs them in groups.
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    dirty: AtomicBool,
+    written: AtomicU64,
+    durable: bool,
+}
+
+impl Journal {
+    /// Open (creating with a header if needed) the journal of `shard` for appending, cutting off
+    /// a torn tail. Returns the journal and what it already held.
+    pub fn open(path: &Path, plan_hash: &str, shard: u32, durable: bool) -> Result<(Journal, Contents)> {
+        if let Some(parent) = path.parent() {
+            fs_err::create_dir_all(parent)?;
+        }
+        let contents = read(path)?.unwrap_or_default();
+        if let Some(h) = &contents.header
+            && (h.plan_hash != plan_hash || h.shard != shard)
+        {
+            return Err(Error::config(format!(
+                "`{}` belongs to another plan or shard (plan {}, shard {}; expected plan {plan_hash}, shard {shard})",
+                path.display(),
+                h.plan_hash,
+                h.shard
+            ))
+            .with_hint(
+                "the run directory was re-planned by hand; run `roleplay plan --replan` to carry finished work over",
+            ));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::runtime(format!("cannot open `{}`: {e}", path.display())))?;
+        let io = |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display()));
+        let len = file.metadata().map_err(io)?.len();
+        if contents.header.is_none() {
+            file.set_len(0).map_err(io)?;
+            let header = Header {
+                format: JOURNAL_FORMAT.into(),
+                version: JOURNAL_VERSION,
+                plan_hash: plan_hash.into(),
+                shard,
+            };
+            file.write_all(&encode(&serde_json::to_vec(&header).expect("serialisable")))
+                .map_err(io)?;
+            file.sync_all().map_err(io)?;
+            if let Some(parent) = path.parent() {
+                crate::store::sync_dir(parent)?;
+            }
+        } else if len > contents.valid_len {
+            file.set_len(contents.valid_len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let journal = Journal {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            dirty: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            durable,
+        };
+        Ok((journal, contents))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one record with a single write (whole or, after a crash, torn — never interleaved).
+    pub fn append(&self, entry: &Entry) -> Result<()> {
+        let line = encode(&serde_json::to_vec(entry).expect("serialisable"));
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(&line).map_err(|e| {
+            Error::runtime(format!("cannot append to the journal `{}`: {e}", self.path.display()))
+                .with_hint("free disk space or fix permissions, then run the same command again: finished work is kept")
+        })?;
+        self.written.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// fsync if anything was written since the last sync.
+    pub fn sync(&self) -> Result<()> {
+        if !self.durable || !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let f = f
+            .try_clone()
+            .map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())))?;
+        f.sync_data()
+            .map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())))
+    }
+
+    /// Records appended since opening.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// What a journal says about each unit of its shard.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The last finished record per unit (a retried failure is superseded by its retry).
+    pub done: std::collections::HashMap<UnitId, DialogueRecord>,
+    /// Completed calls per unit, to resume unfinished dialogues without repeating them.
+    pub calls: std::collections::HashMap<UnitId, crate::dialogue::CallCache>,
+    pub attempts: u32,
+}
+
+impl Replay {
+    pub fn from_entries(entries: Vec<Entry>) -> Replay {
+        let mut r = Replay::default();
+        for e in entries {
+            match e {
+                Entry::Attempt(a) => r.attempts = r.attempts.max(a.attempt),
+                Entry::Call(c) => {
+                    let c = *c;
+                    r.calls.entry(c.key.unit).or_default().insert(c.key, c.call);
+                }
+                Entry::Done(d) => {
+                    r.done.insert(d.unit, *d);
+                }
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: u32) -> Entry {
+        Entry::Attempt(AttemptStart {
+            attempt: n,
+            host: "h".into(),
+            pid: 1,
+            slurm_job_id: None,
+            started_at: 0,
+        })
+    }
+
+    #[test]
+    fn round_trip_and_torn_tail_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
+        assert!(c.entries.is_empty());
+        j.append(&attempt(1)).unwrap();
+        j.append(&attempt(2)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        // Simulate a crash mid-write: half a record at the end.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"0123abcd {\"t\":\"attempt\",\"attem").unwrap();
+        drop(f);
+        let c = read(&path).unwrap().unwrap();
+        assert!(c.torn_tail);
+        assert_eq!(c.entries.len(), 2);
+        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        j.append(&attempt(3)).unwrap();
+        drop(j);
+        let c = read(&path).unwrap().unwrap();
+        assert!(!c.torn_tail);
+        assert!(c.damaged_lines.is_empty());
+        assert_eq!(c.entries, vec![attempt(1), attempt(2), attempt(3)]);
+    }
+
+    #[test]
+    fn damaged_middle_record_is_skipped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        let (j, _) = Journal::open(&path, "abc", 0, false).unwrap();
+        for n in 1..=3 {
+            j.append(&attempt(n)).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Flip a byte inside the second record's JSON.
+        let second = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).unwrap().0 + 15;
+        bytes[second] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let c = read(&path).unwrap().unwrap();
+        assert_eq!(c.damaged_lines, vec![3]);
+        assert_eq!(c.entries, vec![attempt(1), attempt(3)]);
+    }
+
+    #[test]
+    fn a_journal_of_another_plan_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        drop(Journal::open(&path, "abc", 0, false).unwrap());
+        let err = Journal::open(&path, "other", 0, false).err().unwrap();
+        assert!(err.message.contains("belongs to another plan"), "{}", err.message);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for bytes in [&b""[..], b"\n\n\n", b"garbage", b"12345678 {}\n", b"\xff\xfe\n\x00"] {
+            let _ = parse(Path::new("x"), bytes);
+        }
+    }
+}

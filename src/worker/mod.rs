@@ -1,0 +1,467 @@
+//! The worker: runs the dialogues of one shard, many at once, checkpointing every completed call.
+//!
+//! A shard run takes the shard's lock (one writer per shard), replays its journal (finished
+//! dialogues are skipped; unfinished ones resume from their recorded calls), then keeps up to
+//! `concurrency` dialogues in flight. Every completed model call goes to the journal before the
+//! dialogue goes on; every finished dialogue is appended as a `done` record. A stop signal stops
+//! new work, gives in-flight calls `grace_secs` to finish, then abandons the rest (their completed
+//! calls are already journaled), syncs, and reports `interrupted`.
+
+pub mod journal;
+pub mod signals;
+pub mod state;
+
+use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason, Recorder};
+use crate::error::{Error, Result};
+use crate::llm::ChatModel;
+use crate::plan::{self, Plan, Unit};
+use crate::store::{Lock, RunDir};
+use journal::{AttemptStart, Entry, Journal, Replay};
+use signals::Cancel;
+use state::{ShardState, ShardStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How often the state file's heartbeat is refreshed.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Live counters shared by every shard of a run (the progress display reads them).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub calls: AtomicU64,
+    pub end_reasons: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Progress {
+    fn finish(&self, rec: &DialogueRecord) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if rec.ending.reason.is_failure() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut m = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(rec.ending.reason.as_str()).or_default() += 1;
+    }
+}
+
+/// What a worker shares across its shards: model clients, the dialogue budget, progress, the stop signal.
+#[derive(Clone)]
+pub struct Shared {
+    pub plan: Arc<Plan>,
+    pub run_dir: RunDir,
+    pub clients: Arc<HashMap<String, Arc<dyn ChatModel>>>,
+    pub permits: Arc<Semaphore>,
+    pub progress: Arc<Progress>,
+    pub cancel: Cancel,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Run units that ended with a backend failure again.
+    pub retry_failed: bool,
+    /// fsync the journal (group commit). Off only for benchmarks.
+    pub durable: bool,
+    pub grace: Duration,
+    pub slurm_job_id: Option<String>,
+}
+
+impl Shared {
+    /// Build clients for every model the plan uses, and the shared budget.
+    pub fn new(
+        run_dir: RunDir,
+        plan: Arc<Plan>,
+        options: Options,
+        cancel: Cancel,
+        make_client: impl Fn(&crate::spec::Model) -> Result<Arc<dyn ChatModel>>,
+    ) -> Result<Shared> {
+        let mut clients = HashMap::new();
+        for m in &plan.experiment.models {
+            clients.insert(m.name.clone(), make_client(m)?);
+        }
+        let permits = Arc::new(Semaphore::new(plan.experiment.worker.concurrency as usize));
+        Ok(Shared {
+            plan,
+            run_dir,
+            clients: Arc::new(clients),
+            permits,
+            progress: Arc::new(Progress::default()),
+            cancel,
+            options,
+        })
+    }
+}
+
+/// How a shard run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutcome {
+    pub shard: u32,
+    pub units: u64,
+    /// Finished before this run (skipped).
+    pub already_done: u64,
+    /// Finished in this run.
+    pub finished: u64,
+    /// Units whose latest record is a backend failure.
+    pub failed: u64,
+    pub interrupted: bool,
+}
+
+impl ShardOutcome {
+    pub fn complete(&self) -> bool {
+        !self.interrupted && self.already_done + self.finished == self.units
+    }
+}
+
+struct JournalRecorder {
+    journal: Arc<Journal>,
+    progress: Arc<Progress>,
+}
+
+impl Recorder for JournalRecorder {
+    fn record(&self, event: &CallEvent) -> Result<()> {
+        self.journal.append(&Entry::Call(Box::new(event.clone())))?;
+        self.progress.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Run one shard to completion, or until the stop signal.
+pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
+    let plan = &shared.plan;
+    let rd = &shared.run_dir;
+    if shard as usize >= plan.shards.len() {
+        return Err(Error::config(format!(
+            "shard {shard} does not exist: the plan has {} shards (0 to {})",
+            plan.shards.len(),
+            plan.shards.len().saturating_sub(1)
+        ))
+        .with_hint("check `--shard`, or the array map the Slurm script passes"));
+    }
+    let _lock = Lock::try_acquire(
+        &rd.lock_dir().join(format!("shard-{shard:05}.lock")),
+        &format!("a worker of shard {shard}"),
+    )?;
+    let units = plan::read_units_of_shard(&rd.units_path(plan), shard)?;
+    if units.len() as u32 != plan.shards[shard as usize].units {
+        return Err(Error::config(format!(
+            "the units file of `{}` does not match its plan (shard {shard})",
+            rd.root.display()
+        ))
+        .with_hint("the run directory is damaged; plan again with `--replan`"));
+    }
+    let (journal, contents) = Journal::open(&rd.journal_path(shard), &plan.plan_hash, shard, shared.options.durable)?;
+    if !contents.damaged_lines.is_empty() {
+        eprintln!(
+            "warning: `{}`: skipped damaged records at lines {:?}; the units they touched run again",
+            journal.path().display(),
+            contents.damaged_lines
+        );
+    }
+    let journal = Arc::new(journal);
+    let mut replay = Replay::from_entries(contents.entries);
+    let in_shard: std::collections::HashSet<_> = units.iter().map(|u| u.id).collect();
+    replay.done.retain(|id, _| in_shard.contains(id));
+    let is_failed = |r: &DialogueRecord| r.ending.reason.is_failure();
+    let already_done = replay
+        .done
+        .values()
+        .filter(|r| !(shared.options.retry_failed && is_failed(r)))
+        .count() as u64;
+    let todo: Vec<Unit> = units
+        .iter()
+        .filter(|u| match replay.done.get(&u.id) {
+            None => true,
+            Some(r) => shared.options.retry_failed && is_failed(r),
+        })
+        .copied()
+        .collect();
+    shared.progress.total.fetch_add(units.len() as u64, Ordering::Relaxed);
+    let prior_state = state::read(rd, shard);
+    let nothing_to_do = todo.is_empty();
+    let attempt = replay
+        .attempts
+        .max(prior_state.as_ref().map(|s| s.attempt).unwrap_or(0))
+        + u32::from(!nothing_to_do);
+    let started_at = state::now();
+    if !nothing_to_do {
+        journal.append(&Entry::Attempt(AttemptStart {
+            attempt,
+            host: state::hostname(),
+            pid: std::process::id(),
+            slurm_job_id: shared.options.slurm_job_id.clone(),
+            started_at,
+        }))?;
+    }
+    shared.progress.done.fetch_add(already_done, Ordering::Relaxed);
+
+    let counts = Arc::new(Mutex::new(ShardCounts::from_done(
+        replay
+            .done
+            .values()
+            .filter(|r| !(shared.options.retry_failed && is_failed(r))),
+    )));
+    let write_state = |status: ShardStatus, error: Option<String>| -> Result<()> {
+        let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        state::write(
+            rd,
+            &ShardState {
+                shard,
+                plan_hash: plan.plan_hash.clone(),
+                attempt,
+                status,
+                host: state::hostname(),
+                pid: std::process::id(),
+                slurm_job_id: shared.options.slurm_job_id.clone(),
+                started_at,
+                heartbeat_at: state::now(),
+                units: units.len() as u64,
+                done: c.done,
+                failed: c.failed,
+                end_reasons: c.end_reasons,
+                error,
+            },
+        )
+    };
+    if nothing_to_do {
+        let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let status = if c.failed > 0 {
+            ShardStatus::Failed
+        } else {
+            ShardStatus::Done
+        };
+        if prior_state.as_ref().map(|s| s.status) != Some(status) {
+            write_state(status, None)?;
+        }
+        return Ok(ShardOutcome {
+            shard,
+            units: units.len() as u64,
+            already_done,
+            finished: 0,
+            failed: c.failed,
+            interrupted: false,
+        });
+    }
+    write_state(ShardStatus::Running, None)?;
+
+    // Group commit and heartbeat run beside the dialogues.
+    let (stop_bg, mut stop_rx) = tokio::sync::watch::channel(false);
+    let bg = {
+        let journal = journal.clone();
+        let counts = counts.clone();
+        let rd = rd.clone();
+        let plan_hash = plan.plan_hash.clone();
+        let slurm_job_id = shared.options.slurm_job_id.clone();
+        let units_n = units.len() as u64;
+        tokio::spawn(async move {
+            let mut sync_tick = tokio::time::interval(journal::SYNC_INTERVAL);
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            beat.tick().await;
+            loop {
+                tokio::select! {
+                    _ = sync_tick.tick() => {
+                        let j = journal.clone();
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || j.sync()).await {
+                            eprintln!("{e}");
+                        }
+                    }
+                    _ = beat.tick() => {
+                        let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let s = ShardState {
+                            shard, plan_hash: plan_hash.clone(), attempt, status: ShardStatus::Running,
+                            host: state::hostname(), pid: std::process::id(), slurm_job_id: slurm_job_id.clone(),
+                            started_at, heartbeat_at: state::now(), units: units_n, done: c.done, failed: c.failed,
+                            end_reasons: c.end_reasons, error: None,
+                        };
+                        let _ = state::write(&rd, &s);
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        })
+    };
+
+    let result = drive(shared, &journal, &mut replay, todo, counts.clone()).await;
+    let _ = stop_bg.send(true);
+    let _ = bg.await;
+    let synced = {
+        let j = journal.clone();
+        tokio::task::spawn_blocking(move || j.sync())
+            .await
+            .unwrap_or_else(|e| Err(Error::runtime(format!("journal sync task failed: {e}"))))
+    };
+    let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match (result, synced) {
+        (Ok(stopped), Ok(())) => {
+            let interrupted = stopped && c.done < units.len() as u64;
+            let finished = c.done - already_done;
+            let outcome = ShardOutcome {
+                shard,
+                units: units.len() as u64,
+                already_done,
+                finished,
+                failed: c.failed,
+                interrupted,
+            };
+            let status = if interrupted {
+                ShardStatus::Interrupted
+            } else if c.failed > 0 {
+                ShardStatus::Failed
+            } else {
+                ShardStatus::Done
+            };
+            write_state(status, None)?;
+            Ok(outcome)
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            let _ = write_state(ShardStatus::Error, Some(e.message.clone()));
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct ShardCounts {
+    done: u64,
+    failed: u64,
+    end_reasons: BTreeMap<String, u64>,
+}
+
+impl ShardCounts {
+    fn from_done<'a>(records: impl Iterator<Item = &'a DialogueRecord>) -> ShardCounts {
+        let mut c = ShardCounts::default();
+        for r in records {
+            c.add(r.ending.reason);
+        }
+        c
+    }
+
+    fn add(&mut self, reason: EndReason) {
+        self.done += 1;
+        if reason.is_failure() {
+            self.failed += 1;
+        }
+        *self.end_reasons.entry(reason.as_str().to_string()).or_default() += 1;
+    }
+}
+
+/// Keep dialogues in flight until all are done or the stop signal; returns whether it was stopped.
+async fn drive(
+    shared: &Shared,
+    journal: &Arc<Journal>,
+    replay: &mut Replay,
+    todo: Vec<Unit>,
+    counts: Arc<Mutex<ShardCounts>>,
+) -> Result<bool> {
+    let mut set: JoinSet<Result<DialogueRecord>> = JoinSet::new();
+    let mut cancel = shared.cancel.clone();
+    let mut interrupted = false;
+    let mut first_error: Option<Error> = None;
+    let mut pending = todo.into_iter();
+    let on_done = |res: std::result::Result<Result<DialogueRecord>, tokio::task::JoinError>,
+                   first_error: &mut Option<Error>| match res {
+        Ok(Ok(rec)) => {
+            if let Err(e) = journal.append(&Entry::Done(Box::new(rec.clone()))) {
+                first_error.get_or_insert(e);
+                return;
+            }
+            shared.progress.finish(&rec);
+            counts.lock().unwrap_or_else(|p| p.into_inner()).add(rec.ending.reason);
+        }
+        Ok(Err(e)) => {
+            first_error.get_or_insert(e);
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            first_error.get_or_insert(Error::runtime(format!("a dialogue task failed: {e}")));
+        }
+    };
+    loop {
+        if first_error.is_some() || cancel.is_cancelled() {
+            break;
+        }
+        // Take a permit for the next unit, while collecting finished dialogues.
+        let Some(unit) = pending.next() else { break };
+        let permit = loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break None,
+                Some(res) = set.join_next(), if !set.is_empty() => on_done(res, &mut first_error),
+                p = shared.permits.clone().acquire_owned() => break p.ok(),
+            }
+        };
+        let Some(permit) = permit else { break };
+        if first_error.is_some() {
+            break;
+        }
+        let cache = replay.calls.remove(&unit.id).unwrap_or_default();
+        let plan = shared.plan.clone();
+        let clients = shared.clients.clone();
+        let recorder = JournalRecorder {
+            journal: journal.clone(),
+            progress: shared.progress.clone(),
+        };
+        set.spawn(async move {
+            let _permit = permit;
+            let exp = &plan.experiment;
+            let pair = &exp.pairs[unit.pair as usize];
+            let (inq, resp) = (exp.model(&pair.inquirer), exp.model(&pair.responder));
+            let (Some(inq), Some(resp)) = (inq, resp) else {
+                return Err(
+                    Error::config("the plan names a model it does not define").with_hint("plan again with `--replan`")
+                );
+            };
+            let input = DialogueInput {
+                unit: unit.id,
+                seed: unit.seed,
+                persona: &exp.personas[unit.persona as usize],
+                goal: &exp.goals[unit.goal as usize],
+                inquirer: inq,
+                responder: resp,
+                settings: &exp.dialogue,
+            };
+            let (ci, cr) = (clients[&inq.name].clone(), clients[&resp.name].clone());
+            dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &cache, &recorder).await
+        });
+    }
+    if cancel.is_cancelled() {
+        interrupted = true;
+    }
+    // Drain: on a stop, in-flight dialogues get the grace period, then are abandoned (their
+    // completed calls are journaled already).
+    let deadline = tokio::time::Instant::now() + shared.options.grace;
+    while !set.is_empty() {
+        if first_error.is_some() {
+            set.abort_all();
+        }
+        let stopping = interrupted || cancel.is_cancelled();
+        let next = if stopping {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    set.abort_all();
+                    while set.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                n = set.join_next() => n,
+                _ = cancel.cancelled() => { interrupted = true; continue; }
+            }
+        };
+        match next {
+            Some(res) => on_done(res, &mut first_error),
+            None => break,
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(interrupted || cancel.is_cancelled())
+}
