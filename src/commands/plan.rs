@@ -198,6 +198,11 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
         }
         let _lock = store::Lock::try_acquire(&rd.lock_dir().join("run.lock"), "another command on this run")?;
         archive_plan(&rd, &old)?;
+        let archive = rd.archive_dir().join(&old.plan_hash);
+        let with_work = crate::worker::journal::carry_over(&rd, &archive, &plan.plan_hash, &x.units)?;
+        if with_work > 0 {
+            eprintln!("carried the recorded work of {with_work} unchanged units over to the new plan");
+        }
         write_files(&rd, plan, x)?;
         if old.units_file != plan.units_file {
             let _ = fs_err::remove_file(rd.units_path(&old));

@@ -367,3 +367,91 @@ mod tests {
         }
     }
 }
+
+/// After a re-plan: move every recorded call and finished dialogue of a unit that is still planned
+/// into the journal of its new shard (headers of the new plan), and archive the old journals.
+/// Returns how many units brought work along. Workers must not be running (their shard locks are
+/// taken here). Safe to repeat after a crash: the old plan stays in force until the caller writes
+/// the new `plan.json`, and a repeat reads whatever journals are in place.
+pub fn carry_over(
+    rd: &crate::store::RunDir,
+    archive: &Path,
+    new_plan_hash: &str,
+    units: &[crate::plan::Unit],
+) -> Result<u64> {
+    use std::collections::HashMap;
+    let dir = rd.journal_dir();
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut locks = Vec::new();
+    let mut files: Vec<PathBuf> = fs_err::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jrnl"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        locks.push(crate::store::Lock::try_acquire(
+            &rd.lock_dir().join(format!("{name}.lock")),
+            &format!("a worker of {name}"),
+        )?);
+    }
+    let shard_of: HashMap<UnitId, u32> = units.iter().map(|u| (u.id, u.shard)).collect();
+    let mut per_shard: std::collections::BTreeMap<u32, Vec<Entry>> = std::collections::BTreeMap::new();
+    let mut carried = std::collections::HashSet::new();
+    for f in &files {
+        let Some(contents) = read(f)? else { continue };
+        for e in contents.entries {
+            let unit = match &e {
+                Entry::Attempt(_) => continue,
+                Entry::Call(c) => c.key.unit,
+                Entry::Done(d) => d.unit,
+            };
+            if let Some(&shard) = shard_of.get(&unit) {
+                carried.insert(unit);
+                per_shard.entry(shard).or_default().push(e);
+            }
+        }
+    }
+    let staging = rd.root.join("journal.new");
+    if staging.exists() {
+        fs_err::remove_dir_all(&staging)?;
+    }
+    fs_err::create_dir_all(&staging)?;
+    for (shard, entries) in per_shard {
+        let path = staging.join(format!("shard-{shard:05}.jrnl"));
+        let (j, _) = Journal::open(&path, new_plan_hash, shard, true)?;
+        for e in &entries {
+            j.append(e)?;
+        }
+        j.dirty.store(true, Ordering::Release);
+        j.sync()?;
+    }
+    crate::store::sync_dir(&staging)?;
+    fs_err::create_dir_all(archive)?;
+    let mut dest = archive.join("journal");
+    let mut n = 1;
+    while dest.exists() {
+        n += 1;
+        dest = archive.join(format!("journal.{n}"));
+    }
+    fs_err::rename(&dir, &dest)?;
+    fs_err::rename(&staging, &dir)?;
+    let state = rd.state_dir();
+    if state.is_dir() {
+        let mut sdest = archive.join("state");
+        let mut n = 1;
+        while sdest.exists() {
+            n += 1;
+            sdest = archive.join(format!("state.{n}"));
+        }
+        fs_err::rename(&state, &sdest)?;
+    }
+    crate::store::sync_dir(&rd.root)?;
+    drop(locks);
+    Ok(carried.len() as u64)
+}
