@@ -5,8 +5,12 @@
 //! turn loop, replaying calls already recorded in the journal so a resumed dialogue repeats no
 //! completed call.
 
+mod engine;
+pub mod prompt;
 pub mod record;
+pub mod rules;
 
+pub use engine::regeneration_sampling;
 pub use record::*;
 
 use crate::llm::{CallKey, ChatModel};
@@ -35,8 +39,12 @@ pub trait Recorder: Send + Sync {
 }
 
 /// Run (or resume) one dialogue to its end. Backend failures end the dialogue with
-/// [`EndReason::BackendError`]; an `Err` means the recorder failed and the dialogue was abandoned
-/// unfinished.
+/// [`EndReason::BackendError`] (or [`EndReason::ContextOverflow`] when the server refused the prompt
+/// as too long); an `Err` means the recorder failed and the dialogue was abandoned unfinished, or
+/// that a model lacks the templates of the role it was given (which validation rules out).
+///
+/// Calls found in `cache` are used instead of being made again; every new completed call is passed
+/// to `recorder` before the dialogue goes on.
 pub async fn run_dialogue(
     input: DialogueInput<'_>,
     inquirer: &dyn ChatModel,
@@ -44,6 +52,5 @@ pub async fn run_dialogue(
     cache: &CallCache,
     recorder: &dyn Recorder,
 ) -> crate::Result<DialogueRecord> {
-    let _ = (input, inquirer, responder, cache, recorder);
-    Err(crate::Error::runtime("the dialogue engine is not built yet"))
+    engine::run(input, inquirer, responder, cache, recorder).await
 }
