@@ -291,83 +291,6 @@ impl Replay {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attempt(n: u32) -> Entry {
-        Entry::Attempt(AttemptStart {
-            attempt: n,
-            host: "h".into(),
-            pid: 1,
-            slurm_job_id: None,
-            started_at: 0,
-        })
-    }
-
-    #[test]
-    fn round_trip_and_torn_tail_is_cut_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jrnl");
-        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
-        assert!(c.entries.is_empty());
-        j.append(&attempt(1)).unwrap();
-        j.append(&attempt(2)).unwrap();
-        j.sync().unwrap();
-        drop(j);
-        // Simulate a crash mid-write: half a record at the end.
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"0123abcd {\"t\":\"attempt\",\"attem").unwrap();
-        drop(f);
-        let c = read(&path).unwrap().unwrap();
-        assert!(c.torn_tail);
-        assert_eq!(c.entries.len(), 2);
-        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
-        assert_eq!(c.entries.len(), 2);
-        j.append(&attempt(3)).unwrap();
-        drop(j);
-        let c = read(&path).unwrap().unwrap();
-        assert!(!c.torn_tail);
-        assert!(c.damaged_lines.is_empty());
-        assert_eq!(c.entries, vec![attempt(1), attempt(2), attempt(3)]);
-    }
-
-    #[test]
-    fn damaged_middle_record_is_skipped_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jrnl");
-        let (j, _) = Journal::open(&path, "abc", 0, false).unwrap();
-        for n in 1..=3 {
-            j.append(&attempt(n)).unwrap();
-        }
-        drop(j);
-        let mut bytes = std::fs::read(&path).unwrap();
-        // Flip a byte inside the second record's JSON.
-        let second = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).unwrap().0 + 15;
-        bytes[second] ^= 0x20;
-        std::fs::write(&path, &bytes).unwrap();
-        let c = read(&path).unwrap().unwrap();
-        assert_eq!(c.damaged_lines, vec![3]);
-        assert_eq!(c.entries, vec![attempt(1), attempt(3)]);
-    }
-
-    #[test]
-    fn a_journal_of_another_plan_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jrnl");
-        drop(Journal::open(&path, "abc", 0, false).unwrap());
-        let err = Journal::open(&path, "other", 0, false).err().unwrap();
-        assert!(err.message.contains("belongs to another plan"), "{}", err.message);
-    }
-
-    #[test]
-    fn garbage_never_panics() {
-        for bytes in [&b""[..], b"\n\n\n", b"garbage", b"12345678 {}\n", b"\xff\xfe\n\x00"] {
-            let _ = parse(Path::new("x"), bytes);
-        }
-    }
-}
-
 /// After a re-plan: move every recorded call and finished dialogue of a unit that is still planned
 /// into the journal of its new shard (headers of the new plan), and archive the old journals.
 /// Returns how many units brought work along. Workers must not be running (their shard locks are
@@ -454,4 +377,81 @@ pub fn carry_over(
     crate::store::sync_dir(&rd.root)?;
     drop(locks);
     Ok(carried.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: u32) -> Entry {
+        Entry::Attempt(AttemptStart {
+            attempt: n,
+            host: "h".into(),
+            pid: 1,
+            slurm_job_id: None,
+            started_at: 0,
+        })
+    }
+
+    #[test]
+    fn round_trip_and_torn_tail_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
+        assert!(c.entries.is_empty());
+        j.append(&attempt(1)).unwrap();
+        j.append(&attempt(2)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        // Simulate a crash mid-write: half a record at the end.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"0123abcd {\"t\":\"attempt\",\"attem").unwrap();
+        drop(f);
+        let c = read(&path).unwrap().unwrap();
+        assert!(c.torn_tail);
+        assert_eq!(c.entries.len(), 2);
+        let (j, c) = Journal::open(&path, "abc", 3, true).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        j.append(&attempt(3)).unwrap();
+        drop(j);
+        let c = read(&path).unwrap().unwrap();
+        assert!(!c.torn_tail);
+        assert!(c.damaged_lines.is_empty());
+        assert_eq!(c.entries, vec![attempt(1), attempt(2), attempt(3)]);
+    }
+
+    #[test]
+    fn damaged_middle_record_is_skipped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        let (j, _) = Journal::open(&path, "abc", 0, false).unwrap();
+        for n in 1..=3 {
+            j.append(&attempt(n)).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Flip a byte inside the second record's JSON.
+        let second = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).unwrap().0 + 15;
+        bytes[second] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let c = read(&path).unwrap().unwrap();
+        assert_eq!(c.damaged_lines, vec![3]);
+        assert_eq!(c.entries, vec![attempt(1), attempt(3)]);
+    }
+
+    #[test]
+    fn a_journal_of_another_plan_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        drop(Journal::open(&path, "abc", 0, false).unwrap());
+        let err = Journal::open(&path, "other", 0, false).err().unwrap();
+        assert!(err.message.contains("belongs to another plan"), "{}", err.message);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for bytes in [&b""[..], b"\n\n\n", b"garbage", b"12345678 {}\n", b"\xff\xfe\n\x00"] {
+            let _ = parse(Path::new("x"), bytes);
+        }
+    }
 }

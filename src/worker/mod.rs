@@ -83,7 +83,8 @@ impl Shared {
     ) -> Result<Shared> {
         let mut clients = HashMap::new();
         for m in &plan.experiment.models {
-            clients.insert(m.name.clone(), make_client(m)?);
+            let m = with_endpoint_override(m, |k| std::env::var(k).ok());
+            clients.insert(m.name.clone(), make_client(&m)?);
         }
         let permits = Arc::new(Semaphore::new(plan.experiment.worker.concurrency as usize));
         Ok(Shared {
@@ -96,6 +97,37 @@ impl Shared {
             options,
         })
     }
+}
+
+/// The environment variable that overrides one model's `base_url` (`ROLEPLAY_BASE_URL__<NAME>`,
+/// the name upper-cased with other characters as `_`).
+pub fn endpoint_env_name(model: &str) -> String {
+    let name: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ROLEPLAY_BASE_URL__{name}")
+}
+
+/// A model with its endpoint replaced from the environment, for jobs that start their own server
+/// (the `sim` and `vllm` Slurm templates): `ROLEPLAY_BASE_URL__<NAME>` for one model, else
+/// `ROLEPLAY_BASE_URL` for every HTTP model. Endpoints are not part of unit ids, so this changes
+/// where requests go, never what is being generated.
+pub fn with_endpoint_override(m: &crate::spec::Model, env: impl Fn(&str) -> Option<String>) -> crate::spec::Model {
+    let mut m = m.clone();
+    if m.transport.base_url.is_some()
+        && let Some(url) = env(&endpoint_env_name(&m.name)).or_else(|| env("ROLEPLAY_BASE_URL"))
+        && !url.trim().is_empty()
+    {
+        m.transport.base_url = Some(url.trim().trim_end_matches('/').to_string());
+    }
+    m
 }
 
 /// How a shard run ended.
