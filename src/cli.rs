@@ -1,5 +1,6 @@
 //! Command-line types (clap derive) and nothing else: commands turn these into validated calls.
 
+use crate::spec::SimSettings;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -30,6 +31,14 @@ pub enum Command {
     /// Planning an unchanged experiment again does nothing. A changed experiment is refused unless
     /// `--replan` is given; then units whose ids did not change keep their finished work.
     Plan(PlanArgs),
+    /// Serve the built-in simulator over an OpenAI-compatible HTTP API, with injectable faults.
+    ///
+    /// A stand-in model server for tests, demos, Slurm templates and benchmarks. Point a model at
+    /// it with `backend = "openai"` and `base_url = "http://HOST:PORT/v1"`. Endpoints:
+    /// `POST /v1/chat/completions`, `POST /v1/completions` (and the Azure deployment paths),
+    /// `GET /v1/models`, `GET /health`, and `GET /stats` (requests, responses by status class,
+    /// faults injected, and successful replies per call). Stops on SIGTERM or SIGINT.
+    SimServer(SimServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,4 +115,111 @@ pub struct WorkerArgs {
     /// Do not fsync the journal (for benchmarks).
     #[arg(long, hide = true)]
     pub no_fsync: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 takes any free port (see `--addr-file`).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Once listening, write `http://HOST:PORT` to this file (atomically; removed on shutdown).
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
+    /// Answer 401 to requests without this key (`Authorization: Bearer KEY` or `api-key: KEY`).
+    #[arg(long, value_name = "KEY")]
+    pub require_key: Option<String>,
+    #[command(flatten)]
+    pub sim: SimFlags,
+    #[command(flatten)]
+    pub faults: FaultFlags,
+}
+
+/// The simulator's settings, named as in an experiment's `[models.sim]` table.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Simulator")]
+pub struct SimFlags {
+    /// Share of inquirer outputs without any double-quoted prompt.
+    #[arg(long, value_name = "RATE", default_value_t = SimSettings::default().no_prompt_rate)]
+    pub no_prompt_rate: f64,
+    /// Share of inquirer outputs with several quoted prompts (half of it again: self-replies on
+    /// `/v1/completions`).
+    #[arg(long, value_name = "RATE", default_value_t = SimSettings::default().multi_prompt_rate)]
+    pub multi_prompt_rate: f64,
+    /// Share of outputs that degenerate into repetition.
+    #[arg(long, value_name = "RATE", default_value_t = SimSettings::default().degenerate_rate)]
+    pub degenerate_rate: f64,
+    /// Share of empty outputs.
+    #[arg(long, value_name = "RATE", default_value_t = SimSettings::default().empty_rate)]
+    pub empty_rate: f64,
+    /// The inquirer says the stop token from a turn drawn per dialogue from this range.
+    #[arg(long, value_name = "LOW,HIGH", default_value_t = Range(SimSettings::default().stop_after_turns))]
+    pub stop_after_turns: Range,
+    /// Length of the responder's answers, in words.
+    #[arg(long, value_name = "LOW,HIGH", default_value_t = Range(SimSettings::default().words))]
+    pub words: Range,
+    /// Mean time to answer a request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = SimSettings::default().latency_ms)]
+    pub latency_ms: f64,
+    /// Spread of the time to answer: uniform in +/- this many milliseconds around the mean.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    pub latency_jitter_ms: f64,
+}
+
+/// Faults injected into completion requests: at most one per request, so the rates sum to <= 1.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Faults")]
+pub struct FaultFlags {
+    /// Share of requests answered 500 or 503.
+    #[arg(long = "fail-5xx-rate", value_name = "RATE", default_value_t = 0.0)]
+    pub fail_5xx_rate: f64,
+    /// Share of requests answered 429 with `Retry-After`.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+    /// The `Retry-After` of a 429, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Share of requests that hang for `--hang-secs`, then get a 504.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub hang_rate: f64,
+    /// How long a hung request hangs (longer than clients' `timeout_secs`).
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub hang_secs: f64,
+    /// Share of requests whose connection is closed without a response.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Share of requests answered 200 with a truncated JSON body.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub malformed_rate: f64,
+    /// Share of requests answered with an HTML error page (status 200 or 502).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub html_rate: f64,
+    /// Share of requests answered 400 "maximum context length" (as OpenAI and vLLM do).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub context_error_rate: f64,
+    /// Seed of the fault and latency draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `LOW,HIGH`: an inclusive range of whole numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range(pub [u32; 2]);
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.0[0], self.0[1])
+    }
+}
+
+impl std::str::FromStr for Range {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Range, String> {
+        let bad = || format!("`{s}` is not LOW,HIGH (two whole numbers, e.g. `2,9`)");
+        let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+        let n = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
+        Ok(Range([n(lo)?, n(hi)?]))
+    }
 }

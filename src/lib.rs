@@ -10,6 +10,7 @@ pub mod dialogue;
 pub mod error;
 pub mod llm;
 pub mod plan;
+pub mod simserver;
 pub mod spec;
 pub mod store;
 pub mod ui;
@@ -25,5 +26,6 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Init(a) => commands::init::run(a),
         Command::Validate(a) => commands::validate::run(a),
         Command::Plan(a) => commands::plan::run(a),
+        Command::SimServer(a) => commands::sim_server::run(a),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod plan;
+pub mod sim_server;
 pub mod validate;
 
 /// The async runtime for commands that talk to models: a multi-threaded tokio runtime.

@@ -5,6 +5,11 @@
 //! sampling to use) and gets back a [`Completion`] or a [`CallError`]. Retries of transient faults
 //! happen inside the backend (one policy, `retry.rs`); what reaches the engine is final.
 
+pub mod openai;
+pub mod replay;
+pub mod retry;
+pub mod sim;
+
 use crate::plan::UnitId;
 use crate::spec::{Role, Sampling};
 use serde::{Deserialize, Serialize};
@@ -130,4 +135,101 @@ pub trait ChatModel: Send + Sync {
     /// The model's configured name (for messages).
     fn name(&self) -> &str;
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>>;
+}
+
+/// The backend of a configured model, ready to share across dialogues.
+///
+/// HTTP backends get their own connection pool and concurrency cap; `replay` reads and checks its
+/// file here, so a bad file fails before any dialogue starts.
+pub fn client_for(model: &crate::spec::Model) -> crate::Result<std::sync::Arc<dyn ChatModel>> {
+    use crate::spec::Backend;
+    let b = &model.behaviour;
+    Ok(match b.backend {
+        Backend::Openai | Backend::Azure => std::sync::Arc::new(openai::OpenAiModel::new(model)?),
+        Backend::Sim => std::sync::Arc::new(sim::SimModel::new(&model.name, b.sim.clone().unwrap_or_default())),
+        Backend::Replay => {
+            let path = model.transport.replay_file.as_deref().ok_or_else(|| {
+                crate::Error::config(format!(
+                    "model `{}`: the `replay` backend needs `replay_file`",
+                    model.name
+                ))
+            })?;
+            std::sync::Arc::new(replay::ReplayModel::load(&model.name, path)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Model;
+
+    fn models(extra: &str) -> Vec<Model> {
+        let text = format!(
+            r#"
+[personas]
+template = "<AGE> person"
+fixed = [{{ age = "young" }}]
+[goals]
+items = ["learn to bake"]
+[[models]]
+name = "inq"
+roles = ["inquirer"]
+backend = "sim"
+[models.templates]
+first_turn = "You are <PERSONA>. Goal: <OBJECTIVE>. Say \"<CONV_STOP>\" when done."
+response_forwarding = "\"<RESPONSE>\""
+[models.sim]
+words = [3, 3]
+{extra}
+"#
+        );
+        let dir = std::env::temp_dir().join("roleplay-llm-client-for.toml");
+        crate::spec::load_str(&text, &dir).expect("valid").experiment.models
+    }
+
+    fn request(role: Role) -> Request {
+        Request {
+            key: CallKey {
+                unit: UnitId([3; 10]),
+                seed: 1,
+                turn: 0,
+                role,
+                attempt: 0,
+            },
+            prompt: Prompt::Chat(vec![Message::new("user", "How do I bake bread?")]),
+            sampling: Sampling::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_backend_is_built_from_its_model() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replies = dir.path().join("replies.jsonl");
+        std::fs::write(
+            &replies,
+            "{\"unit\": \"*\", \"role\": \"responder\", \"text\": \"canned\"}\n",
+        )
+        .expect("write");
+        let ms = models(&format!(
+            "[[models]]\nname = \"rp\"\nroles = [\"responder\"]\nbackend = \"replay\"\nreplay_file = \"{}\"\n\
+             [[models]]\nname = \"http\"\nroles = [\"responder\"]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"",
+            replies.display()
+        ));
+        let by_name = |n: &str| ms.iter().find(|m| m.name == n).expect("declared");
+        let sim = client_for(by_name("inq")).expect("sim backend");
+        assert_eq!(sim.name(), "inq");
+        let settings = by_name("inq").behaviour.sim.clone().expect("sim settings");
+        let req = request(Role::Responder);
+        let got = sim.complete(&req).await.expect("sim reply");
+        assert_eq!(got.text, sim::sim_reply(&settings, &req.key, &req.prompt).text);
+        assert_eq!(
+            got.text.split_whitespace().count(),
+            3,
+            "the model's own [models.sim] settings"
+        );
+        let rp = client_for(by_name("rp")).expect("replay backend");
+        assert_eq!(rp.complete(&req).await.expect("replay").text, "canned");
+        assert_eq!(client_for(by_name("http")).expect("http backend").name(), "http");
+    }
 }

@@ -1,0 +1,641 @@
+//! The `openai` and `azure` backends: any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp,
+//! Ollama, OpenAI) and Azure OpenAI, over the chat and the text-completion APIs.
+//!
+//! One [`OpenAiModel`] per configured model: one connection pool, one concurrency cap, one retry
+//! loop. Transient faults are retried here under the policy of `retry.rs`; what the engine gets
+//! is a completion or a final [`CallError`] whose message names the model and the endpoint. The
+//! API key is read from its environment variable at each call, sent in a header marked
+//! sensitive, and cut out of any message that might echo it: it is never logged or stored.
+
+use super::retry::{self, Backoff, Outcome, Verdict};
+use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Prompt, Request};
+use crate::error::{Error, Result};
+use crate::spec::{Backend, Model, Sampling};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Installs the ring provider for rustls once per process (reqwest is built without one).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another part of the process installed one first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+pub struct OpenAiModel {
+    name: String,
+    backend: Backend,
+    /// Sent as `model` (OpenAI-compatible servers); the deployment in the URL for Azure.
+    model_id: String,
+    chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
+    key_env: Option<String>,
+    timeout: Duration,
+    max_retries: u32,
+    backoff: Backoff,
+    client: reqwest::Client,
+    /// `Transport::concurrency`: requests in flight to this model from this process.
+    permits: Option<Semaphore>,
+}
+
+impl OpenAiModel {
+    /// Build the backend of an `openai` or `azure` model.
+    pub fn new(model: &Model) -> Result<OpenAiModel> {
+        let t = &model.transport;
+        let b = &model.behaviour;
+        let name = &model.name;
+        if !matches!(b.backend, Backend::Openai | Backend::Azure) {
+            return Err(Error::config(format!("model `{name}`: not an HTTP backend")));
+        }
+        let base = t
+            .base_url
+            .as_deref()
+            .ok_or_else(|| Error::config(format!("model `{name}`: `base_url` is missing")))?;
+        let endpoint = |path: &[&str]| -> Result<reqwest::Url> {
+            let mut url = reqwest::Url::parse(base)
+                .map_err(|e| Error::config(format!("model `{name}`: `base_url` `{base}` is not a URL ({e})")))?;
+            url.path_segments_mut()
+                .map_err(|_| Error::config(format!("model `{name}`: `base_url` `{base}` cannot take a path")))?
+                .pop_if_empty()
+                .extend(path);
+            if b.backend == Backend::Azure {
+                let version = t.api_version.as_deref().unwrap_or_default();
+                url.query_pairs_mut().append_pair("api-version", version);
+            }
+            Ok(url)
+        };
+        let (chat_url, completions_url) = match b.backend {
+            Backend::Azure => (
+                endpoint(&["openai", "deployments", &b.model, "chat", "completions"])?,
+                endpoint(&["openai", "deployments", &b.model, "completions"])?,
+            ),
+            _ => (endpoint(&["chat", "completions"])?, endpoint(&["completions"])?),
+        };
+        let timeout = Duration::try_from_secs_f64(t.timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(300));
+        let concurrency = t.concurrency.map(|c| c.max(1) as usize);
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("roleplay/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(30)))
+            // Idle connections kept for reuse: as many as may be in flight at once.
+            .pool_max_idle_per_host(concurrency.unwrap_or(1024))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::runtime(format!("model `{name}`: cannot set up an HTTP client: {e}")))?;
+        Ok(OpenAiModel {
+            name: name.clone(),
+            backend: b.backend,
+            model_id: b.model.clone(),
+            chat_url,
+            completions_url,
+            key_env: t.api_key_env.clone(),
+            timeout,
+            max_retries: t.max_retries,
+            backoff: Backoff::default(),
+            client,
+            permits: concurrency.map(Semaphore::new),
+        })
+    }
+
+    /// Replace the retry waits (tests use milliseconds instead of seconds).
+    pub fn with_backoff(mut self, backoff: Backoff) -> OpenAiModel {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The endpoint a prompt of this kind is sent to.
+    pub fn url(&self, prompt: &Prompt) -> &reqwest::Url {
+        match prompt {
+            Prompt::Chat(_) => &self.chat_url,
+            Prompt::Text(_) => &self.completions_url,
+        }
+    }
+
+    /// The key from the environment, if the model names a variable.
+    fn key(&self, url: &str) -> Result<Option<String>, CallError> {
+        let Some(var) = &self.key_env else { return Ok(None) };
+        match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Ok(Some(k)),
+            _ => Err(CallError {
+                kind: ErrorKind::MissingKey,
+                message: format!(
+                    "model `{}` at `{url}`: the environment variable `{var}` (its `api_key_env`) is not set or is empty",
+                    self.name
+                ),
+                attempts: 0,
+            }),
+        }
+    }
+
+    fn headers(&self, key: &CallKey, api_key: Option<&str>, url: &str) -> Result<HeaderMap, CallError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let id = [
+            ("x-roleplay-unit", key.unit.to_string()),
+            ("x-roleplay-seed", key.seed.to_string()),
+            ("x-roleplay-turn", key.turn.to_string()),
+            ("x-roleplay-role", key.role.to_string()),
+            ("x-roleplay-attempt", key.attempt.to_string()),
+        ];
+        for (name, value) in id {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        }
+        if let Some(k) = api_key {
+            let (name, value) = match self.backend {
+                Backend::Azure => (HeaderName::from_static("api-key"), k.to_string()),
+                _ => (reqwest::header::AUTHORIZATION, format!("Bearer {k}")),
+            };
+            let mut v = HeaderValue::from_str(&value).map_err(|_| CallError {
+                kind: ErrorKind::Auth,
+                message: format!(
+                    "model `{}` at `{url}`: the key in `{}` holds characters an HTTP header cannot carry",
+                    self.name,
+                    self.key_env.as_deref().unwrap_or_default()
+                ),
+                attempts: 0,
+            })?;
+            v.set_sensitive(true);
+            h.insert(name, v);
+        }
+        Ok(h)
+    }
+
+    fn body(&self, req: &Request) -> Vec<u8> {
+        let mut b = Map::new();
+        if self.backend != Backend::Azure {
+            b.insert("model".into(), json!(self.model_id));
+        }
+        match &req.prompt {
+            Prompt::Chat(messages) => b.insert("messages".into(), json!(messages)),
+            Prompt::Text(text) => b.insert("prompt".into(), json!(text)),
+        };
+        sampling_fields(&req.sampling, &mut b);
+        serde_json::to_vec(&Value::Object(b)).unwrap_or_default()
+    }
+
+    /// One HTTP exchange.
+    async fn attempt(&self, url: &reqwest::Url, headers: HeaderMap, body: Vec<u8>, chat: bool) -> Attempt {
+        let sent = self.client.post(url.clone()).headers(headers).body(body).send().await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return Attempt::from_transport(&e, self.timeout),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let html_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("html"));
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Attempt::from_transport(&e, self.timeout),
+            Err(e) => return Attempt::Broken(format!("the body was cut off after HTTP {status} ({})", root_cause(&e))),
+        };
+        if !status.is_success() {
+            return Attempt::Status {
+                status,
+                detail: error_detail(&bytes, html_type),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]).into_owned(),
+                retry_after,
+            };
+        }
+        match parse_completion(&bytes, chat, html_type) {
+            Ok(p) => Attempt::Done(p),
+            Err(why) => Attempt::BadBody(format!("HTTP {status}, but {why}")),
+        }
+    }
+
+    async fn call(&self, req: &Request) -> Result<Completion, CallError> {
+        let url = self.url(&req.prompt);
+        let shown = url.as_str();
+        let api_key = self.key(shown)?;
+        let headers = self.headers(&req.key, api_key.as_deref(), shown)?;
+        let body = self.body(req);
+        let chat = matches!(req.prompt, Prompt::Chat(_));
+        let fail = |kind, detail: &str, attempts| CallError {
+            kind,
+            message: redact(
+                &format!("model `{}` at `{shown}`: {detail}", self.name),
+                api_key.as_deref(),
+            ),
+            attempts,
+        };
+        let mut waited = Duration::ZERO;
+        let mut connected_before = false;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let permit = match &self.permits {
+                Some(s) => s.acquire().await.ok(),
+                None => None,
+            };
+            let started = Instant::now();
+            let outcome = self.attempt(url, headers.clone(), body.clone(), chat).await;
+            drop(permit);
+            let (detail, verdict) = match &outcome {
+                Attempt::Done(p) => {
+                    return Ok(Completion {
+                        text: p.text.clone(),
+                        prompt_tokens: p.prompt_tokens,
+                        completion_tokens: p.completion_tokens,
+                        finish_reason: p.finish_reason.clone(),
+                        latency_ms: (started.elapsed() + waited).as_secs_f64() * 1000.0,
+                        attempts,
+                    });
+                }
+                Attempt::Status {
+                    status,
+                    detail,
+                    body,
+                    retry_after,
+                } => {
+                    let reason = status.canonical_reason().unwrap_or("");
+                    let mut d = format!("HTTP {} {reason}: {detail}", status.as_u16());
+                    d.push_str(&self.status_hint(status.as_u16()));
+                    let o = Outcome::Status {
+                        status: status.as_u16(),
+                        body,
+                        retry_after: retry_after.as_deref(),
+                    };
+                    (d, retry::classify(&o))
+                }
+                Attempt::BadBody(d) => (d.clone(), retry::classify(&Outcome::BadBody)),
+                Attempt::Timeout(d) => (d.clone(), retry::classify(&Outcome::Timeout)),
+                Attempt::Broken(d) => (d.clone(), retry::classify(&Outcome::Broken)),
+                Attempt::Connect(d) => (d.clone(), retry::classify(&Outcome::Connect { connected_before })),
+            };
+            connected_before |= !matches!(outcome, Attempt::Connect(_));
+            match verdict {
+                Verdict::Fatal(kind) => return Err(fail(kind, &detail, attempts)),
+                Verdict::Retry {
+                    retry_after,
+                    give_up_as,
+                } => {
+                    if attempts > self.max_retries {
+                        let d = if attempts == 1 {
+                            detail
+                        } else {
+                            format!("gave up after {attempts} attempts; the last: {detail}")
+                        };
+                        return Err(fail(give_up_as, &d, attempts));
+                    }
+                    // Drawn before the await: the thread-local generator is not Send.
+                    let wait = self.backoff.wait(attempts - 1, retry_after, &mut rand::rng());
+                    let note = redact(&detail, api_key.as_deref());
+                    retry::notify(&retry::RetryNote {
+                        model: &self.name,
+                        url: shown,
+                        attempt: attempts,
+                        wait,
+                        reason: &note,
+                    });
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                }
+            }
+        }
+    }
+
+    fn status_hint(&self, status: u16) -> String {
+        match (status, self.backend) {
+            (401 | 403, _) => match &self.key_env {
+                Some(var) => format!(" (check the key in `{var}`)"),
+                None => " (no key was sent: name its environment variable in `api_key_env`)".into(),
+            },
+            (404, Backend::Azure) => format!(
+                " (check `base_url`, the deployment `{}` and `api_version`)",
+                self.model_id
+            ),
+            (404, _) => format!(
+                " (check `base_url`, usually ending in `/v1`, and the model id `{}`)",
+                self.model_id
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+impl ChatModel for OpenAiModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
+        Box::pin(self.call(req))
+    }
+}
+
+/// The sampling fields that are set, under the names OpenAI-compatible servers read.
+/// `top_k` and `repetition_penalty` are not OpenAI's, but vLLM, TGI and llama.cpp take them;
+/// a model only gets them when its experiment sets them.
+fn sampling_fields(s: &Sampling, b: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            b.insert(k.into(), v);
+        }
+    };
+    put("max_tokens", s.max_new_tokens.map(Value::from));
+    put("temperature", s.temperature.map(Value::from));
+    put("top_p", s.top_p.map(Value::from));
+    put("top_k", s.top_k.map(Value::from));
+    put("repetition_penalty", s.repetition_penalty.map(Value::from));
+    put("presence_penalty", s.presence_penalty.map(Value::from));
+    put("frequency_penalty", s.frequency_penalty.map(Value::from));
+    put("stop", s.stop.as_ref().filter(|v| !v.is_empty()).map(|v| json!(v)));
+}
+
+/// What one HTTP attempt came to.
+enum Attempt {
+    Done(Parsed),
+    Status {
+        status: reqwest::StatusCode,
+        detail: String,
+        body: String,
+        retry_after: Option<String>,
+    },
+    BadBody(String),
+    Timeout(String),
+    Connect(String),
+    Broken(String),
+}
+
+impl Attempt {
+    fn from_transport(e: &reqwest::Error, timeout: Duration) -> Attempt {
+        if e.is_connect() {
+            Attempt::Connect(format!("cannot connect ({})", root_cause(e)))
+        } else if e.is_timeout() {
+            Attempt::Timeout(format!(
+                "no complete response within {} s (`timeout_secs`)",
+                timeout.as_secs_f64()
+            ))
+        } else {
+            Attempt::Broken(format!(
+                "the connection broke before a complete response ({})",
+                root_cause(e)
+            ))
+        }
+    }
+}
+
+/// The innermost cause: "Connection refused (os error 111)" rather than reqwest's outer wrapper,
+/// which repeats the URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    sanitize(&cur.to_string(), 200)
+}
+
+#[derive(Debug, PartialEq)]
+struct Parsed {
+    text: String,
+    finish_reason: Option<String>,
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+}
+
+fn looks_like_html(body: &[u8], html_type: bool) -> bool {
+    let start = String::from_utf8_lossy(&body[..body.len().min(256)])
+        .trim_start()
+        .to_ascii_lowercase();
+    html_type || start.starts_with("<!doctype html") || start.starts_with("<html") || start.starts_with("<head")
+}
+
+/// Why a body is unusable, for messages.
+fn describe_bad(body: &[u8], html_type: bool, why: &str) -> String {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return "the body is empty".into();
+    }
+    if looks_like_html(body, html_type) {
+        return format!(
+            "the server returned an HTML page, not JSON (is `base_url` the API's root?): {}",
+            snippet(body)
+        );
+    }
+    format!("{why}: {}", snippet(body))
+}
+
+/// A completion from a 2xx body, or why there is none.
+fn parse_completion(body: &[u8], chat: bool, html_type: bool) -> Result<Parsed, String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| describe_bad(body, html_type, &format!("the body is not JSON ({e})")))?;
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        return Err(format!("the server reported an error: {}", json_error_message(err)));
+    }
+    let Some(choice) = v.get("choices").and_then(|c| c.get(0)) else {
+        return Err(describe_bad(body, false, "the response has no `choices`"));
+    };
+    let text = if chat {
+        match choice.get("message").map(|m| m.get("content")) {
+            Some(Some(Value::String(s))) => s.clone(),
+            // A refusal or a tool call: no text, which the engine treats as an empty output.
+            Some(None | Some(Value::Null)) => String::new(),
+            // Content parts: the text ones, in order.
+            Some(Some(Value::Array(parts))) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => return Err(describe_bad(body, false, "`choices[0].message.content` is missing")),
+        }
+    } else {
+        match choice.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(describe_bad(body, false, "`choices[0].text` is missing")),
+        }
+    };
+    let usage = |k: &str| {
+        v.get("usage")
+            .and_then(|u| u.get(k))
+            .and_then(Value::as_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(Parsed {
+        text,
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string),
+        prompt_tokens: usage("prompt_tokens"),
+        completion_tokens: usage("completion_tokens"),
+    })
+}
+
+/// The message of an error body: OpenAI's `{"error": {"message": ...}}`, TGI's
+/// `{"error": "..."}`, or FastAPI's `{"detail": ...}`; else the body itself, shortened.
+fn error_detail(body: &[u8], html_type: bool) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            for k in ["error", "detail", "message"] {
+                if let Some(e) = v.get(k).filter(|e| !e.is_null()) {
+                    return json_error_message(e);
+                }
+            }
+            snippet(body)
+        }
+        Err(_) => describe_bad(body, html_type, "the body is not JSON"),
+    }
+}
+
+fn json_error_message(e: &Value) -> String {
+    let text = match e {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("message") {
+            Some(Value::String(s)) => s.clone(),
+            _ => e.to_string(),
+        },
+        other => other.to_string(),
+    };
+    sanitize(&text, 300)
+}
+
+/// The start of a body, safe to print: control and bidi characters become spaces, whitespace
+/// runs collapse, at most 200 characters.
+fn snippet(body: &[u8]) -> String {
+    sanitize(&String::from_utf8_lossy(&body[..body.len().min(4096)]), 200)
+}
+
+fn sanitize(s: &str, max_chars: usize) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    let cleaned: String = s.chars().map(|c| if invisible(c) { ' ' } else { c }).collect();
+    let words: Vec<&str> = cleaned.split_whitespace().collect();
+    let joined = words.join(" ");
+    if joined.chars().count() <= max_chars {
+        return joined;
+    }
+    let mut cut: String = joined.chars().take(max_chars).collect();
+    cut.push('…');
+    cut
+}
+
+/// Servers sometimes echo the key they refused ("Incorrect API key provided: sk-..."): cut it out.
+fn redact(message: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) if !k.is_empty() => message.replace(k, "[redacted]"),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_and_completion_bodies_parse_with_usage() {
+        let chat = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        assert_eq!(
+            parse_completion(chat, true, false),
+            Ok(Parsed {
+                text: "Hi there".into(),
+                finish_reason: Some("stop".into()),
+                prompt_tokens: Some(12),
+                completion_tokens: Some(3),
+            })
+        );
+        let text = br#"{"choices":[{"text":" go on","finish_reason":"length"}]}"#;
+        let p = parse_completion(text, false, false).expect("valid");
+        assert_eq!((p.text.as_str(), p.prompt_tokens), (" go on", None));
+        let parts = br#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#;
+        assert_eq!(parse_completion(parts, true, false).map(|p| p.text), Ok("ab".into()));
+        let null = br#"{"choices":[{"message":{"content":null,"refusal":"no"}}]}"#;
+        assert_eq!(parse_completion(null, true, false).map(|p| p.text), Ok(String::new()));
+    }
+
+    #[test]
+    fn unusable_bodies_say_why() {
+        let cases: [(&[u8], bool, &str); 7] = [
+            (b"", false, "the body is empty"),
+            (b"<!DOCTYPE html><html><body>Login</body></html>", false, "HTML page"),
+            (b"Bad gateway", true, "HTML page"),
+            (br#"{"choices":[{"message":{"cont"#, false, "not JSON"),
+            (br#"{"object":"list"}"#, false, "no `choices`"),
+            (
+                br#"{"choices":[{"text":"x"}]}"#,
+                true,
+                "`choices[0].message.content` is missing",
+            ),
+            (
+                br#"{"error":{"message":"overloaded"}}"#,
+                false,
+                "reported an error: overloaded",
+            ),
+        ];
+        for (body, html, says) in cases {
+            let e = parse_completion(body, true, html).expect_err(says);
+            assert!(e.contains(says), "{says} in {e}");
+        }
+    }
+
+    #[test]
+    fn error_details_come_from_the_servers_error_shapes() {
+        assert_eq!(
+            error_detail(br#"{"error":{"message":"bad key","code":"x"}}"#, false),
+            "bad key"
+        );
+        assert_eq!(
+            error_detail(br#"{"error":"Input validation error"}"#, false),
+            "Input validation error"
+        );
+        assert_eq!(error_detail(br#"{"detail":"Not Found"}"#, false), "Not Found");
+        assert!(error_detail(b"<html><body>502 Bad Gateway</body></html>", false).contains("HTML page"));
+        assert_eq!(error_detail(b"  ", false), "the body is empty");
+    }
+
+    #[test]
+    fn snippets_are_short_and_printable() {
+        let body = format!("<html>\x1b[31mred\u{202E}evil\r\n{}</html>", "x".repeat(500));
+        let s = snippet(body.as_bytes());
+        assert!(!s.contains('\x1b') && !s.contains('\u{202E}') && !s.contains('\n'));
+        assert_eq!(s.chars().count(), 201);
+        assert!(s.ends_with('…'));
+        // Invalid UTF-8 and a cut in the middle of a character do not panic.
+        assert!(!snippet(&[0xff, 0xfe, b'a', 0xe2, 0x82]).is_empty());
+    }
+
+    #[test]
+    fn keys_are_cut_out_of_messages() {
+        assert_eq!(
+            redact("Incorrect API key provided: sk-123", Some("sk-123")),
+            "Incorrect API key provided: [redacted]"
+        );
+        assert_eq!(redact("fine", None), "fine");
+        assert_eq!(redact("fine", Some("")), "fine");
+    }
+
+    #[test]
+    fn only_the_sampling_fields_that_are_set_are_sent() {
+        let mut b = Map::new();
+        sampling_fields(
+            &Sampling {
+                max_new_tokens: Some(100),
+                temperature: Some(0.7),
+                top_k: Some(40),
+                stop: Some(vec![]),
+                ..Default::default()
+            },
+            &mut b,
+        );
+        assert_eq!(
+            Value::Object(b),
+            json!({"max_tokens": 100, "temperature": 0.7, "top_k": 40})
+        );
+    }
+}
