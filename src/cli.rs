@@ -31,6 +31,18 @@ pub enum Command {
     /// Planning an unchanged experiment again does nothing. A changed experiment is refused unless
     /// `--replan` is given; then units whose ids did not change keep their finished work.
     Plan(PlanArgs),
+    /// Run an experiment on this machine: plan if needed, run every shard, resume when run again.
+    ///
+    /// Takes an experiment file or a run directory. Ctrl-C stops cleanly (exit 75); running the
+    /// same command again continues where it stopped, inside unfinished dialogues too.
+    Run(RunArgs),
+    /// Run one shard of a planned run (what each Slurm array task executes).
+    ///
+    /// SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 stop it cleanly with exit code 75 (resumable).
+    Worker(WorkerArgs),
+    /// Run one dialogue (the first persona, goal, pair and seed unless chosen) and print it turn by
+    /// turn with its end reason. Writes nothing: for trying out prompt templates.
+    Try(TryArgs),
     /// Serve the built-in simulator over an OpenAI-compatible HTTP API, with injectable faults.
     ///
     /// A stand-in model server for tests, demos, Slurm templates and benchmarks. Point a model at
@@ -222,4 +234,22 @@ impl std::str::FromStr for Range {
         let n = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
         Ok(Range([n(lo)?, n(hi)?]))
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TryArgs {
+    /// The experiment file (TOML).
+    pub file: PathBuf,
+    /// Persona id (or 0-based index in the plan's order).
+    #[arg(long)]
+    pub persona: Option<String>,
+    /// Goal id (or 0-based index).
+    #[arg(long)]
+    pub goal: Option<String>,
+    /// `INQUIRER:RESPONDER` (default: the first pair).
+    #[arg(long)]
+    pub pair: Option<String>,
+    /// Seed (default: the first seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }

@@ -26,6 +26,9 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Init(a) => commands::init::run(a),
         Command::Validate(a) => commands::validate::run(a),
         Command::Plan(a) => commands::plan::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Worker(a) => commands::worker::run(a),
+        Command::Try(a) => commands::try_one::run(a),
         Command::SimServer(a) => commands::sim_server::run(a),
     }
 }

@@ -2,8 +2,11 @@
 
 pub mod init;
 pub mod plan;
+pub mod run;
+pub mod try_one;
 pub mod sim_server;
 pub mod validate;
+pub mod worker;
 
 /// The async runtime for commands that talk to models: a multi-threaded tokio runtime.
 pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {

@@ -52,20 +52,25 @@ pub struct Planned {
     pub expansion: Expansion,
 }
 
+/// The error for a grid that cannot be expanded (two pairs that would generate the same dialogues).
+pub fn expand_error(file: &Path, msg: String) -> Error {
+    Error::config(format!("`{}`: `pairs`: {msg}", file.display()))
+        .with_hint("make the models differ (e.g. in sampling or templates), or list `[[pairs]]` without one of them")
+}
+
 /// Load, expand and (unless `dry_run`) write an experiment's plan. Shared by `plan` and `run`.
 pub fn plan_experiment(file: &Path, run_dir: Option<&Path>, replan: bool, dry_run: bool) -> Result<Planned> {
     let loaded = spec::load(file)?;
     let run_dir = run_dir.map(Path::to_path_buf).unwrap_or(loaded.run_dir.clone());
     let exp = loaded.experiment;
-    let expansion = plan::expand(&exp).map_err(|e| {
-        Error::config(format!("`{}`: {e}", file.display()))
-            .with_hint("make the models differ (e.g. sampling), or drop one of the pairs")
-    })?;
-    let plan = Plan::new(exp, &expansion, loaded.source.display().to_string());
+    let expansion = plan::expand(&exp).map_err(|e| expand_error(file, e))?;
+    let mut units_tsv = Vec::with_capacity(expansion.units.len() * 48);
+    plan::write_units(&mut units_tsv, &expansion.units).expect("writing to memory");
+    let plan = Plan::new(exp, &expansion, loaded.source.display().to_string(), &units_tsv);
     let (status, kept) = if dry_run {
         ("dry-run", None)
     } else {
-        write_plan(&run_dir, &plan, &expansion, replan)?
+        write_plan(&run_dir, &plan, &expansion, &units_tsv, replan)?
     };
     Ok(Planned {
         run_dir,
@@ -175,7 +180,7 @@ fn print_summary(s: &Summary) {
 }
 
 /// Write the plan; returns the status and, for a re-plan, how many units kept their id.
-fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(&'static str, Option<u64>)> {
+fn write_plan(root: &Path, plan: &Plan, x: &Expansion, units_tsv: &[u8], replan: bool) -> Result<(&'static str, Option<u64>)> {
     let rd = RunDir::new(root);
     if rd.has_plan() {
         let old = rd.load_plan()?;
@@ -203,7 +208,7 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
         if with_work > 0 {
             eprintln!("carried the recorded work of {with_work} unchanged units over to the new plan");
         }
-        write_files(&rd, plan, x)?;
+        write_files(&rd, plan, units_tsv)?;
         if old.units_file != plan.units_file {
             let _ = fs_err::remove_file(rd.units_path(&old));
         }
@@ -233,7 +238,7 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
         .prefix(&format!(".{name}.planning."))
         .tempdir_in(&parent)
         .map_err(|e| Error::runtime(format!("cannot create a folder in `{}`: {e}", parent.display())))?;
-    write_files(&RunDir::new(tmp.path()), plan, x)?;
+    write_files(&RunDir::new(tmp.path()), plan, units_tsv)?;
     let tmp_path = tmp.keep();
     if root.exists() {
         fs_err::remove_dir(root)?;
@@ -245,9 +250,9 @@ fn write_plan(root: &Path, plan: &Plan, x: &Expansion, replan: bool) -> Result<(
     Ok(("created", None))
 }
 
-fn write_files(rd: &RunDir, plan: &Plan, x: &Expansion) -> Result<()> {
+fn write_files(rd: &RunDir, plan: &Plan, units_tsv: &[u8]) -> Result<()> {
     fs_err::create_dir_all(&rd.root)?;
-    store::write_atomic_with(&rd.units_path(plan), |w| plan::write_units(w, &x.units))?;
+    store::write_atomic(&rd.units_path(plan), units_tsv)?;
     let json = serde_json::to_vec_pretty(plan).expect("serialisable");
     store::write_atomic(&rd.plan_path(), &json)
 }

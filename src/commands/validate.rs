@@ -7,6 +7,8 @@ use crate::{plan, spec};
 pub fn run(args: ValidateArgs) -> Result<i32> {
     let loaded = spec::load(&args.file)?;
     let e = &loaded.experiment;
+    // Expanding catches what only the grid shows (pairs whose models behave identically).
+    plan::expand(e).map_err(|msg| super::plan::expand_error(&args.file, msg))?;
     crate::outln!(
         "ok: `{}`: {} personas x {} goals x {} pairs x {} seeds = {} dialogues",
         args.file.display(),

@@ -245,6 +245,11 @@ pub struct Plan {
     /// Name of the units file beside this manifest.
     pub units_file: String,
     pub total_units: u64,
+    /// blake3 of the units file's bytes.
+    pub units_digest: String,
+    /// Hash over plan_hash, units_file, units_digest, total_units and shards: a hand edit of any of
+    /// them is detected.
+    pub manifest_hash: String,
     pub shards: Vec<Shard>,
     pub experiment: Experiment,
 }
@@ -256,9 +261,10 @@ pub fn plan_hash(exp: &Experiment) -> String {
 }
 
 impl Plan {
-    pub fn new(exp: Experiment, expansion: &Expansion, source: String) -> Plan {
+    /// A plan for `exp`; `units_tsv` is the units file's content (see [`write_units`]).
+    pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8]) -> Plan {
         let plan_hash = plan_hash(&exp);
-        Plan {
+        let mut plan = Plan {
             format: PLAN_FORMAT.into(),
             version: PLAN_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -270,9 +276,18 @@ impl Plan {
                 .unwrap_or(0),
             source,
             total_units: expansion.units.len() as u64,
+            units_digest: blake3::hash(units_tsv).to_hex().to_string(),
+            manifest_hash: String::new(),
             shards: expansion.shards.clone(),
             experiment: exp,
-        }
+        };
+        plan.manifest_hash = plan.compute_manifest_hash();
+        plan
+    }
+
+    pub fn compute_manifest_hash(&self) -> String {
+        let v = (&self.plan_hash, &self.units_file, &self.units_digest, self.total_units, &self.shards);
+        blake3::Hash::from(digest_json("manifest", &v)).to_hex()[..32].to_string()
     }
 }
 

@@ -50,17 +50,17 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "experiment".into()),
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !usable_name(&name) {
         return Err(cx
             .err("name", format!("`{name}` is not a usable experiment name"))
-            .with_hint("use letters, digits, `-`, `_` and `.` only (it names jobs and folders)"));
+            .with_hint("start with a letter or digit, then use letters, digits, `-`, `_` and `.` only (it names jobs and folders)"));
     }
-    let run_dir = cx.base.join(
+    let run_dir = normalize(&cx.base.join(
         raw.run_dir
             .as_deref()
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new("runs").join(&name)),
-    );
+    ));
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
         experiment,
@@ -191,10 +191,10 @@ impl Cx {
 
     fn model(&self, m: &RawModel) -> Result<Model> {
         let key = |k: &str| format!("models[{}].{k}", m.name);
-        if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if !usable_name(&m.name) {
             return Err(self
                 .err("models.name", format!("`{}` is not a usable model name", m.name))
-                .with_hint("use letters, digits, `-`, `_` and `.` only"));
+                .with_hint("start with a letter or digit, then use letters, digits, `-`, `_` and `.` only"));
         }
         if m.api_key.is_some() {
             return Err(self
@@ -442,7 +442,8 @@ impl Cx {
 
     fn base_url(&self, key: &str, url: &str) -> Result<String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| {
-            self.err(key, format!("`{url}` is not a URL ({e})"))
+            // The value is not echoed: a malformed URL may still carry credentials.
+            self.err(key, format!("the value is not a URL ({e})"))
                 .with_hint("use a full URL such as `http://127.0.0.1:8000/v1`")
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -831,12 +832,16 @@ impl Cx {
 
     /// The grid's size, checked before anything is expanded.
     fn grid_size(&self, exp: &Experiment) -> Result<u64> {
-        let factors = [
+        self.check_grid([
             exp.personas.len() as u64,
             exp.goals.len() as u64,
             exp.pairs.len() as u64,
             exp.dialogue.seeds.len() as u64,
-        ];
+        ])
+    }
+
+    /// personas x goals x pairs x seeds, refused past [`MAX_UNITS`] (or on overflow).
+    fn check_grid(&self, factors: [u64; 4]) -> Result<u64> {
         let total = factors.iter().try_fold(1u64, |acc, f| acc.checked_mul(*f));
         match total {
             Some(n) if n <= MAX_UNITS => Ok(n),
@@ -851,6 +856,29 @@ impl Cx {
                 .with_hint("split the experiment into several files, or sample fewer personas")),
         }
     }
+}
+
+/// `a/b/../c` -> `a/c`, without touching the file system (the run directory may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Names become folder, job and column names: letters, digits, `-_.`, starting with a letter or digit
+/// (so never `.` or `..`).
+fn usable_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn opt_range(cx: &Cx, key: &str, v: Option<i64>, lo: i64, hi: i64) -> Result<Option<i64>> {

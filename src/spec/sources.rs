@@ -7,7 +7,7 @@ use super::raw::{RawGoalItem, RawGoals, RawPersonas};
 use super::resolve::Cx;
 use super::template::Template;
 use super::{Goal, Persona};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -159,6 +159,7 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
     // id and of its units' ids; copies are interchangeable, so the file's order still does not matter.
     let mut copies: HashMap<String, u32> = HashMap::new();
     for (features, text, id, whence) in rows {
+        let from_template = text.is_none();
         let text = match (text, &template) {
             (Some(t), _) => t,
             (None, Some(tpl)) => render_persona(cx, tpl, &features, &whence)?,
@@ -182,8 +183,12 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
                 let content = serde_json::to_string(&(&text, &features)).expect("string map");
                 let base = if features.is_empty() {
                     short_hash(text.as_bytes())
-                } else {
+                } else if from_template {
+                    // METHOD.md: a persona's identity is a hash of its feature map.
                     short_hash(serde_json::to_string(&features).expect("string map").as_bytes())
+                } else {
+                    // Ready text from a file: the text is part of who the persona is.
+                    short_hash(content.as_bytes())
                 };
                 let n = copies.entry(content).or_insert(0);
                 *n += 1;
@@ -373,18 +378,20 @@ pub(crate) fn short_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex()[..12].to_string()
 }
 
-/// Read a JSONL or CSV file into records of string fields.
+/// Read a JSONL or CSV file into records of string fields. Errors name the experiment file, the
+/// key that points at the data file, the data file and its line.
 fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
-    let text = fs_err::read_to_string(path).map_err(|e| {
-        cx.err(key, format!("cannot read the file: {e}"))
-            .with_hint("the path is relative to the experiment file")
-    })?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let shown = path.display();
+    let bytes = fs_err::read(path).map_err(|e| {
+        cx.err(key, format!("cannot read the file: {e}")).with_hint("the path is relative to the experiment file")
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        cx.err(key, format!("`{shown}` is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+            .with_hint("save the file as UTF-8")
+    })?;
+    // A byte-order mark is not part of the first record.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut out = Vec::new();
     match ext.as_str() {
         "jsonl" | "ndjson" => {
@@ -392,22 +399,19 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
                 if line.trim().is_empty() {
                     continue;
                 }
+                let at = || format!("`{shown}` line {}", i + 1);
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    Error::config(format!("`{shown}` line {}: not valid JSON ({e})", i + 1))
+                    cx.err(key, format!("{}: not valid JSON ({} at column {})", at(), json_problem(&e), e.column()))
                         .with_hint("each line must be one JSON object")
                 })?;
                 let serde_json::Value::Object(map) = v else {
-                    return Err(Error::config(format!("`{shown}` line {}: not a JSON object", i + 1))
-                        .with_hint("each line must be one JSON object"));
+                    return Err(cx.err(key, format!("{}: not a JSON object", at())).with_hint("each line must be one JSON object"));
                 };
                 let mut fields = BTreeMap::new();
                 for (k, v) in map {
                     let s = json_scalar(&v).ok_or_else(|| {
-                        Error::config(format!(
-                            "`{shown}` line {}: field `{k}` is not a string, number or boolean",
-                            i + 1
-                        ))
-                        .with_hint("flatten nested values into their own fields")
+                        cx.err(key, format!("{}: field `{k}` is not a string, number or boolean", at()))
+                            .with_hint("flatten nested values into their own fields")
                     })?;
                     fields.insert(k, s);
                 }
@@ -419,14 +423,19 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
             let headers = rdr
                 .headers()
                 .map_err(|e| {
-                    Error::config(format!("`{shown}`: cannot read the CSV header ({e})"))
-                        .with_hint("the first row names the columns")
+                    cx.err(key, format!("`{shown}`: cannot read the CSV header ({e})")).with_hint("the first row names the columns")
                 })?
                 .clone();
             for (i, row) in rdr.records().enumerate() {
                 let row = row.map_err(|e| {
-                    Error::config(format!("`{shown}` record {}: {e}", i + 1))
-                        .with_hint("every row needs as many fields as the header")
+                    let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
+                    let what = match e.kind() {
+                        csv::ErrorKind::UnequalLengths { len, .. } => {
+                            format!("line {line} has {len} fields, the header has {}", headers.len())
+                        }
+                        _ => format!("line {line}: {e}"),
+                    };
+                    cx.err(key, format!("`{shown}` {what}")).with_hint("every row needs as many fields as the header; quote fields that contain commas")
                 })?;
                 let line = row.position().map(|p| p.line() as usize).unwrap_or(i + 2);
                 let fields = headers
@@ -445,4 +454,13 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+/// serde_json's message without its own "at line 1 column N" (the line is the file's, not 1).
+fn json_problem(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
 }

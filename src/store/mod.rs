@@ -99,7 +99,16 @@ impl RunDir {
             Error::config(format!("`{}` does not hold a valid plan ({e})", path.display()))
                 .with_hint("the plan must not be edited by hand; plan again with `--replan`")
         })?;
-        if crate::plan::plan_hash(&plan.experiment) != plan.plan_hash {
+        let units = self.units_path(&plan);
+        let units_ok = match std::fs::read(&units) {
+            Ok(bytes) => blake3::hash(&bytes).to_hex().as_str() == plan.units_digest,
+            Err(_) => false,
+        };
+        if !units_ok {
+            return Err(Error::config(format!("`{}` is missing or was changed after planning", units.display()))
+                .with_hint("the units file must not be edited; plan again with `roleplay plan --replan`"));
+        }
+        if crate::plan::plan_hash(&plan.experiment) != plan.plan_hash || plan.compute_manifest_hash() != plan.manifest_hash {
             return Err(Error::config(format!(
                 "`{}` was changed after it was written (its hash does not match its content)",
                 path.display()
@@ -132,9 +141,12 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Readable by the group and others as the umask allows: run directories are shared on clusters.
+    use std::os::unix::fs::PermissionsExt;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| Error::runtime(format!("cannot create a temporary file in `{}`: {e}", dir.display())))?;
     let io = |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display()));
