@@ -11,6 +11,7 @@ pub mod error;
 pub mod llm;
 pub mod plan;
 pub mod simserver;
+pub mod slurm;
 pub mod spec;
 pub mod store;
 pub mod ui;
