@@ -466,26 +466,31 @@ async fn drive(
     }
     // Drain: on a stop, in-flight dialogues get the grace period, then are abandoned (their
     // completed calls are journaled already).
-    let deadline = tokio::time::Instant::now() + shared.options.grace;
+    // The grace period starts when the stop is first seen, not when draining starts.
+    let mut deadline: Option<tokio::time::Instant> = None;
     while !set.is_empty() {
         if first_error.is_some() {
             set.abort_all();
         }
-        let stopping = interrupted || cancel.is_cancelled();
-        let next = if stopping {
-            match tokio::time::timeout_at(deadline, set.join_next()).await {
+        if deadline.is_none() && (interrupted || cancel.is_cancelled()) {
+            deadline = Some(tokio::time::Instant::now() + shared.options.grace);
+        }
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, set.join_next()).await {
                 Ok(n) => n,
                 Err(_) => {
                     set.abort_all();
-                    while set.join_next().await.is_some() {}
+                    // Dialogues that finished just before the abort still get their record.
+                    while let Some(res) = set.join_next().await {
+                        on_done(res, &mut first_error);
+                    }
                     break;
                 }
-            }
-        } else {
-            tokio::select! {
+            },
+            None => tokio::select! {
                 n = set.join_next() => n,
                 _ = cancel.cancelled() => { interrupted = true; continue; }
-            }
+            },
         };
         match next {
             Some(res) => on_done(res, &mut first_error),
