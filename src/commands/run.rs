@@ -151,7 +151,13 @@ impl Display {
                 );
                 let rate =
                     progress.calls.load(Ordering::Relaxed) as f64 / 2.0 / started.elapsed().as_secs_f64().max(1e-3);
-                let msg = format!("{rate:.1} turns/s  {failed} failed");
+                let kinds = progress.failure_kinds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let msg = if kinds.is_empty() {
+                    format!("{rate:.1} turns/s  {failed} failed")
+                } else {
+                    let by: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    format!("{rate:.1} turns/s  {failed} failed ({})", by.join(", "))
+                };
                 match &task_bar {
                     Some(bar) => {
                         bar.set_length(total);

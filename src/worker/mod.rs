@@ -37,6 +37,8 @@ pub struct Progress {
     pub failed: AtomicU64,
     pub calls: AtomicU64,
     pub end_reasons: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed dialogues by the kind of backend error that ended them.
+    pub failure_kinds: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Progress {
@@ -44,6 +46,13 @@ impl Progress {
         self.done.fetch_add(1, Ordering::Relaxed);
         if rec.ending.reason.is_failure() {
             self.failed.fetch_add(1, Ordering::Relaxed);
+            let kind = rec.ending.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("unknown");
+            *self
+                .failure_kinds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(kind)
+                .or_default() += 1;
         }
         let mut m = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(rec.ending.reason.as_str()).or_default() += 1;
