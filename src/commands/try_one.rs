@@ -28,7 +28,9 @@ impl Recorder for Printer {
 
 fn pick<'a, T>(items: &'a [T], wanted: Option<&str>, what: &str, id: impl Fn(&T) -> &str) -> Result<&'a T> {
     let Some(w) = wanted else {
-        return items.first().ok_or_else(|| Error::config(format!("the experiment has no {what}")));
+        return items
+            .first()
+            .ok_or_else(|| Error::config(format!("the experiment has no {what}")));
     };
     if let Some(found) = items.iter().find(|t| id(t) == w) {
         return Ok(found);
@@ -39,8 +41,11 @@ fn pick<'a, T>(items: &'a [T], wanted: Option<&str>, what: &str, id: impl Fn(&T)
         return Ok(found);
     }
     let known: Vec<&str> = items.iter().take(12).map(&id).collect();
-    Err(Error::config(format!("no {what} `{w}`"))
-        .with_hint(format!("give an id or a 0-based index; known: {}{}", known.join(", "), if items.len() > 12 { ", ..." } else { "" })))
+    Err(Error::config(format!("no {what} `{w}`")).with_hint(format!(
+        "give an id or a 0-based index; known: {}{}",
+        known.join(", "),
+        if items.len() > 12 { ", ..." } else { "" }
+    )))
 }
 
 pub fn run(args: TryArgs) -> Result<i32> {
@@ -49,15 +54,27 @@ pub fn run(args: TryArgs) -> Result<i32> {
     let persona = pick(&exp.personas, args.persona.as_deref(), "persona", |p| p.id.as_str())?;
     let goal = pick(&exp.goals, args.goal.as_deref(), "goal", |g| g.id.as_str())?;
     let pair = match &args.pair {
-        None => exp.pairs.first().ok_or_else(|| Error::config("the experiment has no pairs"))?,
+        None => exp
+            .pairs
+            .first()
+            .ok_or_else(|| Error::config("the experiment has no pairs"))?,
         Some(p) => {
-            let (i, r) = p
-                .split_once(':')
-                .ok_or_else(|| Error::config(format!("`--pair {p}` is not INQUIRER:RESPONDER")).with_hint("e.g. `--pair sim-chat:sim-assistant`"))?;
-            exp.pairs.iter().find(|x| x.inquirer == i && x.responder == r).ok_or_else(|| {
-                let known: Vec<String> = exp.pairs.iter().map(|x| format!("{}:{}", x.inquirer, x.responder)).collect();
-                Error::config(format!("the experiment has no pair `{p}`")).with_hint(format!("pairs: {}", known.join(", ")))
-            })?
+            let (i, r) = p.split_once(':').ok_or_else(|| {
+                Error::config(format!("`--pair {p}` is not INQUIRER:RESPONDER"))
+                    .with_hint("e.g. `--pair sim-chat:sim-assistant`")
+            })?;
+            exp.pairs
+                .iter()
+                .find(|x| x.inquirer == i && x.responder == r)
+                .ok_or_else(|| {
+                    let known: Vec<String> = exp
+                        .pairs
+                        .iter()
+                        .map(|x| format!("{}:{}", x.inquirer, x.responder))
+                        .collect();
+                    Error::config(format!("the experiment has no pair `{p}`"))
+                        .with_hint(format!("pairs: {}", known.join(", ")))
+                })?
         }
     };
     let seed = match args.seed {
@@ -78,19 +95,36 @@ pub fn run(args: TryArgs) -> Result<i32> {
         .iter()
         .find(|u| u.persona == pi && u.goal == gi && u.pair == ri && u.seed == seed)
         .map(|u| u.id)
-        .ok_or_else(|| Error::config(format!("seed {seed} is not in the experiment")).with_hint(format!("seeds: {:?}", exp.dialogue.seeds)))?;
+        .ok_or_else(|| {
+            Error::config(format!("seed {seed} is not in the experiment"))
+                .with_hint(format!("seeds: {:?}", exp.dialogue.seeds))
+        })?;
     crate::outln!("persona {}: {}", persona.id, persona.text);
     crate::outln!("goal {}: {}", goal.id, goal.text.replace('\n', " / "));
     crate::outln!("pair {} -> {}, seed {seed}, unit {unit}", pair.inquirer, pair.responder);
     let rt = super::runtime()?;
     let record = rt.block_on(async {
-        let ci = crate::llm::client_for(inq)?;
-        let cr = crate::llm::client_for(resp)?;
-        let input = DialogueInput { unit, seed, persona, goal, inquirer: inq, responder: resp, settings: &exp.dialogue };
+        // Same endpoint overrides as a worker (ROLEPLAY_BASE_URL...), so `try` reaches the same server.
+        let env = |k: &str| std::env::var(k).ok();
+        let ci = crate::llm::client_for(&crate::worker::with_endpoint_override(inq, env))?;
+        let cr = crate::llm::client_for(&crate::worker::with_endpoint_override(resp, env))?;
+        let input = DialogueInput {
+            unit,
+            seed,
+            persona,
+            goal,
+            inquirer: inq,
+            responder: resp,
+            settings: &exp.dialogue,
+        };
         dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &CallCache::new(), &Printer).await
     })?;
     let c = &record.counters;
-    crate::outln!("=== {} turns, ended: {}", record.turns.len(), record.ending.reason.as_str());
+    crate::outln!(
+        "=== {} turns, ended: {}",
+        record.turns.len(),
+        record.ending.reason.as_str()
+    );
     if let Some(e) = &record.ending.error {
         crate::outln!("    {} {}: {}", e.role, e.kind.as_str(), e.message);
     }
@@ -103,5 +137,9 @@ pub fn run(args: TryArgs) -> Result<i32> {
         c.retries,
         c.trimmed_pairs
     );
-    Ok(if record.ending.reason.is_failure() { exit::FAILURES } else { exit::OK })
+    Ok(if record.ending.reason.is_failure() {
+        exit::FAILURES
+    } else {
+        exit::OK
+    })
 }
