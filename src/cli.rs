@@ -51,6 +51,21 @@ pub enum Command {
     /// `GET /v1/models`, `GET /health`, and `GET /stats` (requests, responses by status class,
     /// faults injected, and successful replies per call). Stops on SIGTERM or SIGINT.
     SimServer(SimServerArgs),
+    /// Merge a run's journals into `out/dialogues.parquet` and `out/turns.parquet`.
+    ///
+    /// Every planned dialogue appears exactly once (the last record of a unit wins); missing and
+    /// failed units are listed, and the exit code is 1 unless `--allow-partial`. The files always
+    /// hold what is done. Merging again without new work does nothing.
+    Merge(MergeArgs),
+    /// Summarise a run per model pair, persona feature value and goal: dialogues, share finished by
+    /// the stop token, turns, tokens, latency and end reasons.
+    ///
+    /// A table on the terminal by default; `--json` or `--csv` on stdout for scripts; `--html` one
+    /// self-contained offline page with charts.
+    Report(ReportArgs),
+    /// Write a run's dialogues as JSON lines for other tools (the reference implementation's
+    /// records, or chat messages for fine-tuning). Dialogues that failed are left out.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -234,6 +249,46 @@ impl std::str::FromStr for Range {
         let n = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
         Ok(Range([n(lo)?, n(hi)?]))
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Exit 0 even if some planned units are missing or failed (they are still listed).
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("report_format").args(["json", "csv", "html"]))]
+pub struct ReportArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the report as CSV on stdout (one row per group).
+    #[arg(long)]
+    pub csv: bool,
+    /// Write a self-contained HTML page with charts (default file: RUN_DIR/out/report.html).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub html: Option<Option<PathBuf>>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The record layout to write.
+    #[arg(long, value_enum)]
+    pub format: crate::merge::export::Format,
+    /// Output file, `-` for stdout (default: RUN_DIR/out/roleplay.jsonl or out/messages.jsonl).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Exit 0 even if some planned units are missing or failed.
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 #[derive(Debug, clap::Args)]

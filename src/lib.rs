@@ -9,7 +9,9 @@ pub mod commands;
 pub mod dialogue;
 pub mod error;
 pub mod llm;
+pub mod merge;
 pub mod plan;
+pub mod report;
 pub mod simserver;
 pub mod slurm;
 pub mod spec;
@@ -31,5 +33,8 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Worker(a) => commands::worker::run(a),
         Command::Try(a) => commands::try_one::run(a),
         Command::SimServer(a) => commands::sim_server::run(a),
+        Command::Merge(a) => commands::merge::run(a),
+        Command::Report(a) => commands::report::run(a),
+        Command::Export(a) => commands::export::run(a),
     }
 }

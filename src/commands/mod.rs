@@ -1,7 +1,10 @@
 //! One module per subcommand: each turns CLI arguments into calls on the core and prints.
 
+pub mod export;
 pub mod init;
+pub mod merge;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod try_one;
 pub mod sim_server;

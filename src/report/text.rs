@@ -1,0 +1,141 @@
+//! The report as plain-text tables for a terminal: one table per grouping, turns distributions as
+//! sparklines.
+
+use super::{Group, Report};
+
+const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// A sparkline of counts (the tallest bar is the most common value; zero counts are blank).
+pub fn sparkline(counts: &[u64]) -> String {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 || max == 0 {
+                ' '
+            } else {
+                SPARKS[((c as f64 / max as f64) * 7.0).round() as usize]
+            }
+        })
+        .collect()
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+/// The most frequent end reasons as `stop 61%, max_turns 30%, +2`.
+fn reasons(g: &Group) -> String {
+    let mut v: Vec<(&String, &u64)> = g.end_reasons.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = v
+        .iter()
+        .take(3)
+        .map(|(k, c)| format!("{k} {:.0}%", **c as f64 * 100.0 / g.dialogues.max(1) as f64))
+        .collect();
+    let mut s = shown.join(", ");
+    if v.len() > 3 {
+        s.push_str(&format!(", +{}", v.len() - 3));
+    }
+    s
+}
+
+fn table(title: &str, key_header: &str, groups: &[&Group]) -> String {
+    let header = [
+        key_header,
+        "dialogues",
+        "stop",
+        "turns mean",
+        "median",
+        "distribution",
+        "inq tok",
+        "resp tok",
+        "inq s",
+        "resp s",
+        "end reasons",
+    ];
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.key.clone(),
+                g.dialogues.to_string(),
+                pct(g.finished_share),
+                num(g.turns.mean, 2),
+                num(g.turns.median, 1),
+                sparkline(&g.turns.distribution),
+                num(g.inquirer.completion_tokens_mean, 0),
+                num(g.responder.completion_tokens_mean, 0),
+                num(g.inquirer.latency_ms_mean.map(|x| x / 1000.0), 1),
+                num(g.responder.latency_ms_mean.map(|x| x / 1000.0), 1),
+                reasons(g),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = w.saturating_sub(c.chars().count());
+            // Text columns left-aligned, numbers right-aligned.
+            if i == 0 || i == 5 || i == cells.len() - 1 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+            if i + 1 < cells.len() {
+                s.push_str("  ");
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = format!("{title}\n");
+    out.push_str(&line(&header.map(String::from)));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    out
+}
+
+/// The whole report as text.
+pub fn render(r: &Report) -> String {
+    let mut out = format!(
+        "experiment {}  plan {}\n{} of {} planned dialogues finished ({} failed, {} missing); stop token `{}`, at most {} turns\n",
+        r.experiment,
+        &r.plan_hash[..r.plan_hash.len().min(12)],
+        r.finished,
+        r.planned,
+        r.failed,
+        r.missing,
+        r.stop_token,
+        r.max_turns
+    );
+    out.push_str(
+        "stop: share finished by the stop token; tok: completion tokens and s: seconds per dialogue, mean\n\n",
+    );
+    let mut pairs: Vec<&Group> = vec![&r.all];
+    pairs.extend(r.pairs.iter());
+    out.push_str(&table("by pair (inquirer -> responder)", "pair", &pairs));
+    for f in &r.features {
+        out.push('\n');
+        let groups: Vec<&Group> = f.values.iter().collect();
+        out.push_str(&table(&format!("by persona feature `{}`", f.name), &f.name, &groups));
+    }
+    out.push('\n');
+    let goals: Vec<&Group> = r.goals.iter().collect();
+    out.push_str(&table("by goal", "goal", &goals));
+    out
+}
