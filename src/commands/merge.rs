@@ -44,7 +44,7 @@ pub fn print_summary(s: &MergeSummary) {
     }
     if !s.complete() {
         if s.allow_partial {
-            eprintln!("the files hold the finished dialogues only (--allow-partial)");
+            eprintln!("the files hold the finished dialogues only");
         } else {
             eprintln!(
                 "hint: finish the run (`roleplay run RUN_DIR`, with `--retry-failed` for failed units), or pass `--allow-partial` to accept a partial dataset"
