@@ -101,6 +101,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
         eprintln!("interrupted: run the same command again to resume");
         return Ok(exit::INTERRUPTED);
     }
+    // The dataset is what the user came for: merge what finished (a partial merge is fine here;
+    // missing and failed units are listed, and this command's exit code says whether all is done).
+    match crate::merge::merge_run(&rd, true) {
+        Ok(m) => super::merge::print_summary(&m),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(exit::FAILURES);
+        }
+    }
     if failed > 0 {
         eprintln!(
             "hint: `roleplay run {} --retry-failed` runs the failed dialogues again",
