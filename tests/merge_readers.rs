@@ -441,17 +441,3 @@ fn usage_errors_exit_2_with_a_hint() {
         "{stderr}"
     );
 }
-
-/// The benchmark's fixture (scripts/bench-merge): synthetic journals for the run planned in
-/// `$ROLEPLAY_BENCH_RUN`, and the same dialogues as JSON lines in `$ROLEPLAY_BENCH_JSONL`.
-#[test]
-#[ignore = "builds the merge benchmark's fixture; run by scripts/bench-merge"]
-fn bench_fixture() {
-    let run = std::env::var("ROLEPLAY_BENCH_RUN").expect("ROLEPLAY_BENCH_RUN");
-    let jsonl = std::env::var("ROLEPLAY_BENCH_JSONL").expect("ROLEPLAY_BENCH_JSONL");
-    let rd = RunDir::new(run);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&jsonl).unwrap());
-    let w = synth::synthesize_to(&rd, &synth::Options::default(), Some(&mut out)).unwrap();
-    std::io::Write::flush(&mut out).unwrap();
-    println!("fixture: {} dialogues, {} turns", w.finished, w.turns);
-}

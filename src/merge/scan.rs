@@ -8,21 +8,20 @@
 //! winning record ended with a backend failure are *failed*. Both lists are kept as a count and
 //! the first [`LISTED`] ids.
 //!
-//! The journal format is the worker's (`worker::journal`): `<8 hex blake3> <json>` per line after a
-//! header. This reader follows the same rules as `journal::parse` (a bad last line is a torn tail,
-//! a bad line elsewhere is damaged and skipped) but streams the file and decodes `call` records not
-//! at all, and `done` records straight into [`DialogueRecord`] (the `t` tag is an ignored field),
-//! which is what makes a merge faster than the journals are long.
+//! The journal is read with the worker's own reader (`worker::journal::scan`: a bad last line is a
+//! torn tail, a bad line elsewhere is damaged and skipped), streaming, with `call` records skipped
+//! unchecked and undecoded and `done` records decoded straight into [`DialogueRecord`] (the `t` tag
+//! is an ignored field), which is what makes a merge faster than the journals are long.
 
 use crate::dialogue::DialogueRecord;
 use crate::error::{Error, Result};
-use crate::plan::{Plan, Unit, UnitId};
+use crate::plan::{Plan, Unit, UnitId, UnitsReader};
 use crate::store::RunDir;
-use crate::worker::journal::{Entry, Header, JOURNAL_FORMAT, JOURNAL_VERSION};
+use crate::worker::journal::{self, Entry};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::io::BufReader;
+use std::path::Path;
 
 /// How many ids of missing, failed or ignored units are listed (the rest are counted).
 pub const LISTED: usize = 20;
@@ -99,89 +98,6 @@ impl ScanStats {
     }
 }
 
-/// Streams the units file shard by shard, without holding the whole plan's units.
-struct UnitsReader {
-    path: PathBuf,
-    lines: std::io::Lines<BufReader<fs_err::File>>,
-    line_no: usize,
-    peeked: Option<Unit>,
-}
-
-const UNITS_HEADER: &str = "id\tshard\tpersona\tgoal\tpair\tseed";
-
-impl UnitsReader {
-    fn open(path: &Path) -> Result<UnitsReader> {
-        let mut lines = BufReader::new(fs_err::File::open(path)?).lines();
-        match lines.next() {
-            Some(Ok(h)) if h == UNITS_HEADER => {}
-            _ => {
-                return Err(Error::config(format!("`{}` is not a units file", path.display()))
-                    .with_hint("the run directory is damaged; plan again with `--replan`"));
-            }
-        }
-        Ok(UnitsReader {
-            path: path.to_path_buf(),
-            lines,
-            line_no: 1,
-            peeked: None,
-        })
-    }
-
-    fn next_unit(&mut self) -> Result<Option<Unit>> {
-        if let Some(u) = self.peeked.take() {
-            return Ok(Some(u));
-        }
-        let Some(line) = self.lines.next() else {
-            return Ok(None);
-        };
-        self.line_no += 1;
-        let line = line?;
-        let bad = || {
-            Error::config(format!(
-                "`{}` line {}: not a unit record",
-                self.path.display(),
-                self.line_no
-            ))
-            .with_hint(
-                "the units file is written by `roleplay plan` and must not be edited; plan again with `--replan`",
-            )
-        };
-        let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 6 {
-            return Err(bad());
-        }
-        Ok(Some(Unit {
-            id: f[0].parse().map_err(|_| bad())?,
-            shard: f[1].parse().map_err(|_| bad())?,
-            persona: f[2].parse().map_err(|_| bad())?,
-            goal: f[3].parse().map_err(|_| bad())?,
-            pair: f[4].parse().map_err(|_| bad())?,
-            seed: f[5].parse().map_err(|_| bad())?,
-        }))
-    }
-
-    /// The units of `shard` (the file is sorted by shard; shards must be asked for in order).
-    fn units_of(&mut self, shard: u32) -> Result<Vec<Unit>> {
-        let mut out = Vec::new();
-        while let Some(u) = self.next_unit()? {
-            if u.shard < shard {
-                return Err(Error::config(format!(
-                    "`{}` line {}: units are not sorted by shard",
-                    self.path.display(),
-                    self.line_no
-                ))
-                .with_hint("the run directory is damaged; plan again with `--replan`"));
-            }
-            if u.shard > shard {
-                self.peeked = Some(u);
-                break;
-            }
-            out.push(u);
-        }
-        Ok(out)
-    }
-}
-
 /// Check the plan's indices once, so that rows can index the experiment without panicking.
 fn check_unit(plan: &Plan, path: &Path, u: &Unit) -> Result<()> {
     let exp = &plan.experiment;
@@ -204,17 +120,9 @@ struct ShardJournal {
     done: HashMap<UnitId, (DialogueRecord, u32)>,
 }
 
-/// `call` records are skipped without being decoded; `done` records decode straight into a record.
+/// `call` records are skipped without being checked or decoded; `done` records decode straight into a record.
 const CALL_PREFIX: &[u8] = br#"{"t":"call""#;
 const DONE_PREFIX: &[u8] = br#"{"t":"done""#;
-
-fn checksum_ok(line: &[u8]) -> Option<&[u8]> {
-    if line.len() < 10 || line[8] != b' ' {
-        return None;
-    }
-    let (sum, json) = (&line[..8], &line[9..]);
-    (blake3::hash(json).to_hex().as_bytes()[..8] == *sum).then_some(json)
-}
 
 fn read_shard_journal(
     path: &Path,
@@ -228,101 +136,56 @@ fn read_shard_journal(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::runtime(format!("cannot open `{}`: {e}", path.display()))),
     };
-    let io = |e: std::io::Error| Error::runtime(format!("cannot read `{}`: {e}", path.display()));
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::with_capacity(1 << 16);
     let mut out = ShardJournal { done: HashMap::new() };
-    let mut line_no = 0usize;
     let mut attempt = 0u32;
-    // A bad line is damaged unless it turns out to be the last one (then it is a torn tail).
-    let mut pending_bad: Option<usize> = None;
-    loop {
-        line.clear();
-        let n = r.read_until(b'\n', &mut line).map_err(io)?;
-        if n == 0 {
-            break;
+    let mut superseded = 0u64;
+    let mut keep = |rec: DialogueRecord, attempt: u32| {
+        if out.done.insert(rec.unit, (rec, attempt)).is_some() {
+            superseded += 1;
         }
-        line_no += 1;
-        if let Some(bad) = pending_bad.take() {
-            stats.damaged.push(format!("{rel}:{bad}"));
-        }
-        if line.last() != Some(&b'\n') {
-            // Cut short by a crash (or a worker writing right now): ignored, like the worker does.
-            stats.torn_tails += 1;
-            pending_bad = None;
-            break;
-        }
-        let body = &line[..line.len() - 1];
-        if line_no == 1 {
-            let header = checksum_ok(body).and_then(|j| serde_json::from_slice::<Header>(j).ok());
-            match header {
-                Some(h) if h.format == JOURNAL_FORMAT => {
-                    if h.version > JOURNAL_VERSION {
-                        return Err(Error::config(format!(
-                            "`{}` was written by a newer roleplay (journal version {}; this one reads up to {JOURNAL_VERSION})",
-                            path.display(),
-                            h.version
-                        ))
-                        .with_hint("use the roleplay version that wrote the run, or upgrade this one"));
+    };
+    let info = journal::scan(
+        path,
+        BufReader::with_capacity(1 << 20, file),
+        |json| !json.starts_with(CALL_PREFIX),
+        |_, json| {
+            if json.starts_with(DONE_PREFIX) {
+                return match serde_json::from_slice::<DialogueRecord>(json) {
+                    Ok(rec) => {
+                        keep(rec, attempt);
+                        true
                     }
-                    if h.plan_hash != plan_hash || h.shard != shard {
-                        return Err(Error::config(format!(
-                            "`{}` belongs to another plan or shard (plan {}, shard {}; expected plan {plan_hash}, shard {shard})",
-                            path.display(),
-                            h.plan_hash,
-                            h.shard
-                        ))
-                        .with_hint("the run directory was changed by hand; run `roleplay plan --replan` to carry finished work over"));
-                    }
-                }
-                _ => {
-                    // Only a header torn by a crash is acceptable: then nothing follows it.
-                    let mut rest = [0u8; 1];
-                    if std::io::Read::read(&mut r, &mut rest).map_err(io)? == 0 {
-                        stats.torn_tails += 1;
-                        return Ok(Some(out));
-                    }
-                    return Err(
-                        Error::config(format!("`{}` is not a roleplay journal (bad header)", path.display()))
-                            .with_hint("move the file aside: its shard's units will then run again"),
-                    );
-                }
+                    Err(_) => false,
+                };
             }
-            continue;
-        }
-        if body.len() > 9 && body[9..].starts_with(CALL_PREFIX) {
-            continue;
-        }
-        let Some(json) = checksum_ok(body) else {
-            pending_bad = Some(line_no);
-            continue;
-        };
-        if json.starts_with(DONE_PREFIX) {
-            match serde_json::from_slice::<DialogueRecord>(json) {
-                Ok(rec) => {
-                    if out.done.insert(rec.unit, (rec, attempt)).is_some() {
-                        stats.superseded += 1;
-                    }
-                }
-                Err(_) => pending_bad = Some(line_no),
+            // Anything else (attempts, or records serialised in another key order) takes the general path.
+            match serde_json::from_slice::<Entry>(json) {
+                Ok(Entry::Attempt(a)) => attempt = a.attempt,
+                Ok(Entry::Done(rec)) => keep(*rec, attempt),
+                Ok(Entry::Call(_)) => {}
+                Err(_) => return false,
             }
-            continue;
-        }
-        // Anything else (attempts, or records serialised in another key order) takes the general path.
-        match serde_json::from_slice::<Entry>(json) {
-            Ok(Entry::Attempt(a)) => attempt = a.attempt,
-            Ok(Entry::Done(rec)) => {
-                let rec = *rec;
-                if out.done.insert(rec.unit, (rec, attempt)).is_some() {
-                    stats.superseded += 1;
-                }
-            }
-            Ok(Entry::Call(_)) => {}
-            Err(_) => pending_bad = Some(line_no),
-        }
-    }
-    if pending_bad.is_some() {
+            true
+        },
+    )?;
+    stats.superseded += superseded;
+    if info.torn_tail {
+        // Cut short by a crash (or a worker writing right now): ignored, like the worker does.
         stats.torn_tails += 1;
+    }
+    for line in info.damaged_lines {
+        stats.damaged.push(format!("{rel}:{line}"));
+    }
+    if let Some(h) = info.header
+        && (h.plan_hash != plan_hash || h.shard != shard)
+    {
+        return Err(Error::config(format!(
+            "`{}` belongs to another plan or shard (plan {}, shard {}; expected plan {plan_hash}, shard {shard})",
+            path.display(),
+            h.plan_hash,
+            h.shard
+        ))
+        .with_hint("the run directory was changed by hand; run `roleplay plan --replan` to carry finished work over"));
     }
     Ok(Some(out))
 }

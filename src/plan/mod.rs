@@ -11,7 +11,7 @@
 
 mod units_file;
 
-pub use units_file::{read_units, read_units_of_shard, write_units};
+pub use units_file::{UnitsReader, read_units, read_units_of_shard, write_units};
 
 use crate::spec::{Experiment, Sharding};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //! Tab-separated with a header: `id shard persona goal pair seed`. Compact (about 45 bytes a unit)
 //! and streamable, so a worker reads its shard's units without holding a million in memory.
 
-use super::{Unit, UnitId};
+use super::Unit;
 use crate::error::{Error, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -24,66 +24,100 @@ pub fn write_units(out: &mut impl Write, units: &[Unit]) -> std::io::Result<()> 
     Ok(())
 }
 
-fn parse_line(path: &Path, n: usize, line: &str) -> Result<Unit> {
-    let bad = || {
-        Error::config(format!("`{}` line {n}: not a unit record", path.display())).with_hint(
-            "the units file is written by `roleplay plan` and must not be edited; plan again with `--replan`",
-        )
-    };
-    let mut f = line.split('\t');
-    let mut next = || f.next().ok_or_else(bad);
-    let id: UnitId = next()?.parse().map_err(|_| bad())?;
-    let shard = next()?.parse().map_err(|_| bad())?;
-    let persona = next()?.parse().map_err(|_| bad())?;
-    let goal = next()?.parse().map_err(|_| bad())?;
-    let pair = next()?.parse().map_err(|_| bad())?;
-    let seed = next()?.parse().map_err(|_| bad())?;
-    Ok(Unit {
-        id,
-        shard,
-        persona,
-        goal,
-        pair,
-        seed,
-    })
+/// Reads a units file unit by unit, shard by shard (the file is sorted by shard), holding at most
+/// one shard's units.
+pub struct UnitsReader {
+    path: std::path::PathBuf,
+    lines: std::io::Lines<BufReader<fs_err::File>>,
+    line_no: usize,
+    peeked: Option<Unit>,
 }
 
-fn for_each_unit(path: &Path, mut f: impl FnMut(Unit) -> bool) -> Result<()> {
-    let file = fs_err::File::open(path)?;
-    let mut lines = BufReader::new(file).lines();
-    match lines.next() {
-        Some(Ok(h)) if h == HEADER => {}
-        _ => {
-            return Err(Error::config(format!("`{}` is not a units file", path.display()))
-                .with_hint("the run directory is damaged; plan again with `--replan`"));
+impl UnitsReader {
+    pub fn open(path: &Path) -> Result<UnitsReader> {
+        let mut lines = BufReader::new(fs_err::File::open(path)?).lines();
+        match lines.next() {
+            Some(Ok(h)) if h == HEADER => {}
+            _ => {
+                return Err(Error::config(format!("`{}` is not a units file", path.display()))
+                    .with_hint("the run directory is damaged; plan again with `--replan`"));
+            }
         }
+        Ok(UnitsReader {
+            path: path.to_path_buf(),
+            lines,
+            line_no: 1,
+            peeked: None,
+        })
     }
-    for (i, line) in lines.enumerate() {
+
+    fn damaged(&self, what: &str) -> Error {
+        Error::config(format!("`{}` line {}: {what}", self.path.display(), self.line_no)).with_hint(
+            "the units file is written by `roleplay plan` and must not be edited; plan again with `--replan`",
+        )
+    }
+
+    pub fn next_unit(&mut self) -> Result<Option<Unit>> {
+        if let Some(u) = self.peeked.take() {
+            return Ok(Some(u));
+        }
+        let Some(line) = self.lines.next() else {
+            return Ok(None);
+        };
+        self.line_no += 1;
         let line = line?;
-        if !f(parse_line(path, i + 2, &line)?) {
-            break;
+        let bad = || self.damaged("not a unit record");
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 6 {
+            return Err(bad());
         }
+        Ok(Some(Unit {
+            id: f[0].parse().map_err(|_| bad())?,
+            shard: f[1].parse().map_err(|_| bad())?,
+            persona: f[2].parse().map_err(|_| bad())?,
+            goal: f[3].parse().map_err(|_| bad())?,
+            pair: f[4].parse().map_err(|_| bad())?,
+            seed: f[5].parse().map_err(|_| bad())?,
+        }))
     }
-    Ok(())
+
+    /// The units of `shard`; shards must be asked for in increasing order.
+    pub fn units_of(&mut self, shard: u32) -> Result<Vec<Unit>> {
+        let mut out = Vec::new();
+        while let Some(u) = self.next_unit()? {
+            if u.shard < shard {
+                return Err(self.damaged("units are not sorted by shard"));
+            }
+            if u.shard > shard {
+                self.peeked = Some(u);
+                break;
+            }
+            out.push(u);
+        }
+        Ok(out)
+    }
 }
 
 pub fn read_units(path: &Path) -> Result<Vec<Unit>> {
+    let mut r = UnitsReader::open(path)?;
     let mut out = Vec::new();
-    for_each_unit(path, |u| {
+    while let Some(u) = r.next_unit()? {
         out.push(u);
-        true
-    })?;
+    }
     Ok(out)
 }
 
-/// The units of one shard (the file is sorted by shard, so reading stops after it).
+/// The units of one shard (reading stops after it).
 pub fn read_units_of_shard(path: &Path, shard: u32) -> Result<Vec<Unit>> {
+    let mut r = UnitsReader::open(path)?;
     let mut out = Vec::new();
-    for_each_unit(path, |u| {
+    while let Some(u) = r.next_unit()? {
+        if u.shard > shard {
+            break;
+        }
         if u.shard == shard {
             out.push(u);
         }
-        u.shard <= shard
-    })?;
+    }
     Ok(out)
 }

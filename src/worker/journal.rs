@@ -14,7 +14,7 @@ use crate::dialogue::{CallEvent, DialogueRecord};
 use crate::error::{Error, Result};
 use crate::plan::UnitId;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,37 +80,94 @@ fn encode(json: &[u8]) -> Vec<u8> {
 
 /// Read a journal; `None` when the file does not exist.
 pub fn read(path: &Path) -> Result<Option<Contents>> {
-    let mut bytes = Vec::new();
     match std::fs::File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut bytes)
-                .map_err(|e| Error::runtime(format!("cannot read `{}`: {e}", path.display())))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::runtime(format!("cannot open `{}`: {e}", path.display()))),
+        Ok(f) => read_from(path, std::io::BufReader::with_capacity(1 << 20, f)).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::runtime(format!("cannot open `{}`: {e}", path.display()))),
     }
-    parse(path, &bytes).map(Some)
 }
 
 /// Parse journal bytes (exposed for fuzzing and tests).
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Contents> {
-    let mut out = Contents::default();
-    let mut pos = 0usize;
+    read_from(path, bytes)
+}
+
+fn read_from(path: &Path, r: impl BufRead) -> Result<Contents> {
+    let mut entries = Vec::new();
+    let info = scan(
+        path,
+        r,
+        |_| true,
+        |_, json| match serde_json::from_slice::<Entry>(json) {
+            Ok(e) => {
+                entries.push(e);
+                true
+            }
+            Err(_) => false,
+        },
+    )?;
+    Ok(Contents {
+        header: info.header,
+        entries,
+        valid_len: info.valid_len,
+        torn_tail: info.torn_tail,
+        damaged_lines: info.damaged_lines,
+    })
+}
+
+/// What a [`scan`] found beside the records it handed out.
+#[derive(Debug, Default)]
+pub struct ScanInfo {
+    pub header: Option<Header>,
+    /// Byte length of the valid prefix: everything but a torn tail.
+    pub valid_len: u64,
+    pub torn_tail: bool,
+    pub damaged_lines: Vec<usize>,
+}
+
+/// The one journal reader. Streams `r` line by line: checks the header (a newer version is refused),
+/// and hands every record whose checksum holds to `record(line_no, json)`, which returns whether it
+/// could use it. A bad line (checksum or `record` says no) is damaged, unless it is the last line:
+/// then it is a torn tail, cut short by a crash. `want(json)` may skip a record before its checksum
+/// is even computed (merge skips the many `call` records this way).
+pub fn scan(
+    path: &Path,
+    mut r: impl BufRead,
+    want: impl Fn(&[u8]) -> bool,
+    mut record: impl FnMut(usize, &[u8]) -> bool,
+) -> Result<ScanInfo> {
+    let io = |e: std::io::Error| Error::runtime(format!("cannot read `{}`: {e}", path.display()));
+    let mut info = ScanInfo::default();
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut pos = 0u64;
     let mut line_no = 0usize;
-    while pos < bytes.len() {
-        line_no += 1;
-        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-            // No newline: a record cut short by a crash.
-            out.torn_tail = true;
+    // A bad line is damaged unless it turns out to be the last one.
+    let mut pending_bad: Option<usize> = None;
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).map_err(io)?;
+        if n == 0 {
             break;
-        };
-        let line = &bytes[pos..pos + nl];
-        let next = pos + nl + 1;
-        let is_last = next >= bytes.len();
-        let parsed = decode_line(line);
+        }
+        line_no += 1;
+        if let Some(bad) = pending_bad.take() {
+            if bad == 1 {
+                return Err(
+                    Error::config(format!("`{}` is not a roleplay journal (bad header)", path.display()))
+                        .with_hint("move the file aside: its shard's units will then run again"),
+                );
+            }
+            info.damaged_lines.push(bad);
+            info.valid_len = pos;
+        }
+        pos += n as u64;
+        if buf.last() != Some(&b'\n') {
+            info.torn_tail = true;
+            break;
+        }
+        let body = &buf[..n - 1];
         if line_no == 1 {
-            let header = parsed.and_then(|v| serde_json::from_slice::<Header>(v).ok());
-            match header {
+            match decode_line(body).and_then(|j| serde_json::from_slice::<Header>(j).ok()) {
                 Some(h) if h.format == JOURNAL_FORMAT => {
                     if h.version > JOURNAL_VERSION {
                         return Err(Error::config(format!(
@@ -120,33 +177,26 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Contents> {
                         ))
                         .with_hint("use the roleplay version that wrote the run, or upgrade this one"));
                     }
-                    out.header = Some(h);
+                    info.header = Some(h);
+                    info.valid_len = pos;
                 }
-                _ if is_last => {
-                    out.torn_tail = true;
-                    break;
-                }
-                _ => {
-                    return Err(
-                        Error::config(format!("`{}` is not a roleplay journal (bad header)", path.display()))
-                            .with_hint("move the file aside: its shard's units will then run again"),
-                    );
-                }
+                _ => pending_bad = Some(1),
             }
-        } else {
-            match parsed.and_then(|v| serde_json::from_slice::<Entry>(v).ok()) {
-                Some(e) => out.entries.push(e),
-                None if is_last => {
-                    out.torn_tail = true;
-                    break;
-                }
-                None => out.damaged_lines.push(line_no),
-            }
+            continue;
         }
-        pos = next;
-        out.valid_len = pos as u64;
+        if body.len() > 9 && !want(&body[9..]) {
+            info.valid_len = pos;
+            continue;
+        }
+        match decode_line(body) {
+            Some(json) if record(line_no, json) => info.valid_len = pos,
+            _ => pending_bad = Some(line_no),
+        }
     }
-    Ok(out)
+    if pending_bad.is_some() {
+        info.torn_tail = true;
+    }
+    Ok(info)
 }
 
 /// The JSON of a checked line, or `None` if the checksum does not match.

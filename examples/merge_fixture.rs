@@ -1,0 +1,34 @@
+//! The merge benchmark's fixture (scripts/bench-merge): synthetic journals for a planned run, and
+//! the same dialogues as JSON lines for the DuckDB baseline.
+//!
+//! Usage: cargo run --release --example merge_fixture -- RUN_DIR OUT.jsonl
+
+use roleplay::merge::synth;
+use roleplay::store::RunDir;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [run, jsonl] = args.as_slice() else {
+        eprintln!("usage: merge_fixture RUN_DIR OUT.jsonl");
+        std::process::exit(2);
+    };
+    let rd = RunDir::new(run);
+    let file = std::fs::File::create(jsonl).unwrap_or_else(|e| {
+        eprintln!("error: cannot create `{jsonl}`: {e}");
+        std::process::exit(1);
+    });
+    let mut out = std::io::BufWriter::new(file);
+    match synth::synthesize_to(&rd, &synth::Options::default(), Some(&mut out)) {
+        Ok(w) => {
+            if let Err(e) = std::io::Write::flush(&mut out) {
+                eprintln!("error: cannot write `{jsonl}`: {e}");
+                std::process::exit(1);
+            }
+            println!("fixture: {} dialogues, {} turns", w.finished, w.turns);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
