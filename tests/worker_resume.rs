@@ -309,3 +309,53 @@ fn a_second_worker_on_the_same_shard_is_refused() {
     first.kill().unwrap();
     first.wait().unwrap();
 }
+
+#[test]
+fn failed_units_are_retried_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plan against a closed port: every dialogue ends with a backend failure.
+    experiment(dir.path(), "http://127.0.0.1:9", 100);
+    let run = dir.path().join("run");
+    let out = worker(&run).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed = |run: &Path| {
+        journal_entries(run)
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Done(d) => Some(d.ending.reason.as_str()),
+                _ => None,
+            })
+            .filter(|r| *r == "backend_error")
+            .count()
+    };
+    assert_eq!(failed(&run), 27);
+
+    // The endpoint comes back (moved: endpoints are not part of unit ids, so the plan stands).
+    let server = Server::start(dir.path(), &[]);
+    let base = format!("{}/v1", server.url);
+    let rerun = |retry: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["worker"])
+            .arg(&run)
+            .args(["--shard", "0"])
+            .env("ROLEPLAY_BASE_URL", &base);
+        if retry {
+            cmd.arg("--retry-failed");
+        }
+        cmd.output().unwrap()
+    };
+    // Without --retry-failed nothing runs again: a broken endpoint cannot loop forever.
+    let again = rerun(false);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(server.served().values().sum::<u64>(), 0);
+    let retried = rerun(true);
+    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    let mut last: HashMap<UnitId, &'static str> = HashMap::new();
+    for e in journal_entries(&run) {
+        if let Entry::Done(d) = e {
+            last.insert(d.unit, d.ending.reason.as_str());
+        }
+    }
+    assert_eq!(last.len(), 27);
+    assert!(last.values().all(|r| *r != "backend_error"), "{last:?}");
+}
