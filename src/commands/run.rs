@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let rd = if args.target.is_dir() && args.target.join(crate::store::PLAN_FILE).is_file() {
+    // A folder is a run directory (load_plan says so if it is not one); a file is an experiment.
+    let rd = if args.target.is_dir() {
         RunDir::new(&args.target)
     } else {
         let planned = super::plan::plan_experiment(&args.target, args.run_dir.as_deref(), args.replan, false)?;
@@ -69,8 +70,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 Ok(Ok(Some(o))) => outcomes.push(o),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
-                    // One broken shard (a locked one, a full disk) should not hide the others' work.
-                    display.println(&format!("{e}"));
+                    // One broken shard (a locked one, a full disk) should not hide the others' work;
+                    // the first error is returned (and printed once, by main), the rest shown here.
+                    if !errors.is_empty() {
+                        display.println(&format!("{e}"));
+                    }
                     errors.push(e);
                 }
                 Err(e) => errors.push(crate::Error::runtime(format!("a shard task failed: {e}"))),
@@ -81,10 +85,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     })?;
 
     let total: u64 = plan.total_units;
-    let done: u64 = outcomes.iter().map(|o| o.already_done + o.finished).sum();
     let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
-    let finished_now: u64 = outcomes.iter().map(|o| o.finished).sum();
     let reasons = progress.end_reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // From the live counters, so shards that stopped with an error still count what they finished.
+    let finished_now: u64 = reasons.values().sum();
+    let done: u64 = progress.done.load(Ordering::Relaxed);
     let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
     eprintln!(
         "{done} of {total} dialogues finished ({finished_now} in this run, {:.1}s), {failed} failed",

@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 
 pub const PLAN_FILE: &str = "plan.json";
 
+/// The fix for a failed write in a run directory.
+pub const WRITE_HINT: &str =
+    "free disk space or fix permissions, then run the same command again: finished work is kept";
+
 /// Paths inside one run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -105,10 +109,15 @@ impl RunDir {
             Err(_) => false,
         };
         if !units_ok {
-            return Err(Error::config(format!("`{}` is missing or was changed after planning", units.display()))
-                .with_hint("the units file must not be edited; plan again with `roleplay plan --replan`"));
+            return Err(Error::config(format!(
+                "`{}` is missing or was changed after planning",
+                units.display()
+            ))
+            .with_hint("the units file must not be edited; plan again with `roleplay plan --replan`"));
         }
-        if crate::plan::plan_hash(&plan.experiment) != plan.plan_hash || plan.compute_manifest_hash() != plan.manifest_hash {
+        if crate::plan::plan_hash(&plan.experiment) != plan.plan_hash
+            || plan.compute_manifest_hash() != plan.manifest_hash
+        {
             return Err(Error::config(format!(
                 "`{}` was changed after it was written (its hash does not match its content)",
                 path.display()
@@ -148,8 +157,11 @@ pub fn write_atomic_with(
         .suffix(".tmp")
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
-        .map_err(|e| Error::runtime(format!("cannot create a temporary file in `{}`: {e}", dir.display())))?;
-    let io = |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display()));
+        .map_err(|e| {
+            Error::runtime(format!("cannot create a temporary file in `{}`: {e}", dir.display())).with_hint(WRITE_HINT)
+        })?;
+    let io =
+        |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display())).with_hint(WRITE_HINT);
     {
         let file = tmp.as_file_mut();
         let mut w = std::io::BufWriter::new(file);
@@ -188,7 +200,9 @@ impl Lock {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|e| Error::runtime(format!("cannot open the lock `{}`: {e}", path.display())))?;
+            .map_err(|e| {
+                Error::runtime(format!("cannot open the lock `{}`: {e}", path.display())).with_hint(WRITE_HINT)
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(Lock {
                 _file: file,

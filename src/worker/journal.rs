@@ -244,8 +244,12 @@ impl Journal {
             .write(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| Error::runtime(format!("cannot open `{}`: {e}", path.display())))?;
-        let io = |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display()));
+            .map_err(|e| {
+                Error::runtime(format!("cannot open `{}`: {e}", path.display())).with_hint(crate::store::WRITE_HINT)
+            })?;
+        let io = |e: std::io::Error| {
+            Error::runtime(format!("cannot write `{}`: {e}", path.display())).with_hint(crate::store::WRITE_HINT)
+        };
         let len = file.metadata().map_err(io)?.len();
         if contents.header.is_none() {
             file.set_len(0).map_err(io)?;
@@ -284,10 +288,17 @@ impl Journal {
     pub fn append(&self, entry: &Entry) -> Result<()> {
         let line = encode(&serde_json::to_vec(entry).expect("serialisable"));
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line).map_err(|e| {
+        let fail = |e: std::io::Error| {
             Error::runtime(format!("cannot append to the journal `{}`: {e}", self.path.display()))
-                .with_hint("free disk space or fix permissions, then run the same command again: finished work is kept")
-        })?;
+                .with_hint(crate::store::WRITE_HINT)
+        };
+        let start = f.stream_position().map_err(fail)?;
+        if let Err(e) = f.write_all(&line) {
+            // A record half-written on a full disk must not stay: the next record would land
+            // behind it and be read as part of a torn tail, then cut off.
+            let _ = f.set_len(start).and_then(|()| f.seek(SeekFrom::Start(start)).map(drop));
+            return Err(fail(e));
+        }
         self.written.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
         Ok(())
