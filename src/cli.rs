@@ -66,6 +66,34 @@ pub enum Command {
     /// Write a run's dialogues as JSON lines for other tools (the reference implementation's
     /// records, or chat messages for fine-tuning). Dialogues that failed are left out.
     Export(ExportArgs),
+    /// Render a planned run's Slurm batch scripts into RUN_DIR/slurm/, without submitting them.
+    ///
+    /// The shards are cut into job arrays that respect the cluster's MaxArraySize and
+    /// max_array_tasks (read from `scontrol show config`, or given with `--max-array-size` and
+    /// `--max-array-tasks` to render offline), each indexed from 0 with a map from index to shard.
+    /// Templates: `[slurm] template` (`api`, `vllm`, `sim`, or a path).
+    Render(RenderArgs),
+    /// Submit a planned run to Slurm as job arrays (`sbatch --parsable`).
+    ///
+    /// Idempotent: a run already submitted is not submitted again, and after an sbatch error the
+    /// queue is searched by the job's deterministic name before any retry. Every submission is
+    /// recorded in RUN_DIR/slurm/submissions.jsonl.
+    Submit(SubmitArgs),
+    /// Show per shard what is done, running, pending, interrupted, failed or lost, with totals and
+    /// an ETA.
+    ///
+    /// The run's journals are the truth about what is done; squeue and sacct (where accounting
+    /// runs) are asked what is running and how tasks ended. Exit code: 0 every shard done, 1
+    /// nothing queued or running and some shard not done (see `roleplay resume`), 75 still in
+    /// progress.
+    Status(StatusArgs),
+    /// Resubmit, as a new round of arrays, the shards that are neither done nor queued or running.
+    ///
+    /// A shard whose tasks failed `worker.max_attempts` times (preemption, node failure, signals
+    /// and cancels do not count) is reported, not resubmitted. Exit code 1 when such shards remain.
+    Resume(ResumeArgs),
+    /// Cancel every Slurm job of the run that is still queued or running.
+    Cancel(CancelArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -307,4 +335,99 @@ pub struct TryArgs {
     /// Seed (default: the first seed).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// How `render`, `submit` and `resume` render scripts. Given values are stored in
+/// RUN_DIR/slurm/render.json and used by later commands that give none.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Rendering")]
+pub struct RenderFlags {
+    /// Highest array index + 1 to respect (instead of `scontrol show config`; for rendering offline).
+    #[arg(long, value_name = "N")]
+    pub max_array_size: Option<u32>,
+    /// Tasks per array to respect (SchedulerParameters=max_array_tasks; instead of asking the cluster).
+    #[arg(long, value_name = "N")]
+    pub max_array_tasks: Option<u32>,
+    /// An argument for `roleplay sim-server` in the `sim` template (repeat for several), e.g.
+    /// `--sim-server-arg=--latency-ms=500`.
+    #[arg(long = "sim-server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub sim_server_args: Vec<String>,
+    /// A template variable, `vars.NAME` in a template (repeat for several); built-in:
+    /// `vllm_start_timeout` (seconds, default 1200).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// The run directory (made by `roleplay plan`).
+    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub render: RenderFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The run directory (made by `roleplay plan`).
+    pub run_dir: PathBuf,
+    /// Render the scripts and print the sbatch commands; submit nothing.
+    #[arg(long, conflicts_with = "test_only")]
+    pub dry_run: bool,
+    /// Let the scheduler check each script and say when it would start (`sbatch --test-only`);
+    /// submit nothing.
+    #[arg(long)]
+    pub test_only: bool,
+    /// Also submit a job that runs `roleplay merge RUN_DIR --allow-partial` once the arrays have
+    /// ended (`--dependency=afterany:...`, `--kill-on-invalid-dep=yes`).
+    #[arg(long)]
+    pub merge_job: bool,
+    #[command(flatten)]
+    pub render: RenderFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Print the report as JSON on stdout (with `--watch`: one JSON document per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh until no shard is pending or running.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with `--watch`.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub interval: u64,
+    /// A running shard whose heartbeat is older than this, and whose job left the queue, is lost.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub lost_after: u64,
+    /// Do not ask squeue or sacct: report from the run's own records.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Render the new round and print what would be submitted; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also resubmit shards whose units all finished but some failed, and run those units again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Also submit a merge job after the new arrays (and any still queued).
+    #[arg(long)]
+    pub merge_job: bool,
+    /// A running shard whose heartbeat is older than this, and whose job left the queue, is lost.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub lost_after: u64,
+    #[command(flatten)]
+    pub render: RenderFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
 }

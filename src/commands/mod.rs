@@ -1,13 +1,18 @@
 //! One module per subcommand: each turns CLI arguments into calls on the core and prints.
 
+pub mod cancel;
 pub mod export;
 pub mod init;
 pub mod merge;
 pub mod plan;
+pub mod render;
 pub mod report;
+pub mod resume;
 pub mod run;
 pub mod try_one;
 pub mod sim_server;
+pub mod status;
+pub mod submit;
 pub mod validate;
 pub mod worker;
 

@@ -4,11 +4,17 @@
 //! The scheduler's answers are evidence about what is queued or running, never the truth about what
 //! is done (the worker's journals are): squeue forgets a finished job after MinJobAge, sacct lags
 //! and may be disabled, and sbatch can fail although it submitted (see shared/reference/slurm.md).
-//! Parsing lives in [`parse`], pure and tested on captured output.
+//! Parsing lives in [`parse`], pure and tested on captured output. On top of the trait: [`render`]
+//! (sbatch scripts and array maps from templates), [`submit`] (idempotent submit, resume, cancel),
+//! [`status`] (what each shard is doing) and [`records`] (the run's submissions journal).
 
 mod cmd;
 mod fake;
 pub mod parse;
+pub mod records;
+pub mod render;
+pub mod status;
+pub mod submit;
 
 pub use fake::FakeScheduler;
 pub use parse::{
@@ -55,6 +61,13 @@ pub trait Scheduler: Send + Sync {
     /// Puts running or pending jobs back in the queue: they run again from the top, with the same
     /// job id and a higher SLURM_RESTART_COUNT, after waiting in PENDING (reason BeginTime).
     fn requeue(&self, jobs: &[JobRef]) -> Result<()>;
+
+    /// Asks whether `script` with `args` would be accepted, and when it would start
+    /// (`sbatch --test-only`); submits nothing. Returns what the scheduler said.
+    fn test_submit(&self, script: &Path, args: &[String]) -> Result<String> {
+        let _ = (script, args);
+        Err(crate::error::Error::runtime("this scheduler cannot test a submission"))
+    }
 }
 
 /// The real scheduler: Slurm's client commands, found on PATH or in a given folder.
@@ -184,6 +197,16 @@ impl Scheduler for SlurmCli {
         }
         let inv = self.invocation("scontrol", vec!["requeue".to_string(), id_list(jobs)]);
         self.run_ok(&inv).map(drop)
+    }
+
+    fn test_submit(&self, script: &Path, args: &[String]) -> Result<String> {
+        let mut argv = vec!["--test-only".to_string()];
+        argv.extend(args.iter().cloned());
+        argv.push(script.display().to_string());
+        let inv = self.invocation("sbatch", argv);
+        // sbatch --test-only answers on stderr ("sbatch: Job 12 to start at ...").
+        let out = self.run_ok(&inv)?;
+        Ok(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
     }
 }
 

@@ -1,0 +1,402 @@
+//! The run's submissions journal, `RUN_DIR/slurm/submissions.jsonl`: one JSON line per sbatch call
+//! and its answer, per `roleplay cancel`, and per task outcome learnt from the scheduler.
+//!
+//! Append-only: a line is written with one `write` and synced before the command goes on, so a
+//! crash leaves at most a torn last line, which readers skip. An intent (`submitting`) is written
+//! before sbatch runs, so a submit that crashed (or whose sbatch timed out) after the job was queued
+//! is found again by its deterministic name instead of being submitted twice. Task outcomes are
+//! recorded because squeue forgets finished jobs after MinJobAge and sacct may not exist: once seen,
+//! how an attempt ended is never lost, which is what the attempt budget counts.
+
+use crate::error::{Error, Result};
+use crate::store::RunDir;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+
+pub const SUBMISSIONS_FILE: &str = "submissions.jsonl";
+
+/// `RUN_DIR/slurm`: rendered scripts, array maps, the submissions journal.
+pub fn slurm_dir(rd: &RunDir) -> PathBuf {
+    rd.root.join("slurm")
+}
+
+pub fn submissions_path(rd: &RunDir) -> PathBuf {
+    slurm_dir(rd).join(SUBMISSIONS_FILE)
+}
+
+/// `RUN_DIR/logs/slurm`: one `%A_%a.out` per array task, `merge-%j.out` per merge job.
+pub fn log_dir(rd: &RunDir) -> PathBuf {
+    rd.logs_dir().join("slurm")
+}
+
+/// What a submitted job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// An array of worker tasks, one shard per task.
+    #[default]
+    Array,
+    /// `roleplay merge RUN_DIR --allow-partial` after the arrays (afterany).
+    Merge,
+}
+
+/// Which (round, array) of which plan a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub plan_hash: String,
+    pub round: u32,
+    #[serde(default)]
+    pub kind: JobKind,
+    /// The array's number within its round (0 for a merge job).
+    pub array: u32,
+    pub job_name: String,
+}
+
+/// About to run sbatch for this script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    #[serde(flatten)]
+    pub slot: Slot,
+    pub comment: String,
+    /// Shard of each array index (empty for a merge job).
+    pub shards: Vec<u32>,
+    /// The script, relative to the run directory.
+    pub script: String,
+    pub script_blake3: String,
+    /// sbatch options given on the command line (beside the script's own #SBATCH lines).
+    pub args: Vec<String>,
+    pub at: u64,
+}
+
+/// How a job id came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// `sbatch --parsable` answered it.
+    Sbatch,
+    /// Found in the queue under the job's deterministic name after sbatch failed or a submit crashed.
+    Queue,
+}
+
+/// The scheduler accepted the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    #[serde(flatten)]
+    pub slot: Slot,
+    pub job_id: u64,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    pub shards: Vec<u32>,
+    pub script_blake3: String,
+    pub via: Via,
+    /// Units done in the whole run when it was submitted (for the ETA).
+    #[serde(default)]
+    pub units_done: u64,
+    pub at: u64,
+}
+
+/// sbatch failed and the job is not in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    #[serde(flatten)]
+    pub slot: Slot,
+    pub error: String,
+    pub at: u64,
+}
+
+/// `roleplay cancel` asked the scheduler to cancel these jobs (array job ids or `A_i`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub jobs: Vec<String>,
+    pub at: u64,
+}
+
+/// How one attempt (an array task) ended, as learnt by `status` or `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub plan_hash: String,
+    pub round: u32,
+    pub array: u32,
+    pub index: u32,
+    pub shard: u32,
+    /// `ARRAYJOB_INDEX`.
+    pub job: String,
+    pub class: EndClass,
+    pub reason: String,
+    /// Counts against the shard's attempt budget (`worker.max_attempts`).
+    pub counts: bool,
+    pub at: u64,
+}
+
+/// How an attempt ended, as far as running it again is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndClass {
+    /// Stopped without the work's fault (a signal, preemption, node failure, cancel): run it again.
+    Interrupted,
+    /// The attempt failed (worker error, exit code, OOM, timeout without checkpoint).
+    Failed,
+    /// Was running, stopped answering and left the queue, with no word on how it ended.
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    Submitting(Intent),
+    Submitted(Accepted),
+    SubmitFailed(Refused),
+    Cancelled(Cancelled),
+    Outcome(TaskOutcome),
+}
+
+/// The journal read back.
+#[derive(Debug, Default, Clone)]
+pub struct Submissions {
+    pub records: Vec<Record>,
+    /// Lines that could not be read (1-based), other than a torn last line.
+    pub damaged_lines: Vec<usize>,
+}
+
+pub fn now() -> u64 {
+    crate::worker::state::now()
+}
+
+impl Submissions {
+    pub fn read(rd: &RunDir) -> Result<Submissions> {
+        let path = submissions_path(rd);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Submissions::default()),
+            Err(e) => return Err(Error::runtime(format!("cannot read `{}`: {e}", path.display()))),
+        };
+        Ok(Submissions::parse(&bytes))
+    }
+
+    /// Reads journal bytes; never fails (damaged lines are listed and skipped).
+    pub fn parse(bytes: &[u8]) -> Submissions {
+        let mut out = Submissions::default();
+        let ends_clean = bytes.last().is_none_or(|&b| b == b'\n');
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => out.records.push(r),
+                // A torn last line: the write that was cut short by a crash.
+                Err(_) if i == last && !ends_clean => {}
+                Err(_) => out.damaged_lines.push(i + 1),
+            }
+        }
+        out
+    }
+
+    /// Appends one record (one write, then fsync).
+    pub fn append(rd: &RunDir, record: &Record) -> Result<()> {
+        let path = submissions_path(rd);
+        fs_err::create_dir_all(slurm_dir(rd))?;
+        let mut line = serde_json::to_vec(record).expect("serialisable");
+        line.push(b'\n');
+        let io = |e: std::io::Error| {
+            Error::runtime(format!("cannot append to `{}`: {e}", path.display()))
+                .with_hint("free disk space or fix permissions; the scheduler's queue still shows what was submitted")
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(&line).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        Ok(())
+    }
+
+    /// Appends to the journal and to this in-memory copy.
+    pub fn push(&mut self, rd: &RunDir, record: Record) -> Result<()> {
+        Submissions::append(rd, &record)?;
+        self.records.push(record);
+        Ok(())
+    }
+
+    pub fn accepted(&self) -> impl Iterator<Item = &Accepted> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Submitted(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// Accepted jobs of one plan, in submission order.
+    pub fn accepted_of<'a>(&'a self, plan_hash: &'a str) -> impl Iterator<Item = &'a Accepted> + 'a {
+        self.accepted().filter(move |a| a.slot.plan_hash == plan_hash)
+    }
+
+    /// The next unused round number (over every plan: file names and job names stay unique).
+    pub fn next_round(&self) -> u32 {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Submitting(i) => Some(i.slot.round),
+                Record::Submitted(a) => Some(a.slot.round),
+                Record::SubmitFailed(f) => Some(f.slot.round),
+                _ => None,
+            })
+            .max()
+            .map_or(0, |r| r + 1)
+    }
+
+    /// The first round of a plan (where `submit` put, or puts, the whole plan).
+    pub fn first_round_of(&self, plan_hash: &str) -> Option<u32> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Submitting(i) if i.slot.plan_hash == plan_hash => Some(i.slot.round),
+                Record::Submitted(a) if a.slot.plan_hash == plan_hash => Some(a.slot.round),
+                Record::SubmitFailed(f) if f.slot.plan_hash == plan_hash => Some(f.slot.round),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Intents that got no answer (a crash between sbatch and its record, or an sbatch whose answer
+    /// was lost): the jobs may be queued and must be looked for by name.
+    pub fn unresolved(&self) -> Vec<&Intent> {
+        let mut open: Vec<&Intent> = Vec::new();
+        for r in &self.records {
+            match r {
+                Record::Submitting(i) => {
+                    open.retain(|o| o.slot != i.slot);
+                    open.push(i);
+                }
+                Record::Submitted(Accepted { slot, .. }) | Record::SubmitFailed(Refused { slot, .. }) => {
+                    open.retain(|o| &o.slot != slot);
+                }
+                _ => {}
+            }
+        }
+        open
+    }
+
+    /// Whether `roleplay cancel` named this task or its whole array.
+    pub fn was_cancelled(&self, array_job_id: u64, index: u32) -> bool {
+        let (array, task) = (array_job_id.to_string(), format!("{array_job_id}_{index}"));
+        self.records.iter().any(|r| match r {
+            Record::Cancelled(c) => c.jobs.iter().any(|j| *j == array || *j == task),
+            _ => false,
+        })
+    }
+
+    /// The latest recorded outcome of each task, by (array job id, index).
+    pub fn outcomes(&self) -> std::collections::HashMap<String, &TaskOutcome> {
+        let mut m = std::collections::HashMap::new();
+        for r in &self.records {
+            if let Record::Outcome(o) = r {
+                m.insert(o.job.clone(), o);
+            }
+        }
+        m
+    }
+
+    /// Every job name the run ever used (for `cancel`, which also looks them up in the queue).
+    pub fn job_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Submitting(i) => Some(i.slot.job_name.clone()),
+                Record::Submitted(a) => Some(a.slot.job_name.clone()),
+                Record::SubmitFailed(f) => Some(f.slot.job_name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(round: u32, array: u32) -> Slot {
+        Slot {
+            plan_hash: "p".into(),
+            round,
+            kind: JobKind::Array,
+            array,
+            job_name: format!("rp-x-r{round}-a{array}"),
+        }
+    }
+
+    fn intent(round: u32, array: u32) -> Record {
+        Record::Submitting(Intent {
+            slot: slot(round, array),
+            comment: "c".into(),
+            shards: vec![0, 1],
+            script: "slurm/s".into(),
+            script_blake3: "b".into(),
+            args: vec![],
+            at: 1,
+        })
+    }
+
+    fn accepted(round: u32, array: u32, job_id: u64) -> Record {
+        Record::Submitted(Accepted {
+            slot: slot(round, array),
+            job_id,
+            cluster: None,
+            shards: vec![0, 1],
+            script_blake3: "b".into(),
+            via: Via::Sbatch,
+            units_done: 0,
+            at: 2,
+        })
+    }
+
+    #[test]
+    fn round_trip_torn_tail_and_damaged_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path());
+        let mut s = Submissions::read(&rd).unwrap();
+        assert!(s.records.is_empty());
+        s.push(&rd, intent(0, 0)).unwrap();
+        s.push(&rd, accepted(0, 0, 17)).unwrap();
+        s.push(&rd, intent(0, 1)).unwrap();
+        let mut bytes = std::fs::read(submissions_path(&rd)).unwrap();
+        bytes.extend_from_slice(b"not json\n");
+        bytes.extend_from_slice(&serde_json::to_vec(&accepted(0, 1, 18)).unwrap());
+        bytes.extend_from_slice(b"\n{\"event\":\"submitted\",\"plan_ha");
+        let back = Submissions::parse(&bytes);
+        assert_eq!(back.damaged_lines, vec![4]);
+        assert_eq!(back.records.len(), 4);
+        assert!(back.unresolved().is_empty());
+        assert_eq!(back.next_round(), 1);
+        assert_eq!(back.first_round_of("p"), Some(0));
+        assert_eq!(
+            back.accepted_of("p").map(|a| a.job_id).collect::<Vec<_>>(),
+            vec![17, 18]
+        );
+        let read = Submissions::read(&rd).unwrap();
+        assert_eq!(read.unresolved().len(), 1, "the intent of array 1 has no answer");
+        assert_eq!(read.unresolved()[0].slot.array, 1);
+    }
+
+    #[test]
+    fn cancellations_name_arrays_and_tasks() {
+        let s = Submissions {
+            records: vec![Record::Cancelled(Cancelled {
+                jobs: vec!["17".into(), "20_3".into()],
+                at: 1,
+            })],
+            damaged_lines: vec![],
+        };
+        assert!(s.was_cancelled(17, 0));
+        assert!(s.was_cancelled(17, 9));
+        assert!(s.was_cancelled(20, 3));
+        assert!(!s.was_cancelled(20, 2));
+        assert!(!s.was_cancelled(1, 0));
+    }
+}

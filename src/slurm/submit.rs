@@ -1,0 +1,600 @@
+//! Submitting a run's arrays (`submit`), resubmitting what is neither done nor queued (`resume`),
+//! and stopping every job of a run (`cancel`), all under the run's submit lock.
+//!
+//! Idempotent by construction: job names are deterministic (`RunCtx::job_name`), an intent is
+//! journaled before sbatch runs, the queue is searched by name before the first sbatch of an array
+//! and after every sbatch error, and only then is sbatch tried again (a bounded number of times, and
+//! only for errors that look transient). A submit that "failed" but went through is recorded, not
+//! duplicated; a submit of a run already submitted does nothing.
+
+use super::records::{Accepted, Cancelled, Intent, JobKind, Record, Refused, Submissions, Via};
+use super::render::{self, ArrayLimits, RenderOptions, Rendered, RunCtx, shell_quote};
+use super::status::{self, RunReport, StatusOptions};
+use super::{JobRef, QueueFilter, Scheduler};
+use crate::error::{Error, Result};
+use crate::store::Lock;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// How to submit.
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    /// Render and print the sbatch commands; submit nothing.
+    pub dry_run: bool,
+    /// `sbatch --test-only` each script: the scheduler checks it and says when it would start.
+    pub test_only: bool,
+    /// Add a merge job after the arrays (afterany, `--kill-on-invalid-dep=yes`).
+    pub merge_job: bool,
+    /// sbatch calls for one array at most (errors that look transient are tried again).
+    pub max_tries: u32,
+    /// Wait before the second sbatch call (doubled for each further one).
+    pub retry_wait: Duration,
+}
+
+impl Default for SubmitOptions {
+    fn default() -> Self {
+        SubmitOptions {
+            dry_run: false,
+            test_only: false,
+            merge_job: false,
+            max_tries: 3,
+            retry_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What happened to one job script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    Submitted {
+        job_id: u64,
+        via: Via,
+    },
+    /// An earlier submit queued it already.
+    AlreadySubmitted {
+        job_id: u64,
+    },
+    /// `--dry-run`: the command that would run.
+    WouldSubmit {
+        command: String,
+    },
+    /// `--test-only`: what sbatch answered.
+    Tested {
+        answer: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SubmitReport {
+    pub round: u32,
+    pub limits: Option<ArrayLimits>,
+    pub jobs: Vec<(Rendered, JobResult)>,
+    pub warnings: Vec<String>,
+}
+
+impl SubmitReport {
+    pub fn job_ids(&self) -> Vec<u64> {
+        self.jobs
+            .iter()
+            .filter_map(|(_, r)| match r {
+                JobResult::Submitted { job_id, .. } | JobResult::AlreadySubmitted { job_id } => Some(*job_id),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The run's submit lock: one `submit`, `resume` or `cancel` at a time.
+pub fn lock(ctx: &RunCtx) -> Result<Lock> {
+    Lock::try_acquire(
+        &ctx.rd.lock_dir().join("submit.lock"),
+        "another `roleplay submit`, `resume` or `cancel` of this run",
+    )
+}
+
+/// sbatch errors worth another try (after the queue was searched): the controller did not answer.
+fn transient(e: &Error) -> bool {
+    let m = e.message.to_ascii_lowercase();
+    [
+        "socket timed out",
+        "timed out",
+        "unable to contact",
+        "connection refused",
+        "did not answer within",
+        "communication connection failure",
+        "temporarily unable",
+        "resource temporarily unavailable",
+        "try again",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// The array (or plain) job ids queued under `name`, oldest first. A record whose comment differs
+/// belongs to someone else.
+fn find_by_name(sched: &dyn Scheduler, name: &str, comment: &str) -> Result<Vec<u64>> {
+    let records = sched.queue(&QueueFilter::Name(name.to_string()))?;
+    let mut ids: Vec<u64> = records
+        .iter()
+        .filter(|r| r.name == name && r.comment.as_deref().is_none_or(|c| c == comment))
+        .map(|r| r.array.map_or(r.job_id, |t| t.array_job_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn intent_of(ctx: &RunCtx, r: &Rendered, args: &[String]) -> Intent {
+    Intent {
+        slot: r.slot.clone(),
+        comment: r.comment.clone(),
+        shards: r.shards.clone(),
+        script: ctx.relative(&r.script_path),
+        script_blake3: r.blake3.clone(),
+        args: args.to_vec(),
+        at: super::records::now(),
+    }
+}
+
+fn accepted_of(r: &Rendered, job_id: u64, cluster: Option<String>, via: Via, units_done: u64) -> Record {
+    Record::Submitted(Accepted {
+        slot: r.slot.clone(),
+        job_id,
+        cluster,
+        shards: r.shards.clone(),
+        script_blake3: r.blake3.clone(),
+        via,
+        units_done,
+        at: super::records::now(),
+    })
+}
+
+/// The sbatch command line, as a user would type it.
+fn command_line(ctx: &RunCtx, r: &Rendered, args: &[String]) -> String {
+    let mut words = vec!["sbatch".to_string(), "--parsable".to_string()];
+    words.extend(args.iter().map(|a| shell_quote(a)));
+    words.push(shell_quote(&ctx.relative(&r.script_path)));
+    words.join(" ")
+}
+
+/// What submitting needs at hand: the run, the scheduler, the journal, and where warnings go.
+struct Submitter<'a> {
+    ctx: &'a RunCtx,
+    sched: &'a dyn Scheduler,
+    subs: &'a mut Submissions,
+    opts: &'a SubmitOptions,
+    /// Units done in the run now (recorded with each submission, for the ETA).
+    units_done: u64,
+    warnings: Vec<String>,
+}
+
+impl Submitter<'_> {
+    /// Submits one script: looks for it by name first, journals the intent, runs sbatch, and after
+    /// an error searches the queue before trying again.
+    fn submit_one(&mut self, r: &Rendered, args: &[String]) -> Result<JobResult> {
+        let (ctx, sched) = (self.ctx, self.sched);
+        let rd = &ctx.rd;
+        let name = &r.slot.job_name;
+        let found = find_by_name(sched, name, &r.comment)
+            .map_err(|e| e.context(format!("cannot look for `{name}` in the queue before submitting it")))?;
+        if let Some(&id) = found.first() {
+            if found.len() > 1 {
+                self.warnings.push(format!(
+                    "{} jobs are named `{name}` ({found:?}): keeping {id}",
+                    found.len()
+                ));
+            }
+            self.subs
+                .push(rd, accepted_of(r, id, None, Via::Queue, self.units_done))?;
+            return Ok(JobResult::AlreadySubmitted { job_id: id });
+        }
+        self.subs.push(rd, Record::Submitting(intent_of(ctx, r, args)))?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match sched.submit(&r.script_path, args) {
+                Ok(s) => {
+                    self.subs
+                        .push(rd, accepted_of(r, s.job_id, s.cluster, Via::Sbatch, self.units_done))?;
+                    return Ok(JobResult::Submitted {
+                        job_id: s.job_id,
+                        via: Via::Sbatch,
+                    });
+                }
+                Err(e) => e,
+            };
+            match find_by_name(sched, name, &r.comment) {
+                Ok(found) if !found.is_empty() => {
+                    self.warnings.push(format!(
+                        "sbatch reported an error for `{name}` but the job is queued (job {}): recorded, not submitted again",
+                        found[0]
+                    ));
+                    self.subs
+                        .push(rd, accepted_of(r, found[0], None, Via::Queue, self.units_done))?;
+                    return Ok(JobResult::Submitted {
+                        job_id: found[0],
+                        via: Via::Queue,
+                    });
+                }
+                Ok(_) if tries < self.opts.max_tries && transient(&err) => {
+                    self.warnings.push(format!(
+                        "sbatch failed for `{name}` and the job is not queued: trying again ({})",
+                        err.message.lines().next().unwrap_or("")
+                    ));
+                    std::thread::sleep(self.opts.retry_wait * 2u32.pow(tries - 1));
+                }
+                Ok(_) => {
+                    self.subs.push(
+                        rd,
+                        Record::SubmitFailed(Refused {
+                            slot: r.slot.clone(),
+                            error: err.message.clone(),
+                            at: super::records::now(),
+                        }),
+                    )?;
+                    return Err(err.context(format!("`{}`", ctx.relative(&r.script_path))));
+                }
+                Err(qe) => {
+                    // Unknown whether it went through: the intent stays open for the next run to resolve.
+                    return Err(Error::runtime(format!(
+                        "sbatch failed for `{name}` ({}) and the queue could not be read to see whether it was queued anyway ({})",
+                        err.message.lines().next().unwrap_or(""),
+                        qe.message.lines().next().unwrap_or("")
+                    ))
+                    .with_hint(
+                        "run the same command again once `squeue` answers: it looks the job up by name before submitting again",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Submits (or dry-runs, or tests) rendered arrays, then the merge job if asked; `already` maps
+    /// arrays an earlier submit queued to their job ids, `earlier_live` are jobs of the run still
+    /// queued (the merge job waits for them too).
+    fn submit_rendered(
+        &mut self,
+        round: u32,
+        arrays: Vec<Rendered>,
+        already: &HashMap<u32, u64>,
+        earlier_live: &[u64],
+        render_opts: &RenderOptions,
+    ) -> Result<Vec<(Rendered, JobResult)>> {
+        let (ctx, opts) = (self.ctx, self.opts);
+        let mut jobs = Vec::new();
+        for r in arrays {
+            let args = r.sbatch_args.clone();
+            let result = if let Some(&job_id) = already.get(&r.slot.array) {
+                JobResult::AlreadySubmitted { job_id }
+            } else if opts.dry_run {
+                JobResult::WouldSubmit {
+                    command: command_line(ctx, &r, &args),
+                }
+            } else if opts.test_only {
+                let answer = self
+                    .sched
+                    .test_submit(&r.script_path, &args)
+                    .map_err(|e| e.context(format!("`{}`", ctx.relative(&r.script_path))))?;
+                JobResult::Tested { answer }
+            } else {
+                self.submit_one(&r, &args)?
+            };
+            jobs.push((r, result));
+        }
+        if opts.merge_job && !opts.test_only {
+            let merge = render::render_merge(ctx, round, render_opts)?;
+            render::write(ctx, std::slice::from_ref(&merge), self.subs)?;
+            let mut deps: BTreeSet<u64> = earlier_live.iter().copied().collect();
+            for (_, r) in &jobs {
+                if let JobResult::Submitted { job_id, .. } = r {
+                    deps.insert(*job_id);
+                }
+            }
+            let mut args = merge.sbatch_args.clone();
+            if !deps.is_empty() {
+                let list: Vec<String> = deps.iter().map(u64::to_string).collect();
+                args.push(format!("--dependency=afterany:{}", list.join(":")));
+                args.push("--kill-on-invalid-dep=yes".to_string());
+            }
+            let already_merge = self
+                .subs
+                .accepted_of(&ctx.plan.plan_hash)
+                .find(|a| a.slot == merge.slot)
+                .map(|a| a.job_id);
+            let result = match already_merge {
+                Some(job_id) => JobResult::AlreadySubmitted { job_id },
+                None if opts.dry_run => JobResult::WouldSubmit {
+                    command: command_line(ctx, &merge, &args),
+                },
+                None => self.submit_one(&merge, &args)?,
+            };
+            jobs.push((merge, result));
+        }
+        Ok(jobs)
+    }
+}
+
+/// Settles intents that got no answer (a crash, or an sbatch whose answer was lost): queued under
+/// their name, they are recorded; otherwise taken as not submitted.
+pub fn resolve_unresolved(ctx: &RunCtx, sched: &dyn Scheduler, subs: &mut Submissions) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let open: Vec<Intent> = subs.unresolved().into_iter().cloned().collect();
+    for i in open {
+        let found = find_by_name(sched, &i.slot.job_name, &i.comment)?;
+        let record = match found.first() {
+            Some(&id) => {
+                notes.push(format!(
+                    "`{}` had no recorded answer but is queued as job {id}: recorded",
+                    i.slot.job_name
+                ));
+                Record::Submitted(Accepted {
+                    slot: i.slot.clone(),
+                    job_id: id,
+                    cluster: None,
+                    shards: i.shards.clone(),
+                    script_blake3: i.script_blake3.clone(),
+                    via: Via::Queue,
+                    units_done: 0,
+                    at: super::records::now(),
+                })
+            }
+            None => {
+                notes.push(format!(
+                    "`{}` had no recorded answer and is not queued: taken as not submitted",
+                    i.slot.job_name
+                ));
+                Record::SubmitFailed(Refused {
+                    slot: i.slot.clone(),
+                    error: "no answer was recorded and the job is not in the queue".into(),
+                    at: super::records::now(),
+                })
+            }
+        };
+        subs.push(&ctx.rd, record)?;
+    }
+    Ok(notes)
+}
+
+/// Units done in the whole run now (for the ETA of later looks).
+fn units_done(ctx: &RunCtx) -> u64 {
+    let report = status::collect(
+        ctx,
+        None,
+        &Submissions::default(),
+        &StatusOptions {
+            offline: true,
+            ..StatusOptions::default()
+        },
+    );
+    report.units.done + report.units.failed
+}
+
+/// Array and merge jobs of the run that are still queued or running.
+fn live_job_ids(sched: &dyn Scheduler, subs: &Submissions, plan_hash: &str) -> Result<Vec<u64>> {
+    let ids: Vec<JobRef> = subs.accepted_of(plan_hash).map(|a| JobRef::Job(a.job_id)).collect();
+    let mut live: Vec<u64> = sched
+        .queue(&QueueFilter::Jobs(ids))?
+        .into_iter()
+        .filter(|r| !r.state.is_final())
+        .map(|r| r.array.map_or(r.job_id, |t| t.array_job_id))
+        .collect();
+    live.sort_unstable();
+    live.dedup();
+    Ok(live)
+}
+
+/// `roleplay submit`: the whole plan as the run's first round of arrays. A second submit finds the
+/// round submitted and does nothing (or submits the arrays an earlier, interrupted submit missed).
+pub fn submit(
+    ctx: &RunCtx,
+    sched: &dyn Scheduler,
+    render_opts: &RenderOptions,
+    opts: &SubmitOptions,
+) -> Result<SubmitReport> {
+    let _lock = lock(ctx)?;
+    let mut subs = Submissions::read(&ctx.rd)?;
+    let mut warnings = Vec::new();
+    if !opts.dry_run && !opts.test_only {
+        warnings.extend(resolve_unresolved(ctx, sched, &mut subs)?);
+    }
+    let plan_hash = ctx.plan.plan_hash.clone();
+    let round = subs.first_round_of(&plan_hash).unwrap_or_else(|| subs.next_round());
+    let limits = ArrayLimits::resolve(render_opts, Some(sched))?;
+    let all: Vec<u32> = (0..ctx.plan.shards.len() as u32).collect();
+    let rendered = render::render_round(ctx, round, &all, limits, render_opts, &[])?;
+    warnings.extend(rendered.warnings.iter().cloned());
+    let mut already: HashMap<u32, u64> = HashMap::new();
+    for a in subs.accepted_of(&plan_hash) {
+        if a.slot.round == round && a.slot.kind == JobKind::Array {
+            let same = rendered
+                .arrays
+                .iter()
+                .any(|r| r.slot.array == a.slot.array && r.shards == a.shards);
+            if !same {
+                return Err(Error::config(format!(
+                    "`{}` was submitted with other array limits (array {} of round {round} held shards {})",
+                    ctx.root_display(),
+                    a.slot.array,
+                    render::compact_ranges(&a.shards)
+                ))
+                .with_hint("use `roleplay resume`, which submits what is missing as a new round"));
+            }
+            already.insert(a.slot.array, a.job_id);
+        }
+    }
+    render::write(ctx, &rendered.arrays, &subs)?;
+    let earlier_live = if opts.merge_job && !opts.dry_run && !opts.test_only && !already.is_empty() {
+        live_job_ids(sched, &subs, &plan_hash)?
+    } else {
+        Vec::new()
+    };
+    let mut submitter = Submitter {
+        ctx,
+        sched,
+        units_done: if opts.dry_run || opts.test_only {
+            0
+        } else {
+            units_done(ctx)
+        },
+        subs: &mut subs,
+        opts,
+        warnings,
+    };
+    let jobs = submitter.submit_rendered(round, rendered.arrays, &already, &earlier_live, render_opts)?;
+    let warnings = submitter.warnings;
+    Ok(SubmitReport {
+        round,
+        limits: Some(limits),
+        jobs,
+        warnings,
+    })
+}
+
+/// How to resume.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOptions {
+    pub submit: SubmitOptions,
+    pub status: StatusOptions,
+    /// Also resubmit shards whose units all finished but some failed, with `--retry-failed`.
+    pub retry_failed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResumeReport {
+    /// The run as it was before resubmitting.
+    pub before: RunReport,
+    pub resubmitted: Vec<u32>,
+    /// Not done, not queued, and over their attempt budget: reported, not resubmitted.
+    pub over_budget: Vec<u32>,
+    /// Every unit finished, some failed: resubmitted only with `--retry-failed`.
+    pub failed_units: Vec<u32>,
+    pub submitted: Option<SubmitReport>,
+}
+
+/// `roleplay resume`: resubmits, as a new round of arrays, the shards that are neither done nor
+/// queued or running and are within their attempt budget.
+pub fn resume(
+    ctx: &RunCtx,
+    sched: &dyn Scheduler,
+    render_opts: &RenderOptions,
+    opts: &ResumeOptions,
+) -> Result<ResumeReport> {
+    let _lock = lock(ctx)?;
+    let mut subs = Submissions::read(&ctx.rd)?;
+    let mut warnings = Vec::new();
+    if !opts.submit.dry_run {
+        warnings.extend(resolve_unresolved(ctx, sched, &mut subs)?);
+    }
+    let before = status::collect(ctx, Some(sched), &subs, &opts.status);
+    if !before.queue_read {
+        return Err(Error::runtime(format!(
+            "cannot read the queue ({}): resubmitting now could run shards twice",
+            before.queue
+        ))
+        .with_hint(
+            "run `roleplay resume` again once `squeue` answers; `roleplay status --offline` shows the run's records",
+        ));
+    }
+    if !opts.submit.dry_run {
+        for o in &before.new_outcomes {
+            subs.push(&ctx.rd, Record::Outcome(o.clone()))?;
+        }
+    }
+    let mut resubmitted = Vec::new();
+    let mut over_budget = Vec::new();
+    let mut failed_units = Vec::new();
+    for s in &before.shards {
+        let retry = opts.retry_failed && s.complete && s.failed_units > 0;
+        if s.state.is_live() || (s.complete && !retry) {
+            if s.complete && s.failed_units > 0 {
+                failed_units.push(s.shard);
+            }
+            continue;
+        }
+        if s.over_budget {
+            over_budget.push(s.shard);
+        } else if s.resubmit || retry {
+            resubmitted.push(s.shard);
+        }
+    }
+    let mut report = ResumeReport {
+        before,
+        resubmitted,
+        over_budget,
+        failed_units,
+        submitted: None,
+    };
+    if report.resubmitted.is_empty() {
+        return Ok(report);
+    }
+    let round = subs.next_round();
+    let limits = ArrayLimits::resolve(render_opts, Some(sched))?;
+    let worker_args: Vec<String> = if opts.retry_failed {
+        vec!["--retry-failed".to_string()]
+    } else {
+        Vec::new()
+    };
+    let rendered = render::render_round(ctx, round, &report.resubmitted, limits, render_opts, &worker_args)?;
+    warnings.extend(rendered.warnings.iter().cloned());
+    render::write(ctx, &rendered.arrays, &subs)?;
+    let mut submitter = Submitter {
+        ctx,
+        sched,
+        units_done: if opts.submit.dry_run { 0 } else { units_done(ctx) },
+        subs: &mut subs,
+        opts: &opts.submit,
+        warnings,
+    };
+    let jobs = submitter.submit_rendered(
+        round,
+        rendered.arrays,
+        &HashMap::new(),
+        &report.before.live_jobs,
+        render_opts,
+    )?;
+    let warnings = submitter.warnings;
+    report.submitted = Some(SubmitReport {
+        round,
+        limits: Some(limits),
+        jobs,
+        warnings,
+    });
+    Ok(report)
+}
+
+/// `roleplay cancel`: every job of the run still queued or running (from the submissions journal,
+/// and whatever the queue holds under the run's job names).
+pub fn cancel(ctx: &RunCtx, sched: &dyn Scheduler) -> Result<Vec<u64>> {
+    let _lock = lock(ctx)?;
+    let mut subs = Submissions::read(&ctx.rd)?;
+    let ids: Vec<JobRef> = subs.accepted().map(|a| JobRef::Job(a.job_id)).collect();
+    let mut live: BTreeSet<u64> = sched
+        .queue(&QueueFilter::Jobs(ids))?
+        .into_iter()
+        .filter(|r| !r.state.is_final())
+        .map(|r| r.array.map_or(r.job_id, |t| t.array_job_id))
+        .collect();
+    for name in subs.job_names() {
+        for r in sched.queue(&QueueFilter::Name(name.clone()))? {
+            if r.name == name && !r.state.is_final() {
+                live.insert(r.array.map_or(r.job_id, |t| t.array_job_id));
+            }
+        }
+    }
+    let live: Vec<u64> = live.into_iter().collect();
+    if live.is_empty() {
+        return Ok(live);
+    }
+    sched.cancel(&live.iter().map(|&id| JobRef::Job(id)).collect::<Vec<_>>())?;
+    subs.push(
+        &ctx.rd,
+        Record::Cancelled(Cancelled {
+            jobs: live.iter().map(u64::to_string).collect(),
+            at: super::records::now(),
+        }),
+    )?;
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests;
