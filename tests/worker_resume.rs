@@ -359,3 +359,34 @@ fn failed_units_are_retried_only_when_asked() {
     assert_eq!(last.len(), 27);
     assert!(last.values().all(|r| *r != "backend_error"), "{last:?}");
 }
+
+#[test]
+fn a_server_stopped_with_the_worker_fails_no_unit() {
+    // scancel, preemption and requeue signal every process of a job: the model server dies at the
+    // moment the worker is told to stop. Calls failing then must not mark units as failed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--latency-ms", "40"]);
+    experiment(dir.path(), &server.url, 100);
+    let run = dir.path().join("run");
+    let mut w = worker(&run);
+    wait_for_calls(&run, 20, &mut w);
+    let pid = w.id().to_string();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed: Vec<_> = journal_entries(&run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Done(d) if d.ending.reason.is_failure() => Some(d.unit),
+            _ => None,
+        })
+        .collect();
+    assert!(failed.is_empty(), "units recorded as failed after the stop: {failed:?}");
+}

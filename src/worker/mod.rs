@@ -407,6 +407,13 @@ async fn drive(
     let on_done = |res: std::result::Result<Result<DialogueRecord>, tokio::task::JoinError>,
                    first_error: &mut Option<Error>| match res {
         Ok(Ok(rec)) => {
+            if rec.ending.reason.is_failure() && shared.cancel.is_cancelled() {
+                // After a stop signal the endpoint often dies with us (scancel, preemption and
+                // requeue signal every process of the job): a call failing now says nothing
+                // about the unit. Leave it unfinished; its completed calls are journaled and the
+                // next attempt resumes it.
+                return;
+            }
             if let Err(e) = journal.append(&Entry::Done(Box::new(rec.clone()))) {
                 first_error.get_or_insert(e);
                 return;
