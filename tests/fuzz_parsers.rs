@@ -10,7 +10,10 @@ use std::path::Path;
 const SEED: &str = include_str!("../jobs/quickstart.toml");
 
 fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 proptest! {
@@ -65,7 +68,11 @@ fn real_journal() -> &'static [u8] {
     J.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let exp = dir.path().join("q.toml");
-        std::fs::write(&exp, SEED.replace("run_dir = \"../runs/quickstart\"", "run_dir = \"run\"")).unwrap();
+        std::fs::write(
+            &exp,
+            SEED.replace("run_dir = \"../runs/quickstart\"", "run_dir = \"run\""),
+        )
+        .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_roleplay"))
             .args(["run", "--no-progress"])
             .arg(&exp)

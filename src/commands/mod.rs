@@ -9,10 +9,10 @@ pub mod render;
 pub mod report;
 pub mod resume;
 pub mod run;
-pub mod try_one;
 pub mod sim_server;
 pub mod status;
 pub mod submit;
+pub mod try_one;
 pub mod validate;
 pub mod worker;
 

@@ -180,7 +180,13 @@ fn print_summary(s: &Summary) {
 }
 
 /// Write the plan; returns the status and, for a re-plan, how many units kept their id.
-fn write_plan(root: &Path, plan: &Plan, x: &Expansion, units_tsv: &[u8], replan: bool) -> Result<(&'static str, Option<u64>)> {
+fn write_plan(
+    root: &Path,
+    plan: &Plan,
+    x: &Expansion,
+    units_tsv: &[u8],
+    replan: bool,
+) -> Result<(&'static str, Option<u64>)> {
     let rd = RunDir::new(root);
     if rd.has_plan() {
         let old = rd.load_plan()?;

@@ -286,7 +286,13 @@ impl Plan {
     }
 
     pub fn compute_manifest_hash(&self) -> String {
-        let v = (&self.plan_hash, &self.units_file, &self.units_digest, self.total_units, &self.shards);
+        let v = (
+            &self.plan_hash,
+            &self.units_file,
+            &self.units_digest,
+            self.total_units,
+            &self.shards,
+        );
         blake3::Hash::from(digest_json("manifest", &v)).to_hex()[..32].to_string()
     }
 }

@@ -55,12 +55,14 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
             .err("name", format!("`{name}` is not a usable experiment name"))
             .with_hint("start with a letter or digit, then use letters, digits, `-`, `_` and `.` only (it names jobs and folders)"));
     }
-    let run_dir = normalize(&cx.base.join(
-        raw.run_dir
-            .as_deref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new("runs").join(&name)),
-    ));
+    let run_dir = normalize(
+        &cx.base.join(
+            raw.run_dir
+                .as_deref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new("runs").join(&name)),
+        ),
+    );
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
         experiment,

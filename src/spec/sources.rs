@@ -383,15 +383,26 @@ pub(crate) fn short_hash(bytes: &[u8]) -> String {
 fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
     let shown = path.display();
     let bytes = fs_err::read(path).map_err(|e| {
-        cx.err(key, format!("cannot read the file: {e}")).with_hint("the path is relative to the experiment file")
+        cx.err(key, format!("cannot read the file: {e}"))
+            .with_hint("the path is relative to the experiment file")
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        cx.err(key, format!("`{shown}` is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-            .with_hint("save the file as UTF-8")
+        cx.err(
+            key,
+            format!(
+                "`{shown}` is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+        .with_hint("save the file as UTF-8")
     })?;
     // A byte-order mark is not part of the first record.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let mut out = Vec::new();
     match ext.as_str() {
         "jsonl" | "ndjson" => {
@@ -401,11 +412,21 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
                 }
                 let at = || format!("`{shown}` line {}", i + 1);
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    cx.err(key, format!("{}: not valid JSON ({} at column {})", at(), json_problem(&e), e.column()))
-                        .with_hint("each line must be one JSON object")
+                    cx.err(
+                        key,
+                        format!(
+                            "{}: not valid JSON ({} at column {})",
+                            at(),
+                            json_problem(&e),
+                            e.column()
+                        ),
+                    )
+                    .with_hint("each line must be one JSON object")
                 })?;
                 let serde_json::Value::Object(map) = v else {
-                    return Err(cx.err(key, format!("{}: not a JSON object", at())).with_hint("each line must be one JSON object"));
+                    return Err(cx
+                        .err(key, format!("{}: not a JSON object", at()))
+                        .with_hint("each line must be one JSON object"));
                 };
                 let mut fields = BTreeMap::new();
                 for (k, v) in map {
@@ -423,7 +444,8 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
             let headers = rdr
                 .headers()
                 .map_err(|e| {
-                    cx.err(key, format!("`{shown}`: cannot read the CSV header ({e})")).with_hint("the first row names the columns")
+                    cx.err(key, format!("`{shown}`: cannot read the CSV header ({e})"))
+                        .with_hint("the first row names the columns")
                 })?
                 .clone();
             for (i, row) in rdr.records().enumerate() {
@@ -435,7 +457,8 @@ fn read_records(cx: &Cx, key: &str, path: &Path) -> Result<Vec<Record>> {
                         }
                         _ => format!("line {line}: {e}"),
                     };
-                    cx.err(key, format!("`{shown}` {what}")).with_hint("every row needs as many fields as the header; quote fields that contain commas")
+                    cx.err(key, format!("`{shown}` {what}"))
+                        .with_hint("every row needs as many fields as the header; quote fields that contain commas")
                 })?;
                 let line = row.position().map(|p| p.line() as usize).unwrap_or(i + 2);
                 let fields = headers
