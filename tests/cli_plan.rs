@@ -921,6 +921,10 @@ const BAD_INPUTS: &[Bad] = &[
         &["personas x goals x pairs x seeds", "50000 x 10 x 1 x 101", "exceeds"],
     ),
     bad(
+        "grid_cap_checked_before_sampling.toml",
+        &["personas x goals x pairs x seeds", "10000000 x 10 x 1 x 101", "exceeds"],
+    ),
+    bad(
         "sample_count_too_high.toml",
         &["`personas.sample.count`", "only 2 ways"],
     ),

@@ -102,10 +102,21 @@ impl Cx {
 
     fn experiment(&self, name: String, raw: RawExperiment) -> Result<Experiment> {
         let dialogue = self.dialogue(&raw.dialogue)?;
-        let personas = sources::personas(self, raw.personas.as_ref())?;
         let goals = sources::goals(self, raw.goals.as_ref())?;
         let models = self.models(&raw.models)?;
         let pairs = self.pairs(raw.pairs.as_deref(), &models)?;
+        // Check the grid's size before sampling personas: a typo in `sample.count` must cost an
+        // error message, not minutes and gigabytes.
+        if let Some(sample) = raw.personas.as_ref().and_then(|p| p.sample.as_ref()) {
+            let factors = [
+                sample.count.max(0) as u64,
+                goals.len() as u64,
+                pairs.len() as u64,
+                dialogue.seeds.len() as u64,
+            ];
+            self.check_grid(factors)?;
+        }
+        let personas = sources::personas(self, raw.personas.as_ref())?;
         let sharding = self.sharding(&raw.sharding)?;
         let worker = self.worker(&raw.worker)?;
         let slurm = self.slurm(&raw.slurm)?;
