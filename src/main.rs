@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: a worker at high concurrency spends a fifth of its CPU in glibc's malloc (see
+/// BENCHMARKS.md, "Worker").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = roleplay::cli::Cli::parse();
     let code = match roleplay::run(cli) {

@@ -17,6 +17,27 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Installs the ring provider for rustls once per process (reqwest is built without one).
+/// One HTTP client (and so one connection pool) per pool size for the whole process: models served
+/// by one server share their connections instead of opening one pool each, and the TLS roots are
+/// loaded once. Timeouts are set per request.
+fn shared_client(pool: usize) -> std::result::Result<reqwest::Client, reqwest::Error> {
+    static CLIENTS: std::sync::Mutex<Vec<(usize, reqwest::Client)>> = std::sync::Mutex::new(Vec::new());
+    let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = clients.iter().find(|(p, _)| *p == pool) {
+        return Ok(c.clone());
+    }
+    install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("roleplay/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        // Idle connections kept for reuse: as many as may be in flight at once.
+        .pool_max_idle_per_host(pool)
+        .tcp_nodelay(true)
+        .build()?;
+    clients.push((pool, client.clone()));
+    Ok(client)
+}
+
 fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -79,15 +100,7 @@ impl OpenAiModel {
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(300));
         let concurrency = t.concurrency.map(|c| c.max(1) as usize);
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("roleplay/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(30)))
-            // Idle connections kept for reuse: as many as may be in flight at once.
-            .pool_max_idle_per_host(concurrency.unwrap_or(1024))
-            .tcp_nodelay(true)
-            .build()
+        let client = shared_client(concurrency.unwrap_or(1024))
             .map_err(|e| Error::runtime(format!("model `{name}`: cannot set up an HTTP client: {e}")))?;
         Ok(OpenAiModel {
             name: name.clone(),
@@ -187,7 +200,14 @@ impl OpenAiModel {
 
     /// One HTTP exchange.
     async fn attempt(&self, url: &reqwest::Url, headers: HeaderMap, body: Vec<u8>, chat: bool) -> Attempt {
-        let sent = self.client.post(url.clone()).headers(headers).body(body).send().await;
+        let sent = self
+            .client
+            .post(url.clone())
+            .timeout(self.timeout)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return Attempt::from_transport(&e, self.timeout),

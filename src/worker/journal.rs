@@ -211,7 +211,11 @@ fn decode_line(line: &[u8]) -> Option<&[u8]> {
 /// An open journal: appends records, and syncs them in groups.
 pub struct Journal {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
+    /// Written with positioned writes at `end`, synced without any lock: an fsync never stalls
+    /// the dialogues appending meanwhile.
+    file: std::fs::File,
+    /// Where the next record goes; the lock orders appends, so records never interleave.
+    end: Mutex<u64>,
     dirty: AtomicBool,
     written: AtomicU64,
     durable: bool,
@@ -269,10 +273,11 @@ impl Journal {
             file.set_len(contents.valid_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let end = file.seek(SeekFrom::End(0)).map_err(io)?;
         let journal = Journal {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file,
+            end: Mutex::new(end),
             dirty: AtomicBool::new(false),
             written: AtomicU64::new(0),
             durable,
@@ -286,19 +291,35 @@ impl Journal {
 
     /// Append one record with a single write (whole or, after a crash, torn — never interleaved).
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        let line = encode(&serde_json::to_vec(entry).expect("serialisable"));
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.append_json(&serde_json::to_vec(entry).expect("serialisable"))
+    }
+
+    /// Append a `call` record without copying the event into an [`Entry`] first.
+    pub fn append_call(&self, event: &CallEvent) -> Result<()> {
+        #[derive(Serialize)]
+        #[serde(tag = "t", rename_all = "snake_case")]
+        enum EntryRef<'a> {
+            Call(&'a CallEvent),
+        }
+        self.append_json(&serde_json::to_vec(&EntryRef::Call(event)).expect("serialisable"))
+    }
+
+    fn append_json(&self, json: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let line = encode(json);
         let fail = |e: std::io::Error| {
             Error::runtime(format!("cannot append to the journal `{}`: {e}", self.path.display()))
                 .with_hint(crate::store::WRITE_HINT)
         };
-        let start = f.stream_position().map_err(fail)?;
-        if let Err(e) = f.write_all(&line) {
+        let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.file.write_all_at(&line, *end) {
             // A record half-written on a full disk must not stay: the next record would land
             // behind it and be read as part of a torn tail, then cut off.
-            let _ = f.set_len(start).and_then(|()| f.seek(SeekFrom::Start(start)).map(drop));
+            let _ = self.file.set_len(*end);
             return Err(fail(e));
         }
+        *end += line.len() as u64;
+        drop(end);
         self.written.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
         Ok(())
@@ -309,12 +330,11 @@ impl Journal {
         if !self.durable || !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let f = f
-            .try_clone()
-            .map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())))?;
-        f.sync_data()
-            .map_err(|e| Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())))
+        self.file.sync_data().map_err(|e| {
+            // Not synced after all: the next sync must try again.
+            self.dirty.store(true, Ordering::Release);
+            Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())).with_hint(crate::store::WRITE_HINT)
+        })
     }
 
     /// Records appended since opening.
@@ -507,6 +527,40 @@ mod tests {
         drop(Journal::open(&path, "abc", 0, false).unwrap());
         let err = Journal::open(&path, "other", 0, false).err().unwrap();
         assert!(err.message.contains("belongs to another plan"), "{}", err.message);
+    }
+
+    #[test]
+    fn append_call_writes_an_ordinary_call_entry() {
+        use crate::dialogue::{Call, CallEvent};
+        use crate::llm::CallKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jrnl");
+        let (j, _) = Journal::open(&path, "abc", 0, true).unwrap();
+        let event = CallEvent {
+            key: CallKey {
+                unit: "0123456789abcdef0123".parse().unwrap(),
+                seed: 3,
+                turn: 2,
+                role: crate::spec::Role::Responder,
+                attempt: 0,
+            },
+            call: Call {
+                output: "hello \"there\"\nnext".into(),
+                raw_output: None,
+                prompt_tokens: Some(5),
+                completion_tokens: None,
+                latency_ms: 1.5,
+                finish_reason: Some("stop".into()),
+                attempts: 1,
+                sampling: Default::default(),
+                self_reply_cut: false,
+                trimmed_pairs: 0,
+            },
+        };
+        j.append_call(&event).unwrap();
+        j.sync().unwrap();
+        let c = read(&path).unwrap().unwrap();
+        assert_eq!(c.entries, vec![Entry::Call(Box::new(event))]);
     }
 
     #[test]

@@ -166,7 +166,7 @@ struct JournalRecorder {
 
 impl Recorder for JournalRecorder {
     fn record(&self, event: &CallEvent) -> Result<()> {
-        self.journal.append(&Entry::Call(Box::new(event.clone())))?;
+        self.journal.append_call(event)?;
         self.progress.calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
