@@ -61,6 +61,8 @@ pub fn print_round(ctx: &RunCtx, plan: &RoundPlan) {
 
 pub fn run(args: RenderArgs) -> Result<i32> {
     let ctx = RunCtx::open(&args.run_dir)?;
+    // Rendering rewrites array maps: never while a submit, resume or cancel is at work.
+    let _lock = crate::slurm::submit::lock(&ctx)?;
     let opts = options(&args.render)?.merged_with_stored(&ctx.rd, true)?;
     let sched = SlurmCli::new();
     let limits = ArrayLimits::resolve(&opts, Some(&sched))?;

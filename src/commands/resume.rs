@@ -10,7 +10,7 @@ use crate::slurm::submit::{self, ResumeOptions, SubmitOptions};
 
 pub fn run(args: ResumeArgs) -> Result<i32> {
     let ctx = RunCtx::open(&args.run_dir)?;
-    let render = super::render::options(&args.render)?.merged_with_stored(&ctx.rd, true)?;
+    let render = super::render::options(&args.render)?.merged_with_stored(&ctx.rd, false)?;
     let sched = SlurmCli::new();
     let opts = ResumeOptions {
         submit: SubmitOptions {

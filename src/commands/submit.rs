@@ -56,7 +56,7 @@ pub fn print_jobs(ctx: &RunCtx, report: &SubmitReport) {
 
 pub fn run(args: SubmitArgs) -> Result<i32> {
     let ctx = RunCtx::open(&args.run_dir)?;
-    let render = super::render::options(&args.render)?.merged_with_stored(&ctx.rd, true)?;
+    let render = super::render::options(&args.render)?.merged_with_stored(&ctx.rd, false)?;
     let sched = SlurmCli::new();
     let opts = SubmitOptions {
         dry_run: args.dry_run,

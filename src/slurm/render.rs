@@ -106,14 +106,23 @@ impl RenderOptions {
             },
         };
         merged.check()?;
-        if store && merged != stored {
-            fs_err::create_dir_all(records::slurm_dir(rd))?;
-            store::write_atomic(
-                &RenderOptions::path(rd),
-                &serde_json::to_vec_pretty(&merged).expect("serialisable"),
-            )?;
+        if store {
+            merged.store(rd)?;
         }
         Ok(merged)
+    }
+
+    /// Save these options as the run's (`slurm/render.json`) if they differ from what is stored.
+    /// Callers hold the submit lock, so a command the lock turns away changes nothing.
+    pub fn store(&self, rd: &RunDir) -> Result<()> {
+        if *self == RenderOptions::load(rd)? {
+            return Ok(());
+        }
+        fs_err::create_dir_all(records::slurm_dir(rd))?;
+        store::write_atomic(
+            &RenderOptions::path(rd),
+            &serde_json::to_vec_pretty(self).expect("serialisable"),
+        )
     }
 
     pub fn check(&self) -> Result<()> {

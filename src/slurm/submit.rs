@@ -392,6 +392,7 @@ pub fn submit(
     opts: &SubmitOptions,
 ) -> Result<SubmitReport> {
     let _lock = lock(ctx)?;
+    render_opts.store(&ctx.rd)?;
     let mut subs = Submissions::read(&ctx.rd)?;
     let mut warnings = Vec::new();
     if !opts.dry_run && !opts.test_only {
@@ -480,6 +481,7 @@ pub fn resume(
     opts: &ResumeOptions,
 ) -> Result<ResumeReport> {
     let _lock = lock(ctx)?;
+    render_opts.store(&ctx.rd)?;
     let mut subs = Submissions::read(&ctx.rd)?;
     let mut warnings = Vec::new();
     if !opts.submit.dry_run {
