@@ -243,61 +243,7 @@ fn writer_properties(schema: &SchemaRef, kv: Vec<KeyValue>) -> Result<WriterProp
     Ok(b.build())
 }
 
-/// A file written under a temporary name in its final folder and renamed into place by
-/// [`Pending::commit`] (dropped uncommitted, it is removed). Created readable by all (`0644` less
-/// the umask), as a dataset is meant to be shared.
-pub struct Pending {
-    tmp: tempfile::NamedTempFile,
-    path: PathBuf,
-}
-
-impl Pending {
-    pub fn new(path: &Path) -> Result<Pending> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let prefix = format!(".{name}.");
-        let mut b = tempfile::Builder::new();
-        b.prefix(&prefix).suffix(".tmp");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            b.permissions(std::fs::Permissions::from_mode(0o644));
-        }
-        let tmp = b.tempfile_in(dir).map_err(|e| {
-            Error::runtime(format!("cannot create a file in `{}`: {e}", dir.display()))
-                .with_hint("check that the folder exists and is writable")
-        })?;
-        Ok(Pending {
-            tmp,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn file(&self) -> &std::fs::File {
-        self.tmp.as_file()
-    }
-
-    /// Sync the data, rename over the destination, sync the folder.
-    pub fn commit(self) -> Result<()> {
-        let io = |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", self.path.display()));
-        self.tmp.as_file().sync_all().map_err(io)?;
-        let path = self.path.clone();
-        self.tmp
-            .persist(&path)
-            .map_err(|e| Error::runtime(format!("cannot write `{}`: {}", path.display(), e.error)))?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        crate::store::sync_dir(dir)
-    }
-}
+pub use crate::store::Pending;
 
 /// Encode batches from `rx` into `file` until the channel closes; returns rows written.
 fn write_file(

@@ -142,36 +142,75 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Readable by the group and others as the umask allows: run directories are shared on clusters.
-    use std::os::unix::fs::PermissionsExt;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(|e| {
-            Error::runtime(format!("cannot create a temporary file in `{}`: {e}", dir.display())).with_hint(WRITE_HINT)
-        })?;
+    let mut pending = Pending::new(path)?;
     let io =
         |e: std::io::Error| Error::runtime(format!("cannot write `{}`: {e}", path.display())).with_hint(WRITE_HINT);
     {
-        let file = tmp.as_file_mut();
-        let mut w = std::io::BufWriter::new(file);
+        let mut w = std::io::BufWriter::new(pending.file_mut());
         fill(&mut w).map_err(io)?;
         w.flush().map_err(io)?;
     }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    sync_dir(dir)?;
-    Ok(())
+    pending.commit()
+}
+
+/// A file written under a temporary name in its final folder and renamed into place by
+/// [`Pending::commit`] (dropped uncommitted, it is removed). Created readable by the group and
+/// others as the umask allows: run directories and datasets are shared on clusters.
+pub struct Pending {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl Pending {
+    pub fn new(path: &Path) -> Result<Pending> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(|e| {
+                Error::runtime(format!("cannot create a temporary file in `{}`: {e}", dir.display()))
+                    .with_hint(WRITE_HINT)
+            })?;
+        Ok(Pending {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn file(&self) -> &std::fs::File {
+        self.tmp.as_file()
+    }
+
+    pub fn file_mut(&mut self) -> &mut std::fs::File {
+        self.tmp.as_file_mut()
+    }
+
+    /// Sync the data, rename over the destination, sync the folder.
+    pub fn commit(self) -> Result<()> {
+        let io = |e: std::io::Error| {
+            Error::runtime(format!("cannot write `{}`: {e}", self.path.display())).with_hint(WRITE_HINT)
+        };
+        self.tmp.as_file().sync_all().map_err(io)?;
+        let path = self.path.clone();
+        self.tmp.persist(&path).map_err(|e| {
+            Error::runtime(format!("cannot write `{}`: {}", path.display(), e.error)).with_hint(WRITE_HINT)
+        })?;
+        sync_dir(parent_dir(&path))
+    }
+}
+
+/// The folder a path is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// fsync a directory so a rename in it survives a power cut.
