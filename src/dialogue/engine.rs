@@ -323,18 +323,18 @@ impl<'a> Side<'a> {
                 }
             }
         };
-        let mut call = self.to_call(&request, completion, u32::try_from(dropped).unwrap_or(u32::MAX));
+        let mut call = self.to_call(request, completion, u32::try_from(dropped).unwrap_or(u32::MAX));
         // Requests refused as too long were HTTP attempts of this call too.
         call.attempts = call.attempts.saturating_add(refused_attempts);
-        journal.recorder.record(&CallEvent {
-            key,
-            call: call.clone(),
-        })?;
+        // The call goes to the recorder in its event and is taken back out: no copy.
+        let event = CallEvent { key, call };
+        journal.recorder.record(&event)?;
+        let call = event.call;
         self.calibrate(input, &call);
         Ok(Got::Call(Box::new(call)))
     }
 
-    fn to_call(&self, request: &Request, completion: Completion, trimmed_pairs: u32) -> Call {
+    fn to_call(&self, request: Request, completion: Completion, trimmed_pairs: u32) -> Call {
         let (output, raw_output, self_reply_cut) = match &request.prompt {
             Prompt::Text(text) => {
                 let cleaned =
@@ -352,7 +352,7 @@ impl<'a> Side<'a> {
             latency_ms: completion.latency_ms,
             finish_reason: completion.finish_reason,
             attempts: completion.attempts,
-            sampling: request.sampling.clone(),
+            sampling: request.sampling,
             self_reply_cut,
             trimmed_pairs,
         }
@@ -365,9 +365,8 @@ impl<'a> Side<'a> {
         let (Some(reported), Some(_)) = (call.prompt_tokens, self.window()) else {
             return;
         };
-        let sent = self.history.chat(input, call.trimmed_pairs as usize);
         self.calibration = Some(Calibration {
-            estimated: prompt::estimate_messages(&sent),
+            estimated: self.history.estimate_chat(input, call.trimmed_pairs as usize),
             reported: u64::from(reported),
         });
     }

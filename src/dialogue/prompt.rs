@@ -176,10 +176,28 @@ impl History {
         out
     }
 
+    /// [`estimate_messages`] of [`History::chat`]`(input, dropped)`, without building the messages.
+    pub fn estimate_chat(&self, input: &str, dropped: usize) -> u64 {
+        let kept = &self.exchanges[dropped.min(self.exchanges.len())..];
+        self.system.as_deref().map_or(0, estimate_tokens)
+            + kept
+                .iter()
+                .map(|e| estimate_tokens(&e.user) + estimate_tokens(&e.assistant))
+                .sum::<u64>()
+            + estimate_tokens(input)
+    }
+
     /// The whole history concatenated, the reference's `"".join(history) + prompt` (with the system
     /// text, when a completion model has one, in front). Templates carry their own separators.
     pub fn text(&self, input: &str) -> String {
-        let mut out = String::new();
+        let len = self.system.as_ref().map_or(0, String::len)
+            + self
+                .exchanges
+                .iter()
+                .map(|e| e.user.len() + self.joiner.len() + e.assistant.len())
+                .sum::<usize>()
+            + input.len();
+        let mut out = String::with_capacity(len);
         if let Some(system) = &self.system {
             out.push_str(system);
         }
@@ -442,6 +460,24 @@ mod tests {
         assert_eq!(estimate_tokens("日本語日本"), 2);
         let msgs = [Message::new("user", "abcde"), Message::new("assistant", "a")];
         assert_eq!(estimate_messages(&msgs), 3);
+    }
+
+    #[test]
+    fn chat_estimates_and_texts_match_the_built_requests() {
+        for system in [None, Some("system text".to_string())] {
+            let mut h = History::inquirer(system);
+            for i in 0..4 {
+                h.push(format!("input {i} ✓"), "answer".repeat(i + 1));
+            }
+            for dropped in 0..6 {
+                assert_eq!(
+                    h.estimate_chat("the input", dropped),
+                    estimate_messages(&h.chat("the input", dropped))
+                );
+            }
+            let text = h.text("end");
+            assert_eq!(text.len(), text.capacity());
+        }
     }
 
     #[test]

@@ -8,11 +8,15 @@
 //! sensitive, and cut out of any message that might echo it: it is never logged or stored.
 
 use super::retry::{self, Backoff, Outcome, Verdict};
-use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Prompt, Request};
+use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request};
 use crate::error::{Error, Result};
 use crate::spec::{Backend, Model, Sampling};
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -185,21 +189,14 @@ impl OpenAiModel {
         Ok(h)
     }
 
-    fn body(&self, req: &Request) -> Vec<u8> {
-        let mut b = Map::new();
-        if self.backend != Backend::Azure {
-            b.insert("model".into(), json!(self.model_id));
-        }
-        match &req.prompt {
-            Prompt::Chat(messages) => b.insert("messages".into(), json!(messages)),
-            Prompt::Text(text) => b.insert("prompt".into(), json!(text)),
-        };
-        sampling_fields(&req.sampling, &mut b);
-        serde_json::to_vec(&Value::Object(b)).unwrap_or_default()
+    /// The JSON body, serialised once per call (a retry sends the same bytes).
+    fn body(&self, req: &Request) -> Bytes {
+        let model = (self.backend != Backend::Azure).then_some(self.model_id.as_str());
+        Bytes::from(serde_json::to_vec(&RequestBody::new(model, &req.prompt, &req.sampling)).unwrap_or_default())
     }
 
     /// One HTTP exchange.
-    async fn attempt(&self, url: &reqwest::Url, headers: HeaderMap, body: Vec<u8>, chat: bool) -> Attempt {
+    async fn attempt(&self, url: &reqwest::Url, headers: HeaderMap, body: Bytes, chat: bool) -> Attempt {
         let sent = self
             .client
             .post(url.clone())
@@ -246,7 +243,7 @@ impl OpenAiModel {
         let url = self.url(&req.prompt);
         let shown = url.as_str();
         let api_key = self.key(shown)?;
-        let headers = self.headers(&req.key, api_key.as_deref(), shown)?;
+        let mut headers = self.headers(&req.key, api_key.as_deref(), shown)?;
         let body = self.body(req);
         let chat = matches!(req.prompt, Prompt::Chat(_));
         let fail = |kind, detail: &str, attempts| CallError {
@@ -267,7 +264,14 @@ impl OpenAiModel {
                 None => None,
             };
             let started = Instant::now();
-            let outcome = self.attempt(url, headers.clone(), body.clone(), chat).await;
+            // The headers are moved into the last attempt there can be (the only one when retries
+            // are off) instead of cloned.
+            let h = if attempts > self.max_retries {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let outcome = self.attempt(url, h, body.clone(), chat).await;
             drop(permit);
             let (detail, verdict) = match &outcome {
                 Attempt::Done(p) => {
@@ -362,23 +366,57 @@ impl ChatModel for OpenAiModel {
     }
 }
 
-/// The sampling fields that are set, under the names OpenAI-compatible servers read.
+/// A request body, borrowed from the request and serialised straight to bytes: `model` (not for
+/// Azure, where the deployment is in the URL), `messages` (chat) or `prompt` (completions), and
+/// the sampling fields that are set, under the names OpenAI-compatible servers read.
 /// `top_k` and `repetition_penalty` are not OpenAI's, but vLLM, TGI and llama.cpp take them;
-/// a model only gets them when its experiment sets them.
-fn sampling_fields(s: &Sampling, b: &mut Map<String, Value>) {
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            b.insert(k.into(), v);
+/// a model only gets them when its experiment sets them. An empty `stop` list is not sent.
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<&'a [Message]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repetition_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+}
+
+impl<'a> RequestBody<'a> {
+    fn new(model: Option<&'a str>, prompt: &'a Prompt, s: &'a Sampling) -> RequestBody<'a> {
+        let (messages, text) = match prompt {
+            Prompt::Chat(messages) => (Some(messages.as_slice()), None),
+            Prompt::Text(text) => (None, Some(text.as_str())),
+        };
+        RequestBody {
+            model,
+            messages,
+            prompt: text,
+            max_tokens: s.max_new_tokens,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            repetition_penalty: s.repetition_penalty,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            stop: s.stop.as_deref().filter(|v| !v.is_empty()),
         }
-    };
-    put("max_tokens", s.max_new_tokens.map(Value::from));
-    put("temperature", s.temperature.map(Value::from));
-    put("top_p", s.top_p.map(Value::from));
-    put("top_k", s.top_k.map(Value::from));
-    put("repetition_penalty", s.repetition_penalty.map(Value::from));
-    put("presence_penalty", s.presence_penalty.map(Value::from));
-    put("frequency_penalty", s.frequency_penalty.map(Value::from));
-    put("stop", s.stop.as_ref().filter(|v| !v.is_empty()).map(|v| json!(v)));
+    }
 }
 
 /// What one HTTP attempt came to.
@@ -453,8 +491,95 @@ fn describe_bad(body: &[u8], html_type: bool, why: &str) -> String {
     format!("{why}: {}", snippet(body))
 }
 
+/// A JSON object, and only an object (a derived struct would also take an array, by position).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(PhantomData)).map(Obj)
+    }
+}
+
+/// The usual shape of a successful reply, for [`fast_completion`].
+#[derive(serde::Deserialize)]
+struct FastReply {
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    choices: Vec<Obj<FastChoice>>,
+    #[serde(default)]
+    usage: Option<Obj<FastUsage>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastChoice {
+    #[serde(default)]
+    message: Option<Obj<FastMessage>>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// The completion of a body in the usual shape, read without building a JSON tree; `None` for
+/// anything else (not JSON, an error, no choices, content parts, unexpected types, duplicate
+/// keys...), which [`parse_completion`] then reads the general way. Whenever this returns a
+/// completion, it is the one the general way gives.
+fn fast_completion(body: &[u8], chat: bool) -> Option<Parsed> {
+    let Obj(reply) = serde_json::from_slice::<Obj<FastReply>>(body).ok()?;
+    if reply.error.is_some() {
+        return None;
+    }
+    let Obj(choice) = reply.choices.into_iter().next()?;
+    let text = if chat {
+        // A missing or null content: a refusal or a tool call, an empty output.
+        choice.message?.0.content.unwrap_or_default()
+    } else {
+        choice.text?
+    };
+    let usage = reply.usage.map(|u| u.0);
+    let tokens = |n: Option<u64>| n.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    Some(Parsed {
+        text,
+        finish_reason: choice.finish_reason,
+        prompt_tokens: tokens(usage.as_ref().and_then(|u| u.prompt_tokens)),
+        completion_tokens: tokens(usage.as_ref().and_then(|u| u.completion_tokens)),
+    })
+}
+
 /// A completion from a 2xx body, or why there is none.
 fn parse_completion(body: &[u8], chat: bool, html_type: bool) -> Result<Parsed, String> {
+    match fast_completion(body, chat) {
+        Some(p) => Ok(p),
+        None => read_completion(body, chat, html_type),
+    }
+}
+
+/// [`parse_completion`] through a JSON tree: any body, with the reason it is unusable.
+fn read_completion(body: &[u8], chat: bool, html_type: bool) -> Result<Parsed, String> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| describe_bad(body, html_type, &format!("the body is not JSON ({e})")))?;
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
@@ -640,22 +765,85 @@ mod tests {
         assert_eq!(redact("fine", Some("")), "fine");
     }
 
+    use serde_json::json;
+
+    fn body_json(model: Option<&str>, prompt: &Prompt, s: &Sampling) -> Value {
+        serde_json::from_slice(&serde_json::to_vec(&RequestBody::new(model, prompt, s)).unwrap()).unwrap()
+    }
+
     #[test]
     fn only_the_sampling_fields_that_are_set_are_sent() {
-        let mut b = Map::new();
-        sampling_fields(
-            &Sampling {
-                max_new_tokens: Some(100),
-                temperature: Some(0.7),
-                top_k: Some(40),
-                stop: Some(vec![]),
-                ..Default::default()
-            },
-            &mut b,
+        let s = Sampling {
+            max_new_tokens: Some(100),
+            temperature: Some(0.7),
+            top_k: Some(40),
+            stop: Some(vec![]),
+            ..Default::default()
+        };
+        assert_eq!(
+            body_json(None, &Prompt::Text("hi".into()), &s),
+            json!({"prompt": "hi", "max_tokens": 100, "temperature": 0.7, "top_k": 40})
+        );
+    }
+
+    #[test]
+    fn bodies_hold_the_model_the_prompt_and_every_sampling_field() {
+        let s = Sampling {
+            max_new_tokens: Some(-1),
+            temperature: Some(f64::NAN),
+            top_p: Some(0.95),
+            top_k: Some(5),
+            repetition_penalty: Some(1.1),
+            presence_penalty: Some(0.0),
+            frequency_penalty: Some(-0.5),
+            stop: Some(vec!["\n".into(), "</s>".into()]),
+        };
+        let chat = Prompt::Chat(vec![
+            Message::new("system", "be \"brief\""),
+            Message::new("user", "hi ✓"),
+        ]);
+        assert_eq!(
+            body_json(Some("m"), &chat, &s),
+            json!({
+                "model": "m",
+                "messages": [{"role": "system", "content": "be \"brief\""}, {"role": "user", "content": "hi ✓"}],
+                "max_tokens": -1, "temperature": null, "top_p": 0.95, "top_k": 5,
+                "repetition_penalty": 1.1, "presence_penalty": 0.0, "frequency_penalty": -0.5,
+                "stop": ["\n", "</s>"],
+            })
         );
         assert_eq!(
-            Value::Object(b),
-            json!({"max_tokens": 100, "temperature": 0.7, "top_k": 40})
+            body_json(None, &Prompt::Text(String::new()), &Sampling::default()),
+            json!({"prompt": ""})
         );
+    }
+
+    #[test]
+    fn the_fast_reading_agrees_with_the_general_one_or_steps_aside() {
+        let cases: [(&[u8], bool, bool); 14] = [
+            (br#"{"choices":[{"message":{"content":"a"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#, true, true),
+            (br#"{"choices":[{"message":{"content":null}}],"usage":null,"error":null}"#, true, true),
+            (br#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":99999999999}}"#, true, true),
+            (br#"{"choices":[{"text":"t","finish_reason":null}]}"#, false, true),
+            (br#"{"choices":[{"message":"x"}]}"#, true, false),
+            (br#"{"choices":[{"message":null}]}"#, true, false),
+            (br#"{"choices":[["x"]]}"#, true, false),
+            (br#"[null,[{"message":{"content":"a"}}]]"#, true, false),
+            (br#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":1.0}}"#, true, false),
+            (br#"{"choices":[{"message":{"content":"a"}}],"usage":[1,2]}"#, true, false),
+            (br#"{"choices":[{"message":{"content":"a"},"finish_reason":3}]}"#, true, false),
+            (br#"{"choices":[{"message":{"content":"a"}}],"choices":[]}"#, true, false),
+            (br#"{"choices":[{"message":{"content":"a"}}],"error":{"message":"x"}}"#, true, false),
+            (br#"{"choices":[{"text":"a"}]}"#, true, false),
+        ];
+        for (body, chat, fast) in cases {
+            let f = fast_completion(body, chat);
+            assert_eq!(f.is_some(), fast, "{}", String::from_utf8_lossy(body));
+            let general = read_completion(body, chat, false);
+            if let Some(f) = f {
+                assert_eq!(Ok(f), general);
+            }
+            assert_eq!(parse_completion(body, chat, false), general);
+        }
     }
 }
