@@ -57,7 +57,6 @@ pub(super) async fn run(
     };
     let inquirer_behaviour = &input.inquirer.behaviour;
     let responder_behaviour = &input.responder.behaviour;
-    let mut last_reply = String::new();
 
     for turn in 0..input.settings.max_turns {
         let key_of = |role, attempt| CallKey {
@@ -70,7 +69,9 @@ pub(super) async fn run(
 
         // The inquirer: generate, then empty / degenerate / stop / prompt, regenerating while no
         // prompt is found and tries remain. A regeneration goes through the same checks.
-        let inq_input = brief.input(inquirer_templates, turn, &last_reply);
+        // The responder's reply of the turn before ("" at turn 0), read where it is kept.
+        let last_reply = log.turns.last().map_or("", |t| t.responder.output.as_str());
+        let inq_input = brief.input(inquirer_templates, turn, last_reply);
         let mut generations: Vec<Call> = Vec::new();
         let mut accepted = None;
         for attempt in 0..=inquirer_behaviour.regenerate_tries {
@@ -133,7 +134,6 @@ pub(super) async fn run(
         }
         resp.history
             .push(resp_input, prompt::responder_answer(responder_templates, &reply.output));
-        last_reply.clone_from(&reply.output);
         log.turns.push(Turn {
             index: turn,
             inquirer: inquirer_call,

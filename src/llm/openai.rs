@@ -157,15 +157,16 @@ impl OpenAiModel {
             reqwest::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // Numbers in decimal, as their `to_string`, without the string.
         let id = [
-            ("x-roleplay-unit", key.unit.to_string()),
-            ("x-roleplay-seed", key.seed.to_string()),
-            ("x-roleplay-turn", key.turn.to_string()),
-            ("x-roleplay-role", key.role.to_string()),
-            ("x-roleplay-attempt", key.attempt.to_string()),
+            ("x-roleplay-unit", HeaderValue::from_str(&key.unit.to_string()).ok()),
+            ("x-roleplay-seed", Some(HeaderValue::from(key.seed))),
+            ("x-roleplay-turn", Some(HeaderValue::from(key.turn))),
+            ("x-roleplay-role", HeaderValue::from_str(&key.role.to_string()).ok()),
+            ("x-roleplay-attempt", Some(HeaderValue::from(key.attempt))),
         ];
         for (name, value) in id {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Some(v) = value {
                 h.insert(HeaderName::from_static(name), v);
             }
         }
@@ -273,13 +274,14 @@ impl OpenAiModel {
             };
             let outcome = self.attempt(url, h, body.clone(), chat).await;
             drop(permit);
-            let (detail, verdict) = match &outcome {
+            let connect = matches!(outcome, Attempt::Connect(_));
+            let (detail, verdict) = match outcome {
                 Attempt::Done(p) => {
                     return Ok(Completion {
-                        text: p.text.clone(),
+                        text: p.text,
                         prompt_tokens: p.prompt_tokens,
                         completion_tokens: p.completion_tokens,
-                        finish_reason: p.finish_reason.clone(),
+                        finish_reason: p.finish_reason,
                         latency_ms: (started.elapsed() + waited).as_secs_f64() * 1000.0,
                         attempts,
                     });
@@ -295,17 +297,17 @@ impl OpenAiModel {
                     d.push_str(&self.status_hint(status.as_u16()));
                     let o = Outcome::Status {
                         status: status.as_u16(),
-                        body,
+                        body: &body,
                         retry_after: retry_after.as_deref(),
                     };
                     (d, retry::classify(&o))
                 }
-                Attempt::BadBody(d) => (d.clone(), retry::classify(&Outcome::BadBody)),
-                Attempt::Timeout(d) => (d.clone(), retry::classify(&Outcome::Timeout)),
-                Attempt::Broken(d) => (d.clone(), retry::classify(&Outcome::Broken)),
-                Attempt::Connect(d) => (d.clone(), retry::classify(&Outcome::Connect { connected_before })),
+                Attempt::BadBody(d) => (d, retry::classify(&Outcome::BadBody)),
+                Attempt::Timeout(d) => (d, retry::classify(&Outcome::Timeout)),
+                Attempt::Broken(d) => (d, retry::classify(&Outcome::Broken)),
+                Attempt::Connect(d) => (d, retry::classify(&Outcome::Connect { connected_before })),
             };
-            connected_before |= !matches!(outcome, Attempt::Connect(_));
+            connected_before |= !connect;
             match verdict {
                 Verdict::Fatal(kind) => return Err(fail(kind, &detail, attempts)),
                 Verdict::Retry {
