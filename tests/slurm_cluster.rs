@@ -280,10 +280,13 @@ fn a_cancelled_job_and_a_requeued_job() {
             .then_some(())
     });
 
-    // A job that ended cannot be requeued: the error names the command and shows Slurm's words.
-    let e = cli.requeue(&[JobRef::Job(to_cancel)]).unwrap_err();
+    // A job Slurm does not know cannot be requeued: the error names the command and shows Slurm's
+    // words. (A job that ended is refused only once MinJobAge has purged it, and a cancelled one
+    // may still be requeued before that, so an id that never existed keeps this deterministic.)
+    let unknown = to_cancel + 1_000_000;
+    let e = cli.requeue(&[JobRef::Job(unknown)]).unwrap_err();
     assert!(
-        e.message.contains(&format!("scontrol requeue {to_cancel}")),
+        e.message.contains(&format!("scontrol requeue {unknown}")),
         "{}",
         e.message
     );
