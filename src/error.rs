@@ -25,8 +25,6 @@ pub enum Kind {
     Config,
     /// Something failed while doing the work (I/O, a backend, a scheduler): exit 1.
     Runtime,
-    /// Stopped on a signal with all finished work saved: exit 75.
-    Interrupted,
 }
 
 #[derive(Debug)]
@@ -55,14 +53,6 @@ impl Error {
         }
     }
 
-    pub fn interrupted(message: impl Into<String>) -> Self {
-        Error {
-            kind: Kind::Interrupted,
-            message: message.into(),
-            hint: None,
-        }
-    }
-
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -78,7 +68,6 @@ impl Error {
         match self.kind {
             Kind::Config => exit::USAGE,
             Kind::Runtime => exit::FAILURES,
-            Kind::Interrupted => exit::INTERRUPTED,
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! It is the truth about what is done. Layout: one header line, then one record per line, each
 //! `<checksum> <json>` where the checksum is 8 hex digits of blake3 over the JSON. Records are
-//! written with a single `write` on a file opened for appending, so a killed process (SIGKILL)
-//! loses nothing it wrote; an fsync runs every [`SYNC_INTERVAL`] while records arrive and on close
+//! written whole, one positioned write each at the journal's end under a lock, so a killed process
+//! (SIGKILL) loses nothing it wrote, and a write cut short (a full disk) is cut back at once; an fsync runs every [`SYNC_INTERVAL`] while records arrive and on close
 //! (group commit), so a machine crash loses at most that window, which resumes by repeating those
 //! calls. A reader accepts a torn last record (a crash mid-write) and ignores it; opening the
 //! journal for writing cuts such a tail off first so new records start on a clean line. A damaged
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub const JOURNAL_FORMAT: &str = "roleplay-journal";
@@ -217,7 +217,6 @@ pub struct Journal {
     /// Where the next record goes; the lock orders appends, so records never interleave.
     end: Mutex<u64>,
     dirty: AtomicBool,
-    written: AtomicU64,
     durable: bool,
 }
 
@@ -279,7 +278,6 @@ impl Journal {
             file,
             end: Mutex::new(end),
             dirty: AtomicBool::new(false),
-            written: AtomicU64::new(0),
             durable,
         };
         Ok((journal, contents))
@@ -320,7 +318,6 @@ impl Journal {
         }
         *end += line.len() as u64;
         drop(end);
-        self.written.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -335,11 +332,6 @@ impl Journal {
             self.dirty.store(true, Ordering::Release);
             Error::runtime(format!("cannot sync `{}`: {e}", self.path.display())).with_hint(crate::store::WRITE_HINT)
         })
-    }
-
-    /// Records appended since opening.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
     }
 }
 

@@ -153,12 +153,6 @@ pub struct ShardOutcome {
     pub interrupted: bool,
 }
 
-impl ShardOutcome {
-    pub fn complete(&self) -> bool {
-        !self.interrupted && self.already_done + self.finished == self.units
-    }
-}
-
 struct JournalRecorder {
     journal: Arc<Journal>,
     progress: Arc<Progress>,
@@ -247,28 +241,27 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             .values()
             .filter(|r| !(shared.options.retry_failed && is_failed(r))),
     )));
-    let write_state = |status: ShardStatus, error: Option<String>| -> Result<()> {
-        let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        state::write(
-            rd,
-            &ShardState {
-                shard,
-                plan_hash: plan.plan_hash.clone(),
-                attempt,
-                status,
-                host: state::hostname(),
-                pid: std::process::id(),
-                slurm_job_id: shared.options.slurm_job_id.clone(),
-                started_at,
-                heartbeat_at: state::now(),
-                units: units.len() as u64,
-                done: c.done,
-                failed: c.failed,
-                end_reasons: c.end_reasons,
-                error,
-            },
-        )
+    let reporter = StateReporter {
+        rd: rd.clone(),
+        base: ShardState {
+            shard,
+            plan_hash: plan.plan_hash.clone(),
+            attempt,
+            status: ShardStatus::Running,
+            host: state::hostname(),
+            pid: std::process::id(),
+            slurm_job_id: shared.options.slurm_job_id.clone(),
+            started_at,
+            heartbeat_at: started_at,
+            units: units.len() as u64,
+            done: 0,
+            failed: 0,
+            end_reasons: BTreeMap::new(),
+            error: None,
+        },
+        counts: counts.clone(),
     };
+    let write_state = |status: ShardStatus, error: Option<String>| reporter.write(status, error);
     if nothing_to_do {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let status = if c.failed > 0 {
@@ -294,11 +287,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     let (stop_bg, mut stop_rx) = tokio::sync::watch::channel(false);
     let bg = {
         let journal = journal.clone();
-        let counts = counts.clone();
-        let rd = rd.clone();
-        let plan_hash = plan.plan_hash.clone();
-        let slurm_job_id = shared.options.slurm_job_id.clone();
-        let units_n = units.len() as u64;
+        let reporter = reporter.clone();
         tokio::spawn(async move {
             let mut sync_tick = tokio::time::interval(journal::SYNC_INTERVAL);
             let mut beat = tokio::time::interval(HEARTBEAT);
@@ -312,14 +301,8 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
                         }
                     }
                     _ = beat.tick() => {
-                        let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        let s = ShardState {
-                            shard, plan_hash: plan_hash.clone(), attempt, status: ShardStatus::Running,
-                            host: state::hostname(), pid: std::process::id(), slurm_job_id: slurm_job_id.clone(),
-                            started_at, heartbeat_at: state::now(), units: units_n, done: c.done, failed: c.failed,
-                            end_reasons: c.end_reasons, error: None,
-                        };
-                        let _ = state::write(&rd, &s);
+                        // A missed heartbeat is only evidence; the next one tries again.
+                        let _ = reporter.write(ShardStatus::Running, None);
                     }
                     _ = stop_rx.changed() => break,
                 }
@@ -363,6 +346,30 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             let _ = write_state(ShardStatus::Error, Some(e.message.clone()));
             Err(e)
         }
+    }
+}
+
+/// Writes the shard's state file from what does not change during a run and the live counts.
+#[derive(Clone)]
+struct StateReporter {
+    rd: RunDir,
+    base: ShardState,
+    counts: Arc<Mutex<ShardCounts>>,
+}
+
+impl StateReporter {
+    fn write(&self, status: ShardStatus, error: Option<String>) -> Result<()> {
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = ShardState {
+            status,
+            heartbeat_at: state::now(),
+            done: c.done,
+            failed: c.failed,
+            end_reasons: c.end_reasons,
+            error,
+            ..self.base.clone()
+        };
+        state::write(&self.rd, &s)
     }
 }
 

@@ -42,10 +42,6 @@ impl Cancel {
         self.rx.borrow().is_some()
     }
 
-    pub fn reason(&self) -> Option<String> {
-        self.rx.borrow().clone()
-    }
-
     /// Resolves once the stop was asked for.
     pub async fn cancelled(&mut self) {
         let _ = self.rx.wait_for(|v| v.is_some()).await;
