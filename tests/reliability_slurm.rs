@@ -36,8 +36,6 @@ use std::time::{Duration, Instant};
 
 static CLUSTER: Mutex<()> = Mutex::new(());
 
-const NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
-
 /// The longest one command may take.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -45,20 +43,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// accounting is on (the tests read `sacct`).
 fn cluster() -> MutexGuard<'static, ()> {
     let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    match Command::new("sinfo")
-        .args(["--noheader", "--Node", "--format=%T"])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let states = String::from_utf8_lossy(&out.stdout).into_owned();
-            let usable = states
-                .lines()
-                .any(|s| ["idle", "mixed", "allocated", "completing"].contains(&s.trim()));
-            assert!(usable, "{NOT_RUNNING} (sinfo shows no usable node: {states:?})");
-        }
-        Ok(out) => panic!("{NOT_RUNNING} (sinfo: {})", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => panic!("{NOT_RUNNING} (cannot run sinfo: {e})"),
-    }
+    common::assert_cluster_up();
     let config = text_of("scontrol", &["show", "config"]);
     assert!(
         !config

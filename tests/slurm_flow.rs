@@ -7,6 +7,8 @@
 //! and two of them reconfigure it (MaxArraySize 4; no accounting), restoring the default with a plain
 //! `up` when they end, also on failure. `cargo test --test slurm_flow` takes about 4 minutes.
 
+mod common;
+
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -17,8 +19,6 @@ use std::time::{Duration, Instant};
 
 static CLUSTER: Mutex<()> = Mutex::new(());
 
-const NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -26,20 +26,7 @@ fn repo() -> PathBuf {
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
 fn cluster() -> MutexGuard<'static, ()> {
     let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    match Command::new("sinfo")
-        .args(["--noheader", "--Node", "--format=%T"])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let states = String::from_utf8_lossy(&out.stdout).into_owned();
-            let usable = states
-                .lines()
-                .any(|s| ["idle", "mixed", "allocated", "completing"].contains(&s.trim()));
-            assert!(usable, "{NOT_RUNNING} (sinfo shows no usable node: {states:?})");
-        }
-        Ok(out) => panic!("{NOT_RUNNING} (sinfo: {})", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => panic!("{NOT_RUNNING} (cannot run sinfo: {e})"),
-    }
+    common::assert_cluster_up();
     guard
 }
 

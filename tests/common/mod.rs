@@ -697,3 +697,27 @@ pub fn record_figures(name: &str, figures: serde_json::Value) {
     let _ = std::fs::write(dir.join(format!("{name}.json")), &text);
     eprintln!("figures {name}: {}", serde_json::to_string(&figures).unwrap());
 }
+
+pub const SLURM_NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
+
+/// Fails (never skips) unless `sinfo` answers with a usable node: the Slurm tests need the real
+/// cluster that `scripts/test` starts.
+pub fn assert_cluster_up() {
+    match std::process::Command::new("sinfo")
+        .args(["--noheader", "--Node", "--format=%T"])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let states = String::from_utf8_lossy(&out.stdout).into_owned();
+            let usable = states
+                .lines()
+                .any(|s| ["idle", "mixed", "allocated", "completing"].contains(&s.trim()));
+            assert!(usable, "{SLURM_NOT_RUNNING} (sinfo shows no usable node: {states:?})");
+        }
+        Ok(out) => panic!(
+            "{SLURM_NOT_RUNNING} (sinfo: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("{SLURM_NOT_RUNNING} (cannot run sinfo: {e})"),
+    }
+}
