@@ -4,7 +4,7 @@
 //! Usage: cargo run --release --example merge_fixture -- RUN_DIR OUT.jsonl
 
 use roleplay::merge::synth;
-use roleplay::store::RunDir;
+use roleplay::rundir::RunDir;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

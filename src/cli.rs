@@ -1,6 +1,6 @@
 //! Command-line types (clap derive) and nothing else: commands turn these into validated calls.
 
-use crate::spec::SimSettings;
+use crate::experiment::SimSettings;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -77,7 +77,7 @@ pub enum Command {
     ///
     /// Idempotent: a run already submitted is not submitted again, and after an sbatch error the
     /// queue is searched by the job's deterministic name before any retry. Every submission is
-    /// recorded in RUN_DIR/slurm/submissions.jsonl.
+    /// recorded in RUN_DIR/slurm/submissions.jrnl.
     Submit(SubmitArgs),
     /// Show per shard what is done, running, pending, interrupted, failed or lost, with totals and
     /// an ETA.

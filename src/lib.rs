@@ -8,14 +8,14 @@ pub mod cli;
 pub mod commands;
 pub mod dialogue;
 pub mod error;
+pub mod experiment;
 pub mod llm;
 pub mod merge;
 pub mod plan;
 pub mod report;
+pub mod rundir;
 pub mod simserver;
 pub mod slurm;
-pub mod spec;
-pub mod store;
 pub mod ui;
 pub mod worker;
 

@@ -5,8 +5,8 @@
 use roleplay::dialogue::DialogueRecord;
 use roleplay::merge::synth;
 use roleplay::plan::{self, UnitId};
-use roleplay::store::RunDir;
-use roleplay::worker::journal::{self, Entry};
+use roleplay::rundir::RunDir;
+use roleplay::rundir::journal::{self, Entry};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;

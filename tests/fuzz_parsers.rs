@@ -3,7 +3,7 @@
 //! number of cases; `scripts/fuzz` runs many more (`PROPTEST_CASES`).
 
 use proptest::prelude::*;
-use roleplay::worker::journal;
+use roleplay::rundir::journal;
 use std::path::Path;
 
 /// A valid experiment to mutate: small, but it touches every table.
@@ -21,7 +21,7 @@ proptest! {
 
     #[test]
     fn experiment_parser_never_panics_on_arbitrary_text(text in "\\PC{0,400}") {
-        let _ = roleplay::spec::load_str(&text, Path::new("/nonexistent/fuzz.toml"));
+        let _ = roleplay::experiment::load_str(&text, Path::new("/nonexistent/fuzz.toml"));
     }
 
     #[test]
@@ -35,7 +35,7 @@ proptest! {
         let end = (start + len).min(s.len());
         let end = (end..=s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
         s.replace_range(start..end, &insert);
-        let _ = roleplay::spec::load_str(&s, Path::new("/nonexistent/fuzz.toml"));
+        let _ = roleplay::experiment::load_str(&s, Path::new("/nonexistent/fuzz.toml"));
     }
 
     #[test]

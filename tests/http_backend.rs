@@ -5,11 +5,11 @@
 #[path = "common/simserver.rs"]
 mod simserver;
 
+use roleplay::experiment::{Model, Role, Sampling};
 use roleplay::llm::openai::OpenAiModel;
 use roleplay::llm::retry::Backoff;
 use roleplay::llm::{CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request, client_for};
 use roleplay::plan::UnitId;
-use roleplay::spec::{Model, Role, Sampling};
 use serde_json::Value;
 use simserver::SimServer;
 use std::path::Path;
@@ -49,7 +49,7 @@ model = "sim-model"
 {extra}
 "#
     );
-    let loaded = roleplay::spec::load_str(&text, Path::new("/tmp/http_backend.toml")).expect("valid experiment");
+    let loaded = roleplay::experiment::load_str(&text, Path::new("/tmp/http_backend.toml")).expect("valid experiment");
     loaded.experiment.model(MODEL).expect("declared").clone()
 }
 

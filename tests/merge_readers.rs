@@ -10,8 +10,8 @@
 use roleplay::dialogue::{Call, DialogueRecord};
 use roleplay::merge::synth;
 use roleplay::plan::{self, Plan};
-use roleplay::store::RunDir;
-use roleplay::worker::journal::{self, Entry};
+use roleplay::rundir::RunDir;
+use roleplay::rundir::journal::{self, Entry};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

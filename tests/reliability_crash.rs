@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use roleplay::worker::journal::Entry;
+use roleplay::rundir::journal::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

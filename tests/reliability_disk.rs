@@ -21,7 +21,7 @@
 mod common;
 
 use common::*;
-use roleplay::worker::journal;
+use roleplay::rundir::journal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -518,7 +518,7 @@ fn disk_errors_before_any_work_say_how_to_fix_them() {
 /// the timing inside a worker cannot be forced from outside.)
 #[test]
 fn an_append_cut_short_by_a_full_disk_does_not_swallow_the_next_record() {
-    use roleplay::worker::journal::{AttemptStart, Entry, Journal};
+    use roleplay::rundir::journal::{AttemptStart, Entry, Journal};
     let tmp = tempfile::tempdir().unwrap();
     let mnt = Mount::tmpfs(&tmp.path().join("mnt"), "1m");
     let path = mnt.at.join("shard-00000.jrnl");

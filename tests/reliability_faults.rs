@@ -22,7 +22,7 @@ use common::*;
 use roleplay::dialogue::{Call, DialogueRecord, EndReason};
 use roleplay::llm::ErrorKind;
 use roleplay::plan::UnitId;
-use roleplay::worker::journal::Entry;
+use roleplay::rundir::journal::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;

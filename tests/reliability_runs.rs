@@ -22,7 +22,7 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use roleplay::worker::journal::{self, Entry};
+use roleplay::rundir::journal::{self, Entry};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{Read, Write};

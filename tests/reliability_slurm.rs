@@ -24,8 +24,8 @@ mod common;
 
 use common::*;
 use rand::Rng;
+use roleplay::rundir::RunDir;
 use roleplay::slurm::records::{JobKind, Record, Submissions};
-use roleplay::store::RunDir;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -742,7 +742,7 @@ fn an_api_key_leaves_no_trace_in_a_slurm_run() {
                 "array map",
                 name.starts_with("run/slurm/round-") && name.ends_with(".json"),
             ),
-            ("submissions journal", name == "run/slurm/submissions.jsonl"),
+            ("submissions journal", name == "run/slurm/submissions.jrnl"),
             (
                 "task log",
                 name.starts_with("run/logs/slurm/") && !name.contains("merge-"),

@@ -4,7 +4,7 @@
 //! the install line.
 
 use roleplay::merge::synth;
-use roleplay::store::RunDir;
+use roleplay::rundir::RunDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -176,16 +176,16 @@ impl Run {
 
     /// Every planned unit has exactly one finished record in the journals, and merge writes all 60.
     fn assert_every_unit_exactly_once(&self) {
-        let rd = roleplay::store::RunDir::new(&self.run);
+        let rd = roleplay::rundir::RunDir::new(&self.run);
         let plan = rd.load_plan().unwrap();
         let units = roleplay::plan::read_units(&rd.units_path(&plan)).unwrap();
         let mut done: HashMap<String, usize> = HashMap::new();
         for shard in 0..plan.shards.len() as u32 {
-            let contents = roleplay::worker::journal::read(&rd.journal_path(shard))
+            let contents = roleplay::rundir::journal::read(&rd.journal_path(shard))
                 .unwrap()
                 .unwrap();
             for e in contents.entries {
-                if let roleplay::worker::journal::Entry::Done(d) = e {
+                if let roleplay::rundir::journal::Entry::Done(d) = e {
                     assert!(!d.ending.reason.is_failure(), "unit {} failed: {:?}", d.unit, d.ending);
                     *done.entry(d.unit.to_string()).or_default() += 1;
                 }
@@ -291,7 +291,7 @@ fn submit_watch_merge_every_unit_exactly_once() {
     let tested = ok(&["submit", r.dir(), "--test-only"]);
     assert!(tested.stdout.contains("to start at"), "{}", tested.stdout);
     assert!(
-        !r.run.join("slurm/submissions.jsonl").exists(),
+        !r.run.join("slurm/submissions.jrnl").exists(),
         "dry runs record nothing"
     );
 
@@ -517,7 +517,7 @@ fn hostile_run_dir_and_persona_survive_the_cluster_and_vllm_passes_test_only() {
         script.contains("# --output and --error come on the sbatch command line"),
         "{script}"
     );
-    let journal = std::fs::read_to_string(r.run.join("slurm/submissions.jsonl")).unwrap();
+    let journal = std::fs::read_to_string(r.run.join("slurm/submissions.jrnl")).unwrap();
     assert!(
         journal.contains("--output="),
         "the log path went on the command line: {journal}"
@@ -575,7 +575,7 @@ fn rendered(edit: impl Fn(String) -> String, env: &[(&str, &str)]) -> (tempfile:
 /// The script with machine-specific parts replaced: temp dir, binary, version, plan hash, run key.
 fn redacted(run_dir: &Path, name: &str) -> String {
     let text = std::fs::read_to_string(run_dir.join("slurm").join(name)).unwrap();
-    let rd = roleplay::store::RunDir::new(run_dir);
+    let rd = roleplay::rundir::RunDir::new(run_dir);
     let plan = rd.load_plan().unwrap();
     let canonical = std::fs::canonicalize(run_dir).unwrap();
     let key = roleplay::slurm::render::run_key(&plan.plan_hash, &canonical);

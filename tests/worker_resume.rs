@@ -3,7 +3,7 @@
 //! stopped with SIGTERM, it exits 75 with a clean journal and resumes.
 
 use roleplay::plan::UnitId;
-use roleplay::worker::journal::{self, Entry};
+use roleplay::rundir::journal::{self, Entry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,7 @@
 use crate::cli::ExportArgs;
 use crate::error::{Error, Result, exit};
 use crate::merge::export;
-use crate::store::RunDir;
+use crate::rundir::RunDir;
 use std::io::Write;
 
 pub fn run(args: ExportArgs) -> Result<i32> {
@@ -15,14 +15,14 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         match export::export(&rd, &plan, args.format, &mut out) {
-            Err(e) if e.message.contains("Broken pipe") => return Ok(exit::OK),
+            Err(e) if e.is_broken_pipe() => return Ok(exit::OK),
             other => other?,
         }
     } else {
         let path = match &args.output {
             Some(p) => p.clone(),
             None => {
-                let out = crate::merge::out_dir(&rd);
+                let out = rd.out_dir();
                 fs_err::create_dir_all(&out)?;
                 out.join(args.format.default_file())
             }
@@ -31,7 +31,7 @@ pub fn run(args: ExportArgs) -> Result<i32> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, pending.file());
         let e = export::export(&rd, &plan, args.format, &mut w)?;
         w.flush()
-            .map_err(|e| Error::runtime(format!("cannot write `{}`: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("cannot write `{}`: {e}", path.display()), e))?;
         drop(w);
         pending.commit()?;
         eprintln!("wrote {}", path.display());

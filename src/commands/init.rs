@@ -21,7 +21,7 @@ pub fn run(args: InitArgs) -> Result<i32> {
             .with_hint("pass `--force` to overwrite it, or choose another folder"));
     }
     fs_err::create_dir_all(&args.dir)?;
-    crate::store::write_atomic(&path, starter().as_bytes())?;
+    crate::rundir::write_atomic(&path, starter().as_bytes())?;
     crate::outln!("wrote {}", path.display());
     eprintln!(
         "next: `roleplay validate {0}`, then `roleplay plan {0}`",

@@ -1,4 +1,5 @@
 //! One module per subcommand: each turns CLI arguments into calls on the core and prints.
+//! `slurm_ui` holds what the Slurm commands share; no command calls another.
 
 pub mod cancel;
 pub mod export;
@@ -10,6 +11,7 @@ pub mod report;
 pub mod resume;
 pub mod run;
 pub mod sim_server;
+mod slurm_ui;
 pub mod status;
 pub mod submit;
 pub mod try_one;

@@ -4,7 +4,7 @@
 use crate::cli::ReportArgs;
 use crate::error::{Error, Result};
 use crate::report;
-use crate::store::RunDir;
+use crate::rundir::RunDir;
 use std::io::Write;
 
 pub fn run(args: ReportArgs) -> Result<i32> {
@@ -25,7 +25,7 @@ pub fn run(args: ReportArgs) -> Result<i32> {
         let path = match path {
             Some(p) => p,
             None => {
-                let out = crate::merge::out_dir(&rd);
+                let out = rd.out_dir();
                 fs_err::create_dir_all(&out)?;
                 out.join("report.html")
             }
@@ -33,7 +33,7 @@ pub fn run(args: ReportArgs) -> Result<i32> {
         let pending = crate::merge::Pending::new(&path)?;
         let mut f = pending.file();
         f.write_all(report::html::render(&r).as_bytes())
-            .map_err(|e| Error::runtime(format!("cannot write `{}`: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("cannot write `{}`: {e}", path.display()), e))?;
         pending.commit()?;
         eprintln!("wrote {}", path.display());
         crate::outln!("{}", path.display());

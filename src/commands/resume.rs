@@ -10,7 +10,7 @@ use crate::slurm::submit::{self, ResumeOptions, SubmitOptions};
 
 pub fn run(args: ResumeArgs) -> Result<i32> {
     let ctx = RunCtx::open(&args.run_dir)?;
-    let render = super::render::options(&args.render)?.merged_with_stored(&ctx.rd, false)?;
+    let render = super::slurm_ui::options(&args.render)?.merged_with_stored(&ctx.rd, false)?;
     let sched = SlurmCli::new();
     let opts = ResumeOptions {
         submit: SubmitOptions {
@@ -67,7 +67,7 @@ pub fn run(args: ResumeArgs) -> Result<i32> {
                 compact_ranges(&report.resubmitted),
                 sub.round
             );
-            super::submit::print_jobs(&ctx, sub);
+            super::slurm_ui::print_jobs(&ctx, sub);
         }
     }
     let attention = !report.over_budget.is_empty() || (!report.failed_units.is_empty() && !args.retry_failed);

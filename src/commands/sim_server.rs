@@ -4,8 +4,8 @@
 
 use crate::cli::SimServerArgs;
 use crate::error::{Error, Result};
+use crate::experiment::SimSettings;
 use crate::simserver::{self, Faults, ServerConfig};
-use crate::spec::SimSettings;
 
 pub fn run(args: SimServerArgs) -> Result<i32> {
     let config = config(&args)?;
@@ -20,7 +20,7 @@ pub fn run(args: SimServerArgs) -> Result<i32> {
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         if let Some(path) = &args.addr_file {
-            crate::store::write_atomic(path, url.as_bytes())?;
+            crate::rundir::write_atomic(path, url.as_bytes())?;
         }
         crate::outln!("listening on {url}");
         let served = simserver::serve(listener, config, stop_signal()).await;

@@ -35,11 +35,9 @@ pub fn record_outcomes(ctx: &RunCtx, report: &RunReport) {
     let Ok(_lock) = crate::slurm::submit::lock(ctx) else {
         return;
     };
-    for o in &report.new_outcomes {
-        if let Err(e) = Submissions::append(&ctx.rd, &Record::Outcome(o.clone())) {
-            eprintln!("warning: cannot record task outcomes: {}", e.message);
-            return;
-        }
+    let records: Vec<Record> = report.new_outcomes.iter().cloned().map(Record::Outcome).collect();
+    if let Err(e) = Submissions::append(&ctx.rd, &records) {
+        eprintln!("warning: cannot record task outcomes: {}", e.message);
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::cli::TryArgs;
 use crate::dialogue::{self, CallCache, CallEvent, DialogueInput, Recorder};
 use crate::error::{Error, Result, exit};
-use crate::spec::{self, Experiment, Role};
+use crate::experiment::{self, Experiment, Role};
 
 /// Prints each call as it completes.
 struct Printer;
@@ -49,7 +49,7 @@ fn pick<'a, T>(items: &'a [T], wanted: Option<&str>, what: &str, id: impl Fn(&T)
 }
 
 pub fn run(args: TryArgs) -> Result<i32> {
-    let loaded = spec::load(&args.file)?;
+    let loaded = experiment::load(&args.file)?;
     let exp: Experiment = loaded.experiment;
     let persona = pick(&exp.personas, args.persona.as_deref(), "persona", |p| p.id.as_str())?;
     let goal = pick(&exp.goals, args.goal.as_deref(), "goal", |g| g.id.as_str())?;
@@ -86,7 +86,7 @@ pub fn run(args: TryArgs) -> Result<i32> {
         return Err(Error::config("the pair names an unknown model"));
     };
     // The unit id this dialogue has in a plan of this experiment, so `try` and `run` agree.
-    let expansion = crate::plan::expand(&exp).map_err(|m| super::plan::expand_error(&args.file, m))?;
+    let expansion = crate::plan::expand(&exp).map_err(|x| x.for_file(&args.file))?;
     let pi = exp.personas.iter().position(|p| p.id == persona.id).unwrap_or(0) as u32;
     let gi = exp.goals.iter().position(|g| g.id == goal.id).unwrap_or(0) as u32;
     let ri = exp.pairs.iter().position(|p| p == pair).unwrap_or(0) as u32;
@@ -106,8 +106,8 @@ pub fn run(args: TryArgs) -> Result<i32> {
     let record = rt.block_on(async {
         // Same endpoint overrides as a worker (ROLEPLAY_BASE_URL...), so `try` reaches the same server.
         let env = |k: &str| std::env::var(k).ok();
-        let ci = crate::llm::client_for(&crate::worker::with_endpoint_override(inq, env))?;
-        let cr = crate::llm::client_for(&crate::worker::with_endpoint_override(resp, env))?;
+        let ci = crate::llm::client_for(&inq.with_endpoint_from_env(env))?;
+        let cr = crate::llm::client_for(&resp.with_endpoint_from_env(env))?;
         let input = DialogueInput {
             unit,
             seed,

@@ -2,13 +2,13 @@
 
 use crate::cli::ValidateArgs;
 use crate::error::Result;
-use crate::{plan, spec};
+use crate::{experiment, plan};
 
 pub fn run(args: ValidateArgs) -> Result<i32> {
-    let loaded = spec::load(&args.file)?;
+    let loaded = experiment::load(&args.file)?;
     let e = &loaded.experiment;
     // Expanding catches what only the grid shows (pairs whose models behave identically).
-    plan::expand(e).map_err(|msg| super::plan::expand_error(&args.file, msg))?;
+    plan::expand(e).map_err(|x| x.for_file(&args.file))?;
     crate::outln!(
         "ok: `{}`: {} personas x {} goals x {} pairs x {} seeds = {} dialogues",
         args.file.display(),

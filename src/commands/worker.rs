@@ -2,7 +2,7 @@
 
 use crate::cli::WorkerArgs;
 use crate::error::{Error, Result, exit};
-use crate::store::RunDir;
+use crate::rundir::RunDir;
 use crate::worker::{self, Options, Shared, signals::Cancel};
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,9 +11,9 @@ use super::prompt::{self, Budget, Calibration, History, InquirerBrief};
 use super::record::{BackendFailure, Call, CallEvent, Counters, DialogueRecord, EndReason, Ending, Turn};
 use super::rules;
 use super::{CallCache, DialogueInput, Recorder};
+use crate::experiment::{Api, Behaviour, Model, Role, Sampling, Templates};
 use crate::llm::{CallKey, ChatModel, Completion, ErrorKind, Prompt, Request};
 use crate::plan::UnitId;
-use crate::spec::{Api, Behaviour, Model, Role, Sampling, Templates};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -413,8 +413,8 @@ impl Log {
 mod tests {
     use super::*;
     use crate::dialogue::run_dialogue;
+    use crate::experiment::{Backend, Behaviour, Degeneration, DialogueSettings, Goal, Persona, Template, Transport};
     use crate::llm::{BoxFuture, CallError, Message};
-    use crate::spec::{Backend, Behaviour, Degeneration, DialogueSettings, Goal, Persona, Template, Transport};
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Mutex;
 

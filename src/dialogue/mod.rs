@@ -13,9 +13,9 @@ pub mod rules;
 pub use engine::regeneration_sampling;
 pub use record::*;
 
+use crate::experiment::{DialogueSettings, Goal, Model, Persona};
 use crate::llm::{CallKey, ChatModel};
 use crate::plan::UnitId;
-use crate::spec::{DialogueSettings, Goal, Model, Persona};
 use std::collections::HashMap;
 
 /// Everything that determines one dialogue.

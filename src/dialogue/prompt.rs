@@ -3,14 +3,14 @@
 //! Also the two things done to what comes back or goes out because of those layouts: cleaning a raw
 //! completion (echo, self-replies) and fitting a chat history into a context window.
 //!
-//! Pure and synchronous. Templates are parsed once (`spec::Template`) and filled in one pass, so a
+//! Pure and synchronous. Templates are parsed once (`experiment::Template`) and filled in one pass, so a
 //! persona, goal line or model reply that happens to contain `<RESPONSE>` or `<CONV_STOP>` is data
 //! and is never expanded.
 
 use super::rules::py_strip;
+use crate::experiment::template::slot;
+use crate::experiment::{Api, Template, Templates};
 use crate::llm::{Message, Prompt};
-use crate::spec::template::slot;
-use crate::spec::{Api, Template, Templates};
 
 /// Fill `template` from `(slot, value)` pairs; a slot not listed stays verbatim (validation makes
 /// that unreachable for the slots each template may hold).

@@ -4,9 +4,9 @@
 //! (which stores them, so their serialised form is versioned with the journal) and merge (which
 //! turns them into Parquet). Add fields with `#[serde(default)]`; never rename one.
 
+use crate::experiment::Sampling;
 use crate::llm::{CallKey, ErrorKind};
 use crate::plan::UnitId;
-use crate::spec::Sampling;
 use serde::{Deserialize, Serialize};
 
 /// One completed model call, as used by the method.
@@ -104,7 +104,7 @@ impl EndReason {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendFailure {
-    pub role: crate::spec::Role,
+    pub role: crate::experiment::Role,
     pub kind: ErrorKind,
     pub message: String,
 }

@@ -10,8 +10,8 @@ pub mod replay;
 pub mod retry;
 pub mod sim;
 
+use crate::experiment::{Role, Sampling};
 use crate::plan::UnitId;
-use crate::spec::{Role, Sampling};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -141,8 +141,8 @@ pub trait ChatModel: Send + Sync {
 ///
 /// HTTP backends get their own connection pool and concurrency cap; `replay` reads and checks its
 /// file here, so a bad file fails before any dialogue starts.
-pub fn client_for(model: &crate::spec::Model) -> crate::Result<std::sync::Arc<dyn ChatModel>> {
-    use crate::spec::Backend;
+pub fn client_for(model: &crate::experiment::Model) -> crate::Result<std::sync::Arc<dyn ChatModel>> {
+    use crate::experiment::Backend;
     let b = &model.behaviour;
     Ok(match b.backend {
         Backend::Openai | Backend::Azure => std::sync::Arc::new(openai::OpenAiModel::new(model)?),
@@ -162,7 +162,7 @@ pub fn client_for(model: &crate::spec::Model) -> crate::Result<std::sync::Arc<dy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Model;
+    use crate::experiment::Model;
 
     fn models(extra: &str) -> Vec<Model> {
         let text = format!(
@@ -185,7 +185,10 @@ words = [3, 3]
 "#
         );
         let dir = std::env::temp_dir().join("roleplay-llm-client-for.toml");
-        crate::spec::load_str(&text, &dir).expect("valid").experiment.models
+        crate::experiment::load_str(&text, &dir)
+            .expect("valid")
+            .experiment
+            .models
     }
 
     fn request(role: Role) -> Request {

@@ -10,7 +10,7 @@
 use super::retry::{self, Backoff, Outcome, Verdict};
 use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request};
 use crate::error::{Error, Result};
-use crate::spec::{Backend, Model, Sampling};
+use crate::experiment::{Backend, Model, Sampling};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;

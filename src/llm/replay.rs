@@ -31,8 +31,8 @@
 
 use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Request};
 use crate::error::{Error, Result};
+use crate::experiment::Role;
 use crate::plan::UnitId;
-use crate::spec::Role;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -14,8 +14,8 @@
 //! anew, so it can succeed where the first generation failed.
 
 use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, Prompt, Request};
+use crate::experiment::{Role, SimSettings};
 use crate::plan::UnitId;
-use crate::spec::{Role, SimSettings};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -16,9 +16,9 @@
 
 use super::scan::{self, Finished, ScanStats};
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 use crate::plan::Plan;
-use crate::spec::Experiment;
-use crate::store::RunDir;
+use crate::rundir::RunDir;
 use serde::Serialize;
 use std::io::Write;
 
@@ -192,7 +192,7 @@ fn messages_record<'a>(exp: &'a Experiment, f: &'a Finished) -> MessagesRecord<'
 pub fn export(rd: &RunDir, plan: &Plan, format: Format, out: &mut dyn Write) -> Result<Exported> {
     let exp = &plan.experiment;
     let mut e = Exported::default();
-    let io = |err: std::io::Error| Error::runtime(format!("cannot write the export: {err}"));
+    let io = |err: std::io::Error| Error::io(format!("cannot write the export: {err}"), err);
     let mut line = Vec::with_capacity(1 << 16);
     let stats = scan::scan(rd, plan, |batch| {
         for f in &batch.dialogues {

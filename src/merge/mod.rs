@@ -54,7 +54,7 @@ pub use scan::{IdList, ScanStats};
 
 use crate::error::{Error, Result, exit};
 use crate::plan::Plan;
-use crate::store::{Lock, RunDir};
+use crate::rundir::{Lock, RunDir};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -119,19 +119,15 @@ struct Manifest {
     summary: MergeSummary,
 }
 
-pub fn out_dir(rd: &RunDir) -> PathBuf {
-    rd.root.join("out")
-}
-
 /// Merge the run's journals into `RUN_DIR/out/{dialogues,turns}.parquet` (see the module docs).
 /// The caller prints [`scan::warnings`] of the summary's stats and decides the exit code with
 /// [`MergeSummary::exit_code`].
 pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
     let started = Instant::now();
     let plan = rd.load_plan()?;
-    let out = out_dir(rd);
+    let out = rd.out_dir();
     fs_err::create_dir_all(&out)?;
-    let _lock = Lock::try_acquire(&rd.lock_dir().join("merge.lock"), "a merge of this run")?;
+    let _lock = Lock::try_acquire(&rd.merge_lock_path(), "a merge of this run")?;
     let dialogues_path = out.join(DIALOGUES_FILE);
     let turns_path = out.join(TURNS_FILE);
     let manifest_path = out.join(MANIFEST_FILE);
@@ -176,7 +172,7 @@ pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
         summary: summary.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::runtime(e.to_string()))?;
-    crate::store::write_atomic(&manifest_path, &json)?;
+    crate::rundir::write_atomic(&manifest_path, &json)?;
     Ok(summary)
 }
 
@@ -243,7 +239,7 @@ fn writer_properties(schema: &SchemaRef, kv: Vec<KeyValue>) -> Result<WriterProp
     Ok(b.build())
 }
 
-pub use crate::store::Pending;
+pub use crate::rundir::Pending;
 
 /// Encode batches from `rx` into `file` until the channel closes; returns rows written.
 fn write_file(
@@ -256,6 +252,7 @@ fn write_file(
 ) -> Result<u64> {
     let err = |e: parquet::errors::ParquetError| {
         Error::runtime(format!("cannot write `{}`: {e}", path.display()))
+            .with_source(e)
             .with_hint("check free disk space in the run directory's `out/` folder")
     };
     let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(err)?;

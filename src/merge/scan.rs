@@ -8,7 +8,7 @@
 //! winning record ended with a backend failure are *failed*. Both lists are kept as a count and
 //! the first [`LISTED`] ids.
 //!
-//! The journal is read with the worker's own reader (`worker::journal::scan`: a bad last line is a
+//! The journal is read with the worker's own reader (`rundir::journal::scan`: a bad last line is a
 //! torn tail, a bad line elsewhere is damaged and skipped), streaming, with `call` records skipped
 //! unchecked and undecoded and `done` records decoded straight into [`DialogueRecord`] (the `t` tag
 //! is an ignored field), which is what makes a merge faster than the journals are long.
@@ -16,8 +16,8 @@
 use crate::dialogue::DialogueRecord;
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Unit, UnitId, UnitsReader};
-use crate::store::RunDir;
-use crate::worker::journal::{self, Entry};
+use crate::rundir::RunDir;
+use crate::rundir::journal::{self, Entry};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -134,7 +134,7 @@ fn read_shard_journal(
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::runtime(format!("cannot open `{}`: {e}", path.display()))),
+        Err(e) => return Err(Error::io(format!("cannot open `{}`: {e}", path.display()), e)),
     };
     let mut out = ShardJournal { done: HashMap::new() };
     let mut attempt = 0u32;
@@ -177,13 +177,13 @@ fn read_shard_journal(
         stats.damaged.push(format!("{rel}:{line}"));
     }
     if let Some(h) = info.header
-        && (h.plan_hash != plan_hash || h.shard != shard)
+        && (h.meta.plan_hash != plan_hash || h.meta.shard != shard)
     {
         return Err(Error::config(format!(
             "`{}` belongs to another plan or shard (plan {}, shard {}; expected plan {plan_hash}, shard {shard})",
             path.display(),
-            h.plan_hash,
-            h.shard
+            h.meta.plan_hash,
+            h.meta.shard
         ))
         .with_hint("the run directory was changed by hand; run `roleplay plan --replan` to carry finished work over"));
     }
@@ -255,11 +255,7 @@ pub fn scan(rd: &RunDir, plan: &Plan, mut sink: impl FnMut(ShardBatch) -> Result
             .collect();
         names.sort();
         for n in names {
-            let known = n
-                .strip_prefix("shard-")
-                .and_then(|s| s.strip_suffix(".jrnl"))
-                .and_then(|s| s.parse::<u32>().ok())
-                .is_some_and(|s| (s as usize) < plan.shards.len() && n == format!("shard-{s:05}.jrnl"));
+            let known = crate::rundir::shard_of_journal_name(&n).is_some_and(|s| (s as usize) < plan.shards.len());
             if !known {
                 stats.stray_journals.push(format!("journal/{n}"));
             }

@@ -7,11 +7,11 @@
 
 use crate::dialogue::{BackendFailure, Call, CallEvent, Counters, DialogueRecord, EndReason, Ending, Turn};
 use crate::error::Result;
+use crate::experiment::{Role, Sampling};
 use crate::llm::{CallKey, ErrorKind};
 use crate::plan::{self, Unit};
-use crate::spec::{Role, Sampling};
-use crate::store::RunDir;
-use crate::worker::journal::{AttemptStart, Entry, Journal};
+use crate::rundir::RunDir;
+use crate::rundir::journal::{AttemptStart, Entry, Journal};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;

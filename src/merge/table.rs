@@ -8,7 +8,7 @@
 
 use super::scan::Finished;
 use crate::dialogue::{Call, Turn};
-use crate::spec::Experiment;
+use crate::experiment::Experiment;
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, ListArray, StringBuilder, StructArray, UInt32Builder, UInt64Builder,
 };

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::dialogue::DialogueRecord;
-use crate::worker::journal::{Entry, Journal};
+use crate::rundir::journal::{Entry, Journal};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -73,7 +73,7 @@ pub(crate) fn planned(toml: &str) -> (tempfile::TempDir, RunDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exp.toml");
     std::fs::write(&file, toml).unwrap();
-    let p = crate::commands::plan::plan_experiment(&file, None, false, false).unwrap();
+    let p = crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
     let rd = RunDir::new(p.run_dir);
     (dir, rd)
 }
@@ -181,7 +181,7 @@ fn metadata_carries_the_plan_and_no_secret() {
             Some(env!("CARGO_PKG_VERSION"))
         );
         let exp = kv(&meta, meta::KEY_EXPERIMENT).unwrap();
-        let back: crate::spec::Experiment = serde_json::from_str(&exp).unwrap();
+        let back: crate::experiment::Experiment = serde_json::from_str(&exp).unwrap();
         assert_eq!(back.personas, plan.experiment.personas);
         assert!(exp.contains("HELPER_API_KEY"), "env var names are kept");
         let all: String = meta

@@ -13,7 +13,7 @@ mod units_file;
 
 pub use units_file::{UnitsReader, read_units, read_units_of_shard, write_units};
 
-use crate::spec::{Experiment, Sharding};
+use crate::experiment::{Experiment, Sharding};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -168,16 +168,42 @@ pub fn grid_size(exp: &Experiment) -> u64 {
     exp.personas.len() as u64 * exp.goals.len() as u64 * exp.pairs.len() as u64 * exp.dialogue.seeds.len() as u64
 }
 
+/// Why a grid cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    #[error(
+        "pairs ({0}, {1}) and ({2}, {3}) would generate the same dialogues: their models behave identically (same backend, model id, sampling and templates)"
+    )]
+    IdenticalPairs(String, String, String, String),
+    #[error("two units share the id {0} (a hash collision, or two identical units)")]
+    DuplicateUnit(UnitId),
+}
+
+impl ExpandError {
+    /// The user's error, naming the experiment file.
+    pub fn for_file(self, file: &std::path::Path) -> crate::Error {
+        let hint = match &self {
+            ExpandError::IdenticalPairs(..) => {
+                "make the models differ (e.g. in sampling or templates), or list `[[pairs]]` without one of them"
+            }
+            ExpandError::DuplicateUnit(_) => "make the personas, goals or seeds that repeat differ",
+        };
+        crate::Error::config(format!("`{}`: `pairs`: {self}", file.display())).with_hint(hint)
+    }
+}
+
 /// Expand the grid into units and shards. Deterministic: within a pair, units are ordered by id
 /// and cut into shards of equal size (the last may be smaller); shards are numbered pair by pair.
-pub fn expand(exp: &Experiment) -> Result<Expansion, String> {
+pub fn expand(exp: &Experiment) -> Result<Expansion, ExpandError> {
     let digests = Digests::new(exp);
     for (i, a) in digests.pairs.iter().enumerate() {
         if let Some(j) = digests.pairs[..i].iter().position(|b| b == a) {
             let (p, q) = (&exp.pairs[j], &exp.pairs[i]);
-            return Err(format!(
-                "pairs ({}, {}) and ({}, {}) would generate the same dialogues: their models behave identically (same backend, model id, sampling and templates)",
-                p.inquirer, p.responder, q.inquirer, q.responder
+            return Err(ExpandError::IdenticalPairs(
+                p.inquirer.clone(),
+                p.responder.clone(),
+                q.inquirer.clone(),
+                q.responder.clone(),
             ));
         }
     }
@@ -222,10 +248,7 @@ pub fn expand(exp: &Experiment) -> Result<Expansion, String> {
     let mut ids: Vec<UnitId> = units.iter().map(|u| u.id).collect();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!(
-            "two units share the id {} (a hash collision, or two identical units)",
-            w[0]
-        ));
+        return Err(ExpandError::DuplicateUnit(w[0]));
     }
     Ok(Expansion { units, shards })
 }

@@ -1,11 +1,11 @@
 //! Unit tests of the planner on small in-memory experiments.
 
 use super::*;
-use crate::spec;
+use crate::experiment;
 use std::path::Path;
 
 fn load(text: &str) -> Experiment {
-    spec::load_str(text, Path::new("/tmp/exp.toml"))
+    experiment::load_str(text, Path::new("/tmp/exp.toml"))
         .expect("valid")
         .experiment
 }

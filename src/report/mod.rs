@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::merge::scan::{self, ScanStats};
 use crate::merge::table::role_totals;
 use crate::plan::Plan;
-use crate::store::RunDir;
+use crate::rundir::RunDir;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -11,10 +11,10 @@
 //! The handler is kept cheap (no locks but one short map update per success): the server is
 //! also the load target of benchmarks.
 
+use crate::experiment::{Role, SimSettings};
 use crate::llm::sim::{SimOutput, sim_reply};
 use crate::llm::{CallKey, Message, Prompt};
 use crate::plan::UnitId;
-use crate::spec::{Role, SimSettings};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};

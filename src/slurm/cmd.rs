@@ -1,7 +1,7 @@
 //! Running Slurm's client commands: a bounded wait, captured output, and failures turned into
 //! [`Error`]s that name the command, show its stderr and give a hint.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SchedulerFailure};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -103,16 +103,15 @@ impl Invocation {
                     let _ = child.kill();
                     let _ = child.wait();
                     let _ = (out.join(), err.join());
-                    return Err(Error::runtime(format!(
-                        "`{}` did not answer within {} s",
-                        self.display(),
-                        timeout.as_secs()
-                    ))
+                    return Err(Error::scheduler(
+                        SchedulerFailure::Unreachable,
+                        format!("`{}` did not answer within {} s", self.display(), timeout.as_secs()),
+                    )
                     .with_hint(controller_hint(&self.name())));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
-                    return Err(Error::runtime(format!("cannot wait for `{}`: {e}", self.display())));
+                    return Err(Error::io(format!("cannot wait for `{}`: {e}", self.display()), e));
                 }
             }
         };
@@ -125,13 +124,17 @@ impl Invocation {
 
     fn spawn_error(&self, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::runtime(format!("cannot run `{}`: the command was not found", self.display())).with_hint(format!(
+            Error::scheduler(
+                SchedulerFailure::NotFound,
+                format!("cannot run `{}`: the command was not found", self.display()),
+            )
+            .with_hint(format!(
                 "run this on a machine with Slurm's client commands (a login node), or put `{}` on PATH; \
                  for the local test cluster run `scripts/slurm-cluster up`",
                 self.name()
             ))
         } else {
-            Error::runtime(format!("cannot run `{}`: {e}", self.display()))
+            Error::io(format!("cannot run `{}`: {e}", self.display()), e)
         }
     }
 
@@ -152,15 +155,16 @@ impl Invocation {
         } else {
             format!("`{}` failed ({status}):\n{detail}", self.display())
         };
-        Error::runtime(message).with_hint(hint_for(&self.name(), detail))
+        let (failure, hint) = classify(&self.name(), detail);
+        Error::scheduler(failure, message).with_hint(hint)
     }
 
     /// The error for output that does not read as expected.
     pub fn unreadable(&self, e: impl std::fmt::Display) -> Error {
-        Error::runtime(format!(
-            "`{}` printed output this tool cannot read: {e}",
-            self.display()
-        ))
+        Error::scheduler(
+            SchedulerFailure::Refused,
+            format!("`{}` printed output this tool cannot read: {e}", self.display()),
+        )
         .with_hint("this Slurm may print its fields differently: run the command by hand and report what it printed")
     }
 }
@@ -178,16 +182,25 @@ fn controller_hint(program: &str) -> String {
     )
 }
 
-/// A hint chosen by what the command printed.
-fn hint_for(program: &str, stderr: &str) -> String {
+/// What Slurm's own words on stderr say about a failure: whether the controller did not answer
+/// (worth another try) or refused, and the hint for it. This is where the scheduler's text is read,
+/// once, at the boundary; callers decide on the [`SchedulerFailure`].
+fn classify(program: &str, stderr: &str) -> (SchedulerFailure, String) {
     let s = stderr.to_ascii_lowercase();
-    if s.contains("unable to contact slurm controller")
-        || s.contains("socket timed out")
-        || s.contains("connection refused")
-        || s.contains("communication connection failure")
-    {
-        controller_hint(program)
-    } else if s.contains("invalid job array specification") {
+    let unreachable = [
+        "unable to contact slurm controller",
+        "socket timed out",
+        "timed out",
+        "connection refused",
+        "communication connection failure",
+        "temporarily unable",
+        "resource temporarily unavailable",
+        "try again",
+    ];
+    if unreachable.iter().any(|p| s.contains(p)) {
+        return (SchedulerFailure::Unreachable, controller_hint(program));
+    }
+    let hint = if s.contains("invalid job array specification") {
         "an array index is above MaxArraySize - 1, or the array has more tasks than \
          SchedulerParameters=max_array_tasks allows: see `scontrol show config | grep -E 'MaxArraySize|SchedulerParameters'` \
          and split the work into several arrays indexed from 0"
@@ -206,5 +219,6 @@ fn hint_for(program: &str, stderr: &str) -> String {
         "check the account and QOS you may use with `sacctmgr show assoc user=$USER`".to_string()
     } else {
         format!("run the command by hand to see more; `{program} --help` lists its options")
-    }
+    };
+    (SchedulerFailure::Refused, hint)
 }

@@ -1,34 +1,28 @@
-//! The run's submissions journal, `RUN_DIR/slurm/submissions.jsonl`: one JSON line per sbatch call
+//! The run's submissions journal, `RUN_DIR/slurm/submissions.jrnl`: one record per sbatch call
 //! and its answer, per `roleplay cancel`, and per task outcome learnt from the scheduler.
 //!
-//! Append-only: a line is written with one `write` and synced before the command goes on, so a
-//! crash leaves at most a torn last line, which readers skip. An intent (`submitting`) is written
-//! before sbatch runs, so a submit that crashed (or whose sbatch timed out) after the job was queued
-//! is found again by its deterministic name instead of being submitted twice. Task outcomes are
-//! recorded because squeue forgets finished jobs after MinJobAge and sacct may not exist: once seen,
-//! how an attempt ended is never lost, which is what the attempt budget counts.
+//! It is an append-only log in the run directory's one log format (a version header, a checksum
+//! per record, a torn last record cut off; see [`crate::rundir::log`]); every batch of records is
+//! synced before the command goes on. An intent (`submitting`) is written before sbatch runs, so a
+//! submit that crashed (or whose sbatch timed out) after the job was queued is found again by its
+//! deterministic name instead of being submitted twice. Task outcomes are recorded because squeue
+//! forgets finished jobs after MinJobAge and sacct may not exist: once seen, how an attempt ended is
+//! never lost, which is what the attempt budget counts.
 
-use crate::error::{Error, Result};
-use crate::store::RunDir;
+use crate::error::Result;
+use crate::rundir::RunDir;
+use crate::rundir::log::{self, Format, Log};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::PathBuf;
 
-pub const SUBMISSIONS_FILE: &str = "submissions.jsonl";
+pub const FORMAT: Format = Format {
+    name: "roleplay-submissions",
+    version: 1,
+    what: "submissions journal",
+};
 
-/// `RUN_DIR/slurm`: rendered scripts, array maps, the submissions journal.
-pub fn slurm_dir(rd: &RunDir) -> PathBuf {
-    rd.root.join("slurm")
-}
-
-pub fn submissions_path(rd: &RunDir) -> PathBuf {
-    slurm_dir(rd).join(SUBMISSIONS_FILE)
-}
-
-/// `RUN_DIR/logs/slurm`: one `%A_%a.out` per array task, `merge-%j.out` per merge job.
-pub fn log_dir(rd: &RunDir) -> PathBuf {
-    rd.logs_dir().join("slurm")
-}
+/// The submissions journal's header adds nothing to the format and version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meta {}
 
 /// What a submitted job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -160,22 +154,26 @@ pub struct Submissions {
 }
 
 pub fn now() -> u64 {
-    crate::worker::state::now()
+    crate::rundir::state::now()
 }
 
 impl Submissions {
+    /// Reads the journal (and the plain JSON lines of `submissions.jsonl` that versions before
+    /// the checksummed log wrote, first); damaged records are listed and skipped.
     pub fn read(rd: &RunDir) -> Result<Submissions> {
-        let path = submissions_path(rd);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Submissions::default()),
-            Err(e) => return Err(Error::runtime(format!("cannot read `{}`: {e}", path.display()))),
+        let mut out = match std::fs::read(rd.legacy_submissions_path()) {
+            Ok(bytes) => Submissions::parse_legacy(&bytes),
+            Err(_) => Submissions::default(),
         };
-        Ok(Submissions::parse(&bytes))
+        if let Some(c) = log::read::<Meta, Record>(&rd.submissions_path(), &FORMAT)? {
+            out.records.extend(c.records);
+            out.damaged_lines.extend(c.info.damaged_lines);
+        }
+        Ok(out)
     }
 
-    /// Reads journal bytes; never fails (damaged lines are listed and skipped).
-    pub fn parse(bytes: &[u8]) -> Submissions {
+    /// Reads plain JSON lines (the format before the checksummed log); never fails.
+    fn parse_legacy(bytes: &[u8]) -> Submissions {
         let mut out = Submissions::default();
         let ends_clean = bytes.last().is_none_or(|&b| b == b'\n');
         let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
@@ -186,7 +184,6 @@ impl Submissions {
             }
             match serde_json::from_slice::<Record>(line) {
                 Ok(r) => out.records.push(r),
-                // A torn last line: the write that was cut short by a crash.
                 Err(_) if i == last && !ends_clean => {}
                 Err(_) => out.damaged_lines.push(i + 1),
             }
@@ -194,29 +191,27 @@ impl Submissions {
         out
     }
 
-    /// Appends one record (one write, then fsync).
-    pub fn append(rd: &RunDir, record: &Record) -> Result<()> {
-        let path = submissions_path(rd);
-        fs_err::create_dir_all(slurm_dir(rd))?;
-        let mut line = serde_json::to_vec(record).expect("serialisable");
-        line.push(b'\n');
-        let io = |e: std::io::Error| {
-            Error::runtime(format!("cannot append to `{}`: {e}", path.display()))
-                .with_hint("free disk space or fix permissions; the scheduler's queue still shows what was submitted")
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
-        f.write_all(&line).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        Ok(())
+    /// Appends records (one write each, one fsync for the batch).
+    pub fn append(rd: &RunDir, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (log, _) =
+            Log::open::<Meta, serde::de::IgnoredAny>(&rd.submissions_path(), &FORMAT, Meta {}, true, |_| Ok(()))
+                .map_err(|e| {
+                    e.with_hint(
+                        "free disk space or fix permissions; the scheduler's queue still shows what was submitted",
+                    )
+                })?;
+        for r in records {
+            log.append(r)?;
+        }
+        log.sync()
     }
 
     /// Appends to the journal and to this in-memory copy.
     pub fn push(&mut self, rd: &RunDir, record: Record) -> Result<()> {
-        Submissions::append(rd, &record)?;
+        Submissions::append(rd, std::slice::from_ref(&record))?;
         self.records.push(record);
         Ok(())
     }
@@ -357,31 +352,58 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_torn_tail_and_damaged_lines() {
+    fn round_trip_torn_tail_and_damaged_records() {
         let dir = tempfile::tempdir().unwrap();
         let rd = RunDir::new(dir.path());
         let mut s = Submissions::read(&rd).unwrap();
         assert!(s.records.is_empty());
         s.push(&rd, intent(0, 0)).unwrap();
         s.push(&rd, accepted(0, 0, 17)).unwrap();
-        s.push(&rd, intent(0, 1)).unwrap();
-        let mut bytes = std::fs::read(submissions_path(&rd)).unwrap();
-        bytes.extend_from_slice(b"not json\n");
-        bytes.extend_from_slice(&serde_json::to_vec(&accepted(0, 1, 18)).unwrap());
-        bytes.extend_from_slice(b"\n{\"event\":\"submitted\",\"plan_ha");
-        let back = Submissions::parse(&bytes);
-        assert_eq!(back.damaged_lines, vec![4]);
-        assert_eq!(back.records.len(), 4);
-        assert!(back.unresolved().is_empty());
-        assert_eq!(back.next_round(), 1);
-        assert_eq!(back.first_round_of("p"), Some(0));
+        Submissions::append(&rd, &[intent(0, 1), accepted(0, 1, 18)]).unwrap();
+        let read = Submissions::read(&rd).unwrap();
+        assert_eq!(read.records.len(), 4);
+        assert!(read.unresolved().is_empty());
+        assert_eq!(read.next_round(), 1);
+        assert_eq!(read.first_round_of("p"), Some(0));
         assert_eq!(
-            back.accepted_of("p").map(|a| a.job_id).collect::<Vec<_>>(),
+            read.accepted_of("p").map(|a| a.job_id).collect::<Vec<_>>(),
             vec![17, 18]
         );
-        let read = Submissions::read(&rd).unwrap();
-        assert_eq!(read.unresolved().len(), 1, "the intent of array 1 has no answer");
-        assert_eq!(read.unresolved()[0].slot.array, 1);
+        // Damage the last record but one, and tear a record at the end (a crash mid-write).
+        let path = rd.submissions_path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let fourth = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(3).unwrap().0 + 12;
+        bytes[fourth] ^= 0x01;
+        bytes.extend_from_slice(b"0123abcd {\"event\":\"submitted\",\"plan_ha");
+        std::fs::write(&path, &bytes).unwrap();
+        let back = Submissions::read(&rd).unwrap();
+        assert_eq!(back.damaged_lines, vec![5]);
+        assert_eq!(back.records.len(), 3);
+        assert_eq!(back.unresolved().len(), 1, "the intent of array 1 has no answer");
+        assert_eq!(back.unresolved()[0].slot.array, 1);
+        // Appending cuts the torn tail first; the damaged record stays skipped.
+        s.push(&rd, accepted(0, 1, 18)).unwrap();
+        let again = Submissions::read(&rd).unwrap();
+        assert_eq!(again.records.len(), 4);
+        assert!(again.unresolved().is_empty());
+    }
+
+    #[test]
+    fn the_plain_json_lines_of_earlier_versions_are_read_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path());
+        std::fs::create_dir_all(rd.slurm_dir()).unwrap();
+        let mut legacy = serde_json::to_vec(&intent(0, 0)).unwrap();
+        legacy.extend_from_slice(b"\nnot json\n");
+        legacy.extend_from_slice(&serde_json::to_vec(&accepted(0, 0, 17)).unwrap());
+        legacy.extend_from_slice(b"\n{\"event\":\"submi");
+        std::fs::write(rd.legacy_submissions_path(), legacy).unwrap();
+        Submissions::append(&rd, &[intent(1, 0)]).unwrap();
+        let s = Submissions::read(&rd).unwrap();
+        assert_eq!(s.damaged_lines, vec![2]);
+        assert_eq!(s.records.len(), 3);
+        assert_eq!(s.next_round(), 2);
+        assert_eq!(s.unresolved().len(), 1);
     }
 
     #[test]

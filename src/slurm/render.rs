@@ -14,7 +14,7 @@ use super::records::{self, JobKind, Slot, Submissions};
 use super::{Limits, Scheduler};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::store::{self, RunDir};
+use crate::rundir::{self, RunDir};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, context};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,8 +31,6 @@ const BUILTIN: &[(&str, &str)] = &[
 
 /// Names `[slurm] template` may give instead of a path.
 pub const BUILTIN_NAMES: [&str; 3] = ["api", "vllm", "sim"];
-
-pub const OPTIONS_FILE: &str = "render.json";
 
 /// sbatch options the templates set themselves; `extra_directives` may not repeat them.
 const RESERVED: [&str; 14] = [
@@ -72,7 +70,7 @@ pub struct RenderOptions {
 
 impl RenderOptions {
     fn path(rd: &RunDir) -> PathBuf {
-        records::slurm_dir(rd).join(OPTIONS_FILE)
+        rd.render_options_path()
     }
 
     /// The options stored by an earlier render (none stored: the defaults).
@@ -84,7 +82,7 @@ impl RenderOptions {
                     .with_hint("delete it and pass the render options again")
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RenderOptions::default()),
-            Err(e) => Err(Error::runtime(format!("cannot read `{}`: {e}", path.display()))),
+            Err(e) => Err(Error::io(format!("cannot read `{}`: {e}", path.display()), e)),
         }
     }
 
@@ -118,8 +116,8 @@ impl RenderOptions {
         if *self == RenderOptions::load(rd)? {
             return Ok(());
         }
-        fs_err::create_dir_all(records::slurm_dir(rd))?;
-        store::write_atomic(
+        fs_err::create_dir_all(rd.slurm_dir())?;
+        rundir::write_atomic(
             &RenderOptions::path(rd),
             &serde_json::to_vec_pretty(self).expect("serialisable"),
         )
@@ -277,21 +275,20 @@ impl RunCtx {
 
     /// `RUN_DIR/slurm/round-RRR-array-K.sbatch` (or `round-RRR-merge.sbatch`).
     pub fn script_path(&self, round: u32, kind: JobKind, array: u32) -> PathBuf {
-        let dir = records::slurm_dir(&self.rd);
         match kind {
-            JobKind::Array => dir.join(format!("round-{round:03}-array-{array}.sbatch")),
-            JobKind::Merge => dir.join(format!("round-{round:03}-merge.sbatch")),
+            JobKind::Array => self.rd.slurm_array_script(round, array),
+            JobKind::Merge => self.rd.slurm_merge_script(round),
         }
     }
 
     /// `RUN_DIR/slurm/round-RRR-array-K.json`: array index to shard, read by the worker.
     pub fn map_path(&self, round: u32, array: u32) -> PathBuf {
-        records::slurm_dir(&self.rd).join(format!("round-{round:03}-array-{array}.json"))
+        self.rd.slurm_array_map(round, array)
     }
 
     /// `path` relative to the run directory, for records and messages.
     pub fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.rd.root).unwrap_or(path).display().to_string()
+        self.rd.relative(path)
     }
 }
 
@@ -674,7 +671,7 @@ pub fn render_round(
             comment: ctx.comment(round, JobKind::Array, k),
             array_spec: Some(spec.clone()),
             signal: (!has_signal).then(|| format!("B:USR2@{}", settings.signal_grace_secs)),
-            log_name: "%A_%a.out",
+            log_name: rundir::SLURM_TASK_LOG,
             map_path: Some(&map_path),
             shards: group,
             pairs: &pairs,
@@ -709,7 +706,7 @@ pub fn render_merge(ctx: &RunCtx, round: u32, opts: &RenderOptions) -> Result<Re
         comment: ctx.comment(round, JobKind::Merge, 0),
         array_spec: None,
         signal: None,
-        log_name: "merge-%j.out",
+        log_name: rundir::SLURM_MERGE_LOG,
         map_path: None,
         shards: &[],
         pairs: &BTreeSet::new(),
@@ -760,11 +757,11 @@ fn served_models(ctx: &RunCtx, pairs: &BTreeSet<u32>) -> Vec<Value> {
         for name in [&pair.inquirer, &pair.responder] {
             let Some(m) = exp.model(name) else { continue };
             let local = m.transport.base_url.as_deref().is_some_and(is_loopback);
-            if m.behaviour.backend != crate::spec::Backend::Openai || !local {
+            if m.behaviour.backend != crate::experiment::Backend::Openai || !local {
                 continue;
             }
             let entry = by_model.entry(m.behaviour.model.clone()).or_default();
-            let env_name = crate::worker::endpoint_env_name(&m.name);
+            let env_name = crate::experiment::endpoint_env_name(&m.name);
             if !entry.0.contains(&env_name) {
                 entry.0.push(env_name);
             }
@@ -838,7 +835,7 @@ fn render_one(
                 .with_hint("name experiments with letters, digits and `-_.` only, then plan again with `--replan`"),
         );
     }
-    let log_dir = records::log_dir(&ctx.rd);
+    let log_dir = ctx.rd.slurm_log_dir();
     let log_pattern = format!("{}/{}", log_dir.display(), job.log_name);
     let sbatch_args = if log_in_script {
         Vec::new()
@@ -978,8 +975,8 @@ fn check_bash_syntax(template: &str, script: &str) -> Result<()> {
 /// Writes scripts and maps. A map that running tasks may read (its array was submitted) is never
 /// changed: rendering it differently is refused.
 pub fn write(ctx: &RunCtx, rendered: &[Rendered], subs: &Submissions) -> Result<()> {
-    fs_err::create_dir_all(records::slurm_dir(&ctx.rd))?;
-    fs_err::create_dir_all(records::log_dir(&ctx.rd))?;
+    fs_err::create_dir_all(ctx.rd.slurm_dir())?;
+    fs_err::create_dir_all(ctx.rd.slurm_log_dir())?;
     for r in rendered {
         if let Some(map) = &r.map_path {
             let bytes = r.map_json();
@@ -995,9 +992,9 @@ pub fn write(ctx: &RunCtx, rendered: &[Rendered], subs: &Submissions) -> Result<
                 ))
                 .with_hint("jobs read it while they run: keep the limits of the first submission, or use `roleplay resume`, which renders a new round"));
             }
-            store::write_atomic(map, &bytes)?;
+            rundir::write_atomic(map, &bytes)?;
         }
-        store::write_atomic(&r.script_path, r.script.as_bytes())?;
+        rundir::write_atomic(&r.script_path, r.script.as_bytes())?;
     }
     Ok(())
 }

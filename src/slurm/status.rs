@@ -14,7 +14,7 @@ use super::render::RunCtx;
 use super::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, QueueFilter, QueueRecord, Scheduler};
 use crate::dialogue::EndReason;
 use crate::plan::UnitId;
-use crate::worker::state::{self, ShardState as WorkerState, ShardStatus};
+use crate::rundir::state::{self, ShardState as WorkerState, ShardStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -224,7 +224,7 @@ fn journal_summary(ctx: &RunCtx, shard: u32, warnings: &mut Vec<String>) -> Jour
         return JournalSummary::default();
     };
     let mut units: HashMap<UnitId, bool> = HashMap::new();
-    let scanned = crate::worker::journal::scan(
+    let scanned = crate::rundir::journal::scan(
         &path,
         std::io::BufReader::new(file),
         |json| json.starts_with(br#"{"t":"done""#),
@@ -241,7 +241,12 @@ fn journal_summary(ctx: &RunCtx, shard: u32, warnings: &mut Vec<String>) -> Jour
             warnings.push(e.message);
             return JournalSummary::default();
         }
-        Ok(info) if info.header.as_ref().is_some_and(|h| h.plan_hash != ctx.plan.plan_hash) => {
+        Ok(info)
+            if info
+                .header
+                .as_ref()
+                .is_some_and(|h| h.meta.plan_hash != ctx.plan.plan_hash) =>
+        {
             warnings.push(format!(
                 "`{}` belongs to another plan: its records are not counted",
                 path.display()
@@ -404,7 +409,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
     if !subs.damaged_lines.is_empty() {
         warnings.push(format!(
             "`{}`: skipped unreadable lines {:?}",
-            super::records::submissions_path(&ctx.rd).display(),
+            ctx.rd.submissions_path().display(),
             subs.damaged_lines
         ));
     }
@@ -536,9 +541,8 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                 .filter(|w| w.status == ShardStatus::Running)
                 .map(|w| now.saturating_sub(w.heartbeat_at)),
             log: latest.map(|t| {
-                ctx.relative(
-                    &super::records::log_dir(&ctx.rd).join(format!("{}_{}.out", t.task.array_job_id, t.task.task_id)),
-                )
+                ctx.rd
+                    .relative(&ctx.rd.slurm_task_log(t.task.array_job_id, t.task.task_id))
             }),
             resubmit: false,
         };

@@ -12,7 +12,7 @@ use super::render::{self, ArrayLimits, RenderOptions, Rendered, RunCtx, shell_qu
 use super::status::{self, RunReport, StatusOptions};
 use super::{JobRef, QueueFilter, Scheduler};
 use crate::error::{Error, Result};
-use crate::store::Lock;
+use crate::rundir::Lock;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -87,27 +87,9 @@ impl SubmitReport {
 /// The run's submit lock: one `submit`, `resume` or `cancel` at a time.
 pub fn lock(ctx: &RunCtx) -> Result<Lock> {
     Lock::try_acquire(
-        &ctx.rd.lock_dir().join("submit.lock"),
+        &ctx.rd.submit_lock_path(),
         "another `roleplay submit`, `resume` or `cancel` of this run",
     )
-}
-
-/// sbatch errors worth another try (after the queue was searched): the controller did not answer.
-fn transient(e: &Error) -> bool {
-    let m = e.message.to_ascii_lowercase();
-    [
-        "socket timed out",
-        "timed out",
-        "unable to contact",
-        "connection refused",
-        "did not answer within",
-        "communication connection failure",
-        "temporarily unable",
-        "resource temporarily unavailable",
-        "try again",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
 }
 
 /// The array (or plain) job ids queued under `name`, oldest first. A record whose comment differs
@@ -216,7 +198,7 @@ impl Submitter<'_> {
                         via: Via::Queue,
                     });
                 }
-                Ok(_) if tries < self.opts.max_tries && transient(&err) => {
+                Ok(_) if tries < self.opts.max_tries && Error::is_transient(&err) => {
                     self.warnings.push(format!(
                         "sbatch failed for `{name}` and the job is not queued: trying again ({})",
                         err.message.lines().next().unwrap_or("")

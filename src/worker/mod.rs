@@ -7,18 +7,17 @@
 //! new work, gives in-flight calls `grace_secs` to finish, then abandons the rest (their completed
 //! calls are already journaled), syncs, and reports `interrupted`.
 
-pub mod journal;
+pub mod local;
 pub mod signals;
-pub mod state;
 
 use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason, Recorder};
 use crate::error::{Error, Result};
 use crate::llm::ChatModel;
 use crate::plan::{self, Plan, Unit};
-use crate::store::{Lock, RunDir};
-use journal::{AttemptStart, Entry, Journal, Replay};
+use crate::rundir::journal::{self, AttemptStart, Entry, Journal, Replay};
+use crate::rundir::state::{self, ShardState, ShardStatus};
+use crate::rundir::{Lock, RunDir};
 use signals::Cancel;
-use state::{ShardState, ShardStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,11 +87,11 @@ impl Shared {
         plan: Arc<Plan>,
         options: Options,
         cancel: Cancel,
-        make_client: impl Fn(&crate::spec::Model) -> Result<Arc<dyn ChatModel>>,
+        make_client: impl Fn(&crate::experiment::Model) -> Result<Arc<dyn ChatModel>>,
     ) -> Result<Shared> {
         let mut clients = HashMap::new();
         for m in &plan.experiment.models {
-            let m = with_endpoint_override(m, |k| std::env::var(k).ok());
+            let m = m.with_endpoint_from_env(|k| std::env::var(k).ok());
             clients.insert(m.name.clone(), make_client(&m)?);
         }
         let permits = Arc::new(Semaphore::new(plan.experiment.worker.concurrency as usize));
@@ -106,37 +105,6 @@ impl Shared {
             options,
         })
     }
-}
-
-/// The environment variable that overrides one model's `base_url` (`ROLEPLAY_BASE_URL__<NAME>`,
-/// the name upper-cased with other characters as `_`).
-pub fn endpoint_env_name(model: &str) -> String {
-    let name: String = model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("ROLEPLAY_BASE_URL__{name}")
-}
-
-/// A model with its endpoint replaced from the environment, for jobs that start their own server
-/// (the `sim` and `vllm` Slurm templates): `ROLEPLAY_BASE_URL__<NAME>` for one model, else
-/// `ROLEPLAY_BASE_URL` for every HTTP model. Endpoints are not part of unit ids, so this changes
-/// where requests go, never what is being generated.
-pub fn with_endpoint_override(m: &crate::spec::Model, env: impl Fn(&str) -> Option<String>) -> crate::spec::Model {
-    let mut m = m.clone();
-    if m.transport.base_url.is_some()
-        && let Some(url) = env(&endpoint_env_name(&m.name)).or_else(|| env("ROLEPLAY_BASE_URL"))
-        && !url.trim().is_empty()
-    {
-        m.transport.base_url = Some(url.trim().trim_end_matches('/').to_string());
-    }
-    m
 }
 
 /// How a shard run ended.
@@ -178,10 +146,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         ))
         .with_hint("check `--shard`, or the array map the Slurm script passes"));
     }
-    let _lock = Lock::try_acquire(
-        &rd.lock_dir().join(format!("shard-{shard:05}.lock")),
-        &format!("a worker of shard {shard}"),
-    )?;
+    let _lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
     let units = plan::read_units_of_shard(&rd.units_path(plan), shard)?;
     if units.len() as u32 != plan.shards[shard as usize].units {
         return Err(Error::config(format!(

@@ -8,7 +8,7 @@
 
 use roleplay::dialogue::DialogueRecord;
 use roleplay::plan::{Unit, UnitId};
-use roleplay::worker::journal::{self, Contents, Entry};
+use roleplay::rundir::journal::{self, Contents, Entry};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -456,7 +456,7 @@ r = 2
 
 /// The planned units of a run, from its units file.
 pub fn plan_units(run: &Path) -> Vec<Unit> {
-    let rd = roleplay::store::RunDir::new(run);
+    let rd = roleplay::rundir::RunDir::new(run);
     let plan = rd.load_plan().unwrap_or_else(|e| panic!("{e}"));
     roleplay::plan::read_units(&rd.units_path(&plan)).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -395,7 +395,7 @@ async fn the_sim_backend_returns_the_reply_of_sim_reply() {
     let req = Request {
         key: key(3, Role::Responder, 0, 0),
         prompt: responder_prompt(),
-        sampling: crate::spec::Sampling {
+        sampling: crate::experiment::Sampling {
             max_new_tokens: Some(10),
             ..Default::default()
         },

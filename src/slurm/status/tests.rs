@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::dialogue::{Counters, DialogueRecord, Ending};
+use crate::rundir::journal::{Entry, Journal};
 use crate::slurm::records::{Accepted, JobKind, Record, Slot, Via};
 use crate::slurm::{FakeScheduler, Limits};
-use crate::worker::journal::{Entry, Journal};
 
 const EXPERIMENT: &str = r#"
 name = "unit"
@@ -46,7 +46,7 @@ pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("experiment.toml");
     std::fs::write(&file, EXPERIMENT).unwrap();
-    crate::commands::plan::plan_experiment(&file, None, false, false).unwrap();
+    crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
     let ctx = RunCtx::open(&dir.path().join("run"))
         .unwrap()
         .with_exe("/opt/roleplay/bin/roleplay");

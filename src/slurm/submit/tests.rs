@@ -2,11 +2,11 @@
 //! sbatch fail in the ways real clusters do).
 
 use super::*;
+use crate::rundir::state::ShardStatus;
 use crate::slurm::status::tests::{accepted, acct, finish, fixture, queued, worker_state};
 use crate::slurm::{
     AccountingRecord, ArrayTask, FakeScheduler, JobState, Limits, QueueRecord, Submitted, status::State,
 };
-use crate::worker::state::ShardStatus;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -77,10 +77,13 @@ impl Scheduler for Flaky {
             });
             self.fake.set_queue(q);
         }
-        Err(Error::runtime(format!(
-            "`sbatch --parsable` failed (exit 1):\n{}",
-            self.message
-        )))
+        // The error a real sbatch gives: classified by the one reader of Slurm's stderr.
+        let inv = crate::slurm::cmd::Invocation::new(None, "sbatch", vec!["--parsable".into()]);
+        Err(inv.failure(&crate::slurm::cmd::Output {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: self.message.clone(),
+        }))
     }
     fn queue(&self, filter: &QueueFilter) -> Result<Vec<QueueRecord>> {
         self.fake.queue(filter)

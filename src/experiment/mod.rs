@@ -117,6 +117,22 @@ pub struct Model {
 }
 
 impl Model {
+    /// This model with its endpoint replaced from the environment, for jobs that start their own
+    /// server (the `sim` and `vllm` Slurm templates): `ROLEPLAY_BASE_URL__<NAME>` (see
+    /// [`endpoint_env_name`]) for one model, else `ROLEPLAY_BASE_URL` for every HTTP model.
+    /// Endpoints are not part of unit ids, so this changes where requests go, never what is
+    /// generated.
+    pub fn with_endpoint_from_env(&self, env: impl Fn(&str) -> Option<String>) -> Model {
+        let mut m = self.clone();
+        if m.transport.base_url.is_some()
+            && let Some(url) = env(&endpoint_env_name(&m.name)).or_else(|| env("ROLEPLAY_BASE_URL"))
+            && !url.trim().is_empty()
+        {
+            m.transport.base_url = Some(url.trim().trim_end_matches('/').to_string());
+        }
+        m
+    }
+
     pub fn plays(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
@@ -127,6 +143,22 @@ impl Model {
             Role::Responder => self.behaviour.responder_templates.as_ref(),
         }
     }
+}
+
+/// The environment variable that overrides one model's `base_url` (`ROLEPLAY_BASE_URL__<NAME>`,
+/// the name upper-cased with other characters as `_`).
+pub fn endpoint_env_name(model: &str) -> String {
+    let name: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ROLEPLAY_BASE_URL__{name}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -2,7 +2,7 @@
 //!
 //! Unknown keys are errors everywhere (`deny_unknown_fields`), so a misspelt key never silently
 //! falls back to a default. Nothing here is validated beyond types; `resolve` turns these into an
-//! [`crate::spec::Experiment`] and owns every cross-field rule.
+//! [`crate::experiment::Experiment`] and owns every cross-field rule.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

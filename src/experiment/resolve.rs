@@ -39,7 +39,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// Parse and validate experiment text as if it were the file at `path`.
 pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     let shown = path.display().to_string();
-    let raw: RawExperiment = toml::from_str(text).map_err(|e| toml_error(&shown, e))?;
+    let raw: RawExperiment = toml::from_str(text).map_err(|e| toml_error(&shown, text, e))?;
     let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
     let cx = Cx { file: shown, base };
@@ -71,18 +71,22 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     })
 }
 
-fn toml_error(file: &str, e: toml::de::Error) -> Error {
-    let msg = e.to_string();
-    let hint = if msg.contains("unknown field") {
-        "check the spelling of the key; README.md (\"Experiment file reference\") lists every key"
-    } else if msg.contains("missing field") {
-        "add the missing key; README.md (\"Experiment file reference\") lists what each table needs"
-    } else if msg.contains("invalid type") {
-        "check the value's type (string, integer, list, table) against README.md"
-    } else {
+/// The error for a file that does not deserialise. Whether the TOML itself is broken is asked of
+/// the TOML parser (a file that parses as a table has valid syntax, so the fault is a key or value),
+/// never read from the message.
+fn toml_error(file: &str, text: &str, e: toml::de::Error) -> Error {
+    let hint = if text.parse::<toml::Table>().is_err() {
         "fix the TOML syntax at the line and column shown"
+    } else {
+        "check the key's spelling, the value's type and the keys its table needs: README.md \
+         (\"Experiment file reference\") lists every key"
     };
-    Error::config(format!("`{file}` is not a valid experiment file:\n{}", msg.trim_end())).with_hint(hint)
+    Error::config(format!(
+        "`{file}` is not a valid experiment file:\n{}",
+        e.to_string().trim_end()
+    ))
+    .with_hint(hint)
+    .with_source(e)
 }
 
 /// Resolution context: the file name for messages, the folder for relative paths.

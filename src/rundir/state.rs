@@ -2,8 +2,8 @@
 //! and when it last said so. Written atomically; read by `status` as evidence next to the journal,
 //! which stays the truth about what is done.
 
+use super::{RunDir, write_atomic};
 use crate::error::Result;
-use crate::store::{self, RunDir};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -64,7 +64,7 @@ pub fn read(rd: &RunDir, shard: u32) -> Option<ShardState> {
 
 pub fn write(rd: &RunDir, state: &ShardState) -> Result<()> {
     fs_err::create_dir_all(rd.state_dir())?;
-    store::write_atomic(
+    write_atomic(
         &rd.state_path(state.shard),
         &serde_json::to_vec_pretty(state).expect("serialisable"),
     )

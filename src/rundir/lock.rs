@@ -1,0 +1,57 @@
+//! Advisory locks: one worker per shard, one submit per run, one merge at a time.
+
+use super::WRITE_HINT;
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// How long a refused lock is asked again before the refusal stands.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// An exclusive advisory lock held for the life of the value (released on drop or process exit,
+/// including SIGKILL, so a crashed holder never leaves a stale lock).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl Lock {
+    /// Take the lock, or fail with `what` named in the message if another holder keeps it for
+    /// more than a moment.
+    ///
+    /// The moment: a lock is held by an open file, and a process that forks a child (every
+    /// `sbatch`, `squeue` or `bash -n` this tool runs) lends the child a copy of every open file
+    /// until it execs. A lock released and taken again in that window is refused although nobody
+    /// holds it any more, so a refusal is asked again for up to [`BUSY_WAIT`].
+    pub fn try_acquire(path: &Path, what: &str) -> Result<Lock> {
+        if let Some(parent) = path.parent() {
+            fs_err::create_dir_all(parent)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                Error::io(format!("cannot open the lock `{}`: {e}", path.display()), e).with_hint(WRITE_HINT)
+            })?;
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        let mut locked = file.try_lock();
+        while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            locked = file.try_lock();
+        }
+        match locked {
+            Ok(()) => Ok(Lock {
+                _file: file,
+                path: path.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::runtime(format!(
+                "{what} is already running (`{}` is locked)",
+                path.display()
+            ))
+            .with_hint("wait for the other process to finish; a lock is released as soon as its holder exits")),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("cannot lock `{}`: {e}", path.display()), e)),
+        }
+    }
+}

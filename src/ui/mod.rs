@@ -1,0 +1,65 @@
+//! Output helpers: data goes to stdout, and a closed pipe (`roleplay plan ... | head`) ends the
+//! program quietly instead of panicking.
+
+use crate::merge::MergeSummary;
+use std::io::Write;
+
+pub mod progress;
+
+/// Write one line to stdout; exit 0 at once if the reader has gone away.
+pub fn outln(s: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+/// `println!` that survives a closed pipe.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::ui::outln(format_args!($($arg)*)) };
+}
+
+/// The merge's outcome on stderr (warnings, counts, missing and failed units) and the two paths on
+/// stdout. Also what `roleplay run` prints after merging.
+pub fn print_merge(s: &MergeSummary) {
+    for w in crate::merge::scan::warnings(&s.stats) {
+        eprintln!("{w}");
+    }
+    let st = &s.stats;
+    if s.up_to_date {
+        eprintln!("merge is up to date: no journal changed since the last merge");
+    }
+    eprintln!(
+        "{} of {} planned dialogues merged ({} turns, {} failed, {} missing){}",
+        st.finished,
+        st.planned,
+        s.turns,
+        st.failed.count,
+        st.missing.count,
+        if s.up_to_date {
+            String::new()
+        } else {
+            format!(" in {:.1}s", s.seconds)
+        }
+    );
+    if !st.failed.is_empty() {
+        eprintln!("failed units (backend errors): {}", st.failed.describe());
+    }
+    if !st.missing.is_empty() {
+        eprintln!("missing units (no finished record): {}", st.missing.describe());
+    }
+    if !s.complete() {
+        if s.allow_partial {
+            eprintln!("the files hold the finished dialogues only");
+        } else {
+            eprintln!(
+                "hint: finish the run (`roleplay run RUN_DIR`, with `--retry-failed` for failed units), or pass `--allow-partial` to accept a partial dataset"
+            );
+        }
+    }
+    crate::outln!("{}", s.dialogues_path.display());
+    crate::outln!("{}", s.turns_path.display());
+}
