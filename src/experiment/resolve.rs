@@ -218,6 +218,80 @@ impl Cx {
                 .err(&key("api_key"), "a literal API key is refused: keys never go into files")
                 .with_hint("export the key in the environment and name the variable instead: `api_key_env = \"OPENAI_API_KEY\"`"));
         }
+        let roles = self.model_roles(m)?;
+        let (backend, api) = self.model_kind(m)?;
+        let mut transport = self.model_transport(m, backend)?;
+        let model_id = match (&m.model, backend) {
+            (Some(id), _) if !id.trim().is_empty() => id.clone(),
+            (_, Backend::Sim) => "roleplay-sim".into(),
+            (_, Backend::Replay) => "replay".into(),
+            _ => {
+                return Err(self
+                    .err(&key("model"), "the model id is missing")
+                    .with_hint("set `model` to the id the server knows (for Azure, the deployment name)"));
+            }
+        };
+        let context_length =
+            opt_range(self, &key("context_length"), m.context_length, 16, 100_000_000)?.map(|v| v as u32);
+        let regenerate_tries =
+            opt_range(self, &key("regenerate_tries"), m.regenerate_tries, 0, 100)?.unwrap_or(0) as u32;
+        let idx =
+            opt_range(self, &key("idx_of_possible_prompt"), m.idx_of_possible_prompt, 0, 100)?.unwrap_or(0) as usize;
+        let self_reply_markers = match &m.self_reply_markers {
+            Some(list) => {
+                if list.iter().any(String::is_empty) {
+                    return Err(self
+                        .err(&key("self_reply_markers"), "a marker is empty")
+                        .with_hint("remove the empty string"));
+                }
+                list.clone()
+            }
+            None if api == Api::Completions => vec!["[INST".into(), "### Human:".into()],
+            None => Vec::new(),
+        };
+        let sampling = self.sampling(&key("sampling"), &m.sampling)?;
+        let degeneration = Degeneration {
+            max_n: opt_range(self, &key("degeneration.max_n"), m.degeneration.max_n, 2, 64)?.unwrap_or(4) as usize,
+            r: opt_range(self, &key("degeneration.r"), m.degeneration.r, 2, 64)?.unwrap_or(2) as usize,
+        };
+        let (inquirer_templates, responder_templates) = self.model_templates(m, &roles)?;
+        let sim = match (&m.sim, backend) {
+            (Some(s), Backend::Sim) => Some(self.sim(&key("sim"), s)?),
+            (None, Backend::Sim) => Some(SimSettings::default()),
+            (Some(_), _) => {
+                return Err(self
+                    .err(&key("sim"), "only the `sim` backend takes simulator settings")
+                    .with_hint("remove the `[models.sim]` table or set `backend = \"sim\"`"));
+            }
+            (None, _) => None,
+        };
+        let (replay_file, replay_digest) = self.model_replay(m, backend)?;
+        transport.replay_file = replay_file;
+        Ok(Model {
+            name: m.name.clone(),
+            roles,
+            transport,
+            behaviour: Behaviour {
+                backend,
+                api,
+                model: model_id,
+                context_length,
+                regenerate_tries,
+                idx_of_possible_prompt: idx,
+                self_reply_markers,
+                sampling,
+                degeneration,
+                inquirer_templates,
+                responder_templates,
+                sim,
+                replay_digest,
+            },
+        })
+    }
+
+    /// `roles`: each known, none twice, at least one; sorted.
+    fn model_roles(&self, m: &RawModel) -> Result<Vec<Role>> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
         let mut roles = Vec::new();
         for r in &m.roles {
             let role = match r.as_str() {
@@ -242,6 +316,12 @@ impl Cx {
                 .with_hint("set `roles = [\"inquirer\"]`, `[\"responder\"]` or both"));
         }
         roles.sort();
+        Ok(roles)
+    }
+
+    /// `backend` and `api`.
+    fn model_kind(&self, m: &RawModel) -> Result<(Backend, Api)> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
         let backend = match m.backend.as_str() {
             "openai" => Backend::Openai,
             "azure" => Backend::Azure,
@@ -262,6 +342,13 @@ impl Cx {
                     .with_hint("use `chat` (messages API) or `completions` (raw text completion)"));
             }
         };
+        Ok((backend, api))
+    }
+
+    /// Where requests go and how: endpoint, key variable, API version, timeout, retries,
+    /// concurrency (the replay file is filled in by [`Cx::model_replay`]).
+    fn model_transport(&self, m: &RawModel, backend: Backend) -> Result<Transport> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
         let is_http = matches!(backend, Backend::Openai | Backend::Azure);
         let base_url = match (&m.base_url, is_http) {
             (Some(url), true) => Some(self.base_url(&key("base_url"), url)?),
@@ -308,22 +395,6 @@ impl Cx {
                 .err(&key("api_version"), "only the `azure` backend takes an API version")
                 .with_hint("remove `api_version`"));
         }
-        let model_id = match (&m.model, backend) {
-            (Some(id), _) if !id.trim().is_empty() => id.clone(),
-            (_, Backend::Sim) => "roleplay-sim".into(),
-            (_, Backend::Replay) => "replay".into(),
-            _ => {
-                return Err(self
-                    .err(&key("model"), "the model id is missing")
-                    .with_hint("set `model` to the id the server knows (for Azure, the deployment name)"));
-            }
-        };
-        let context_length =
-            opt_range(self, &key("context_length"), m.context_length, 16, 100_000_000)?.map(|v| v as u32);
-        let regenerate_tries =
-            opt_range(self, &key("regenerate_tries"), m.regenerate_tries, 0, 100)?.unwrap_or(0) as u32;
-        let idx =
-            opt_range(self, &key("idx_of_possible_prompt"), m.idx_of_possible_prompt, 0, 100)?.unwrap_or(0) as usize;
         let max_retries = opt_range(self, &key("max_retries"), m.max_retries, 0, 100)?.unwrap_or(5) as u32;
         let concurrency = opt_range(self, &key("concurrency"), m.concurrency, 1, 100_000)?.map(|v| v as u32);
         let timeout_secs = m.timeout_secs.unwrap_or(300.0);
@@ -332,23 +403,20 @@ impl Cx {
                 .err(&key("timeout_secs"), format!("{timeout_secs} is out of range"))
                 .with_hint("use seconds between 0 and 86400"));
         }
-        let self_reply_markers = match &m.self_reply_markers {
-            Some(list) => {
-                if list.iter().any(String::is_empty) {
-                    return Err(self
-                        .err(&key("self_reply_markers"), "a marker is empty")
-                        .with_hint("remove the empty string"));
-                }
-                list.clone()
-            }
-            None if api == Api::Completions => vec!["[INST".into(), "### Human:".into()],
-            None => Vec::new(),
-        };
-        let sampling = self.sampling(&key("sampling"), &m.sampling)?;
-        let degeneration = Degeneration {
-            max_n: opt_range(self, &key("degeneration.max_n"), m.degeneration.max_n, 2, 64)?.unwrap_or(4) as usize,
-            r: opt_range(self, &key("degeneration.r"), m.degeneration.r, 2, 64)?.unwrap_or(2) as usize,
-        };
+        Ok(Transport {
+            base_url,
+            api_key_env: m.api_key_env.clone(),
+            api_version: m.api_version.clone(),
+            timeout_secs,
+            max_retries,
+            concurrency,
+            replay_file: None,
+        })
+    }
+
+    /// The templates of each role the model plays: the shared table merged with the role's own.
+    fn model_templates(&self, m: &RawModel, roles: &[Role]) -> Result<(Option<Templates>, Option<Templates>)> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
         if m.templates
             .inquirer
             .as_ref()
@@ -393,17 +461,13 @@ impl Cx {
                 Role::Responder => responder_templates = Some(t),
             }
         }
-        let sim = match (&m.sim, backend) {
-            (Some(s), Backend::Sim) => Some(self.sim(&key("sim"), s)?),
-            (None, Backend::Sim) => Some(SimSettings::default()),
-            (Some(_), _) => {
-                return Err(self
-                    .err(&key("sim"), "only the `sim` backend takes simulator settings")
-                    .with_hint("remove the `[models.sim]` table or set `backend = \"sim\"`"));
-            }
-            (None, _) => None,
-        };
-        let (replay_file, replay_digest) = match (&m.replay_file, backend) {
+        Ok((inquirer_templates, responder_templates))
+    }
+
+    /// The `replay` backend's file (absolute) and the digest of its content (part of unit ids).
+    fn model_replay(&self, m: &RawModel, backend: Backend) -> Result<(Option<String>, Option<String>)> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
+        Ok(match (&m.replay_file, backend) {
             (Some(f), Backend::Replay) => {
                 let path = self.path(f);
                 let bytes = fs_err::read(&path).map_err(|e| {
@@ -426,34 +490,6 @@ impl Cx {
                     .with_hint("remove `replay_file`"));
             }
             (None, _) => (None, None),
-        };
-        Ok(Model {
-            name: m.name.clone(),
-            roles,
-            transport: Transport {
-                base_url,
-                api_key_env: m.api_key_env.clone(),
-                api_version: m.api_version.clone(),
-                timeout_secs,
-                max_retries,
-                concurrency,
-                replay_file,
-            },
-            behaviour: Behaviour {
-                backend,
-                api,
-                model: model_id,
-                context_length,
-                regenerate_tries,
-                idx_of_possible_prompt: idx,
-                self_reply_markers,
-                sampling,
-                degeneration,
-                inquirer_templates,
-                responder_templates,
-                sim,
-                replay_digest,
-            },
         })
     }
 

@@ -3,7 +3,7 @@
 //! Every persona keeps its feature map (for analysis) and gets the text the inquirer sees from the
 //! persona template. Ids are content hashes, so the order of a file never matters.
 
-use super::raw::{RawGoalItem, RawGoals, RawPersonas};
+use super::raw::{RawGoalItem, RawGoals, RawPersonaSample, RawPersonas};
 use super::resolve::Cx;
 use super::template::Template;
 use super::{Goal, Persona};
@@ -50,108 +50,136 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
                 "write features as upper-case names in angle brackets, e.g. `<AGE>-year-old ...` for a feature `age`",
             ));
     }
-    let mut rows: Vec<PersonaRow> = Vec::new();
-    if let Some(fixed) = &raw.fixed {
-        for (i, map) in fixed.iter().enumerate() {
-            let key = format!("personas.fixed[{i}]");
-            let mut features = BTreeMap::new();
-            for (k, v) in map {
-                features.insert(
-                    feature_name(cx, &key, k)?,
-                    scalar(v).ok_or_else(|| {
-                        cx.err(
-                            &format!("{key}.{k}"),
-                            "a feature value must be a string, number or boolean",
-                        )
-                        .with_hint("quote the value")
-                    })?,
-                );
-            }
-            rows.push((features, None, None, key));
-        }
+    let rows = if let Some(fixed) = &raw.fixed {
+        fixed_rows(cx, fixed)?
     } else if let Some(sample) = &raw.sample {
-        if sample.count < 1 || sample.count > MAX_PERSONAS {
-            return Err(cx
-                .err("personas.sample.count", format!("{} is out of range", sample.count))
-                .with_hint(format!("sample from 1 to {MAX_PERSONAS} personas")));
-        }
-        if sample.seed < 0 {
-            return Err(cx
-                .err("personas.sample.seed", "the seed is negative")
-                .with_hint("use a non-negative integer"));
-        }
-        if sample.features.is_empty() {
-            return Err(cx
-                .err("personas.sample.features", "no features are given")
-                .with_hint("add lists of values, e.g. `age = [\"18 to 24\", \"25 to 34\"]`"));
-        }
-        let mut values: Vec<(String, Vec<String>)> = Vec::new();
-        for (k, list) in &sample.features {
-            let key = format!("personas.sample.features.{k}");
-            let name = feature_name(cx, &key, k)?;
-            let mut vs = Vec::new();
-            for v in list {
-                let s = scalar(v).ok_or_else(|| {
-                    cx.err(&key, "a feature value must be a string, number or boolean")
-                        .with_hint("quote the value")
-                })?;
-                if vs.contains(&s) {
-                    return Err(cx
-                        .err(&key, format!("the value `{s}` is listed twice"))
-                        .with_hint("remove the repeat"));
-                }
-                vs.push(s);
-            }
-            if vs.is_empty() {
-                return Err(cx
-                    .err(&key, "the list of values is empty")
-                    .with_hint("give at least one value"));
-            }
-            values.push((name, vs));
-        }
-        let combos = values
-            .iter()
-            .try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64));
-        if combos.is_some_and(|c| (sample.count as u64) > c) {
-            return Err(cx
-                .err(
-                    "personas.sample.count",
-                    format!(
-                        "{} distinct personas were asked for, but the features combine in only {} ways",
-                        sample.count,
-                        combos.unwrap_or(0)
-                    ),
-                )
-                .with_hint("lower `count` or add feature values"));
-        }
-        for features in sample_distinct(&values, sample.count as usize, sample.seed as u64) {
-            rows.push((features, None, None, "personas.sample".into()));
-        }
+        sampled_rows(cx, sample)?
     } else if let Some(file) = &raw.file {
-        let path = cx.path(file);
-        for rec in read_records(cx, "personas.file", &path)? {
-            let key = format!("`{}` line {}", path.display(), rec.line);
-            let mut features = BTreeMap::new();
-            let mut text = None;
-            let mut id = None;
-            for (k, v) in rec.fields {
-                match k.as_str() {
-                    "text" => text = Some(v),
-                    "id" => id = Some(v),
-                    _ => {
-                        let name = feature_name(cx, &key, &k)?;
-                        features.insert(name, v);
-                    }
-                }
-            }
-            rows.push((features, text, id, key));
-        }
-    }
+        file_rows(cx, file)?
+    } else {
+        Vec::new()
+    };
     if rows.is_empty() {
         return Err(cx
             .err("personas", "the list of personas is empty")
             .with_hint("give at least one persona"));
     }
+    settle(cx, rows, template.as_ref())
+}
+
+/// `personas.fixed`: one row per feature map.
+fn fixed_rows(cx: &Cx, fixed: &[BTreeMap<String, toml::Value>]) -> Result<Vec<PersonaRow>> {
+    let mut rows = Vec::with_capacity(fixed.len());
+    for (i, map) in fixed.iter().enumerate() {
+        let key = format!("personas.fixed[{i}]");
+        let mut features = BTreeMap::new();
+        for (k, v) in map {
+            features.insert(
+                feature_name(cx, &key, k)?,
+                scalar(v).ok_or_else(|| {
+                    cx.err(
+                        &format!("{key}.{k}"),
+                        "a feature value must be a string, number or boolean",
+                    )
+                    .with_hint("quote the value")
+                })?,
+            );
+        }
+        rows.push((features, None, None, key));
+    }
+    Ok(rows)
+}
+
+/// `personas.sample`: `count` distinct feature maps drawn reproducibly from `seed`.
+fn sampled_rows(cx: &Cx, sample: &RawPersonaSample) -> Result<Vec<PersonaRow>> {
+    let mut rows = Vec::new();
+    if sample.count < 1 || sample.count > MAX_PERSONAS {
+        return Err(cx
+            .err("personas.sample.count", format!("{} is out of range", sample.count))
+            .with_hint(format!("sample from 1 to {MAX_PERSONAS} personas")));
+    }
+    if sample.seed < 0 {
+        return Err(cx
+            .err("personas.sample.seed", "the seed is negative")
+            .with_hint("use a non-negative integer"));
+    }
+    if sample.features.is_empty() {
+        return Err(cx
+            .err("personas.sample.features", "no features are given")
+            .with_hint("add lists of values, e.g. `age = [\"18 to 24\", \"25 to 34\"]`"));
+    }
+    let mut values: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, list) in &sample.features {
+        let key = format!("personas.sample.features.{k}");
+        let name = feature_name(cx, &key, k)?;
+        let mut vs = Vec::new();
+        for v in list {
+            let s = scalar(v).ok_or_else(|| {
+                cx.err(&key, "a feature value must be a string, number or boolean")
+                    .with_hint("quote the value")
+            })?;
+            if vs.contains(&s) {
+                return Err(cx
+                    .err(&key, format!("the value `{s}` is listed twice"))
+                    .with_hint("remove the repeat"));
+            }
+            vs.push(s);
+        }
+        if vs.is_empty() {
+            return Err(cx
+                .err(&key, "the list of values is empty")
+                .with_hint("give at least one value"));
+        }
+        values.push((name, vs));
+    }
+    let combos = values
+        .iter()
+        .try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64));
+    if combos.is_some_and(|c| (sample.count as u64) > c) {
+        return Err(cx
+            .err(
+                "personas.sample.count",
+                format!(
+                    "{} distinct personas were asked for, but the features combine in only {} ways",
+                    sample.count,
+                    combos.unwrap_or(0)
+                ),
+            )
+            .with_hint("lower `count` or add feature values"));
+    }
+    for features in sample_distinct(&values, sample.count as usize, sample.seed as u64) {
+        rows.push((features, None, None, "personas.sample".into()));
+    }
+    Ok(rows)
+}
+
+/// `personas.file`: one row per record; `text` and `id` fields are taken as such, the rest are features.
+fn file_rows(cx: &Cx, file: &str) -> Result<Vec<PersonaRow>> {
+    let mut rows = Vec::new();
+    let path = cx.path(file);
+    for rec in read_records(cx, "personas.file", &path)? {
+        let key = format!("`{}` line {}", path.display(), rec.line);
+        let mut features = BTreeMap::new();
+        let mut text = None;
+        let mut id = None;
+        for (k, v) in rec.fields {
+            match k.as_str() {
+                "text" => text = Some(v),
+                "id" => id = Some(v),
+                _ => {
+                    let name = feature_name(cx, &key, &k)?;
+                    features.insert(name, v);
+                }
+            }
+        }
+        rows.push((features, text, id, key));
+    }
+    Ok(rows)
+}
+
+/// Rows into personas: text (given, or from the template), id (given, or a content hash with a
+/// replica number for copies), no two with one id; sorted by id.
+fn settle(cx: &Cx, rows: Vec<PersonaRow>, template: Option<&Template>) -> Result<Vec<Persona>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut seen: HashMap<String, String> = HashMap::new();
     // Identical personas are allowed (the paper's 20 fixed personas repeat feature maps: they are
@@ -160,7 +188,7 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
     let mut copies: HashMap<String, u32> = HashMap::new();
     for (features, text, id, whence) in rows {
         let from_template = text.is_none();
-        let text = match (text, &template) {
+        let text = match (text, template) {
             (Some(t), _) => t,
             (None, Some(tpl)) => render_persona(cx, tpl, &features, &whence)?,
             (None, None) => {

@@ -134,8 +134,21 @@ impl Recorder for JournalRecorder {
     }
 }
 
-/// Run one shard to completion, or until the stop signal.
-pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
+/// A shard opened for work: its lock held, its journal open and read back.
+struct OpenShard {
+    _lock: Lock,
+    units: Vec<Unit>,
+    journal: Arc<Journal>,
+    replay: Replay,
+    /// Units to run in this attempt (unfinished, and failed ones with `--retry-failed`).
+    todo: Vec<Unit>,
+    /// Finished before this run and not run again.
+    already_done: u64,
+    prior_state: Option<ShardState>,
+}
+
+/// Take the shard's lock, check its units against the plan, open and replay its journal.
+fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
     let plan = &shared.plan;
     let rd = &shared.run_dir;
     if shard as usize >= plan.shards.len() {
@@ -146,7 +159,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         ))
         .with_hint("check `--shard`, or the array map the Slurm script passes"));
     }
-    let _lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
+    let lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
     let units = plan::read_units_of_shard(&rd.units_path(plan), shard)?;
     if units.len() as u32 != plan.shards[shard as usize].units {
         return Err(Error::config(format!(
@@ -163,54 +176,52 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             contents.damaged_lines
         );
     }
-    let journal = Arc::new(journal);
     let mut replay = Replay::from_entries(contents.entries);
     let in_shard: std::collections::HashSet<_> = units.iter().map(|u| u.id).collect();
     replay.done.retain(|id, _| in_shard.contains(id));
-    let is_failed = |r: &DialogueRecord| r.ending.reason.is_failure();
-    let already_done = replay
-        .done
-        .values()
-        .filter(|r| !(shared.options.retry_failed && is_failed(r)))
-        .count() as u64;
+    let again = |r: &DialogueRecord| shared.options.retry_failed && r.ending.reason.is_failure();
+    let already_done = replay.done.values().filter(|r| !again(r)).count() as u64;
     let todo: Vec<Unit> = units
         .iter()
-        .filter(|u| match replay.done.get(&u.id) {
-            None => true,
-            Some(r) => shared.options.retry_failed && is_failed(r),
-        })
+        .filter(|u| replay.done.get(&u.id).is_none_or(again))
         .copied()
         .collect();
-    shared.progress.total.fetch_add(units.len() as u64, Ordering::Relaxed);
-    let prior_state = state::read(rd, shard);
-    let nothing_to_do = todo.is_empty();
-    let attempt = replay
+    Ok(OpenShard {
+        _lock: lock,
+        units,
+        journal: Arc::new(journal),
+        replay,
+        todo,
+        already_done,
+        prior_state: state::read(rd, shard),
+    })
+}
+
+/// Run one shard to completion, or until the stop signal.
+pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
+    let mut open = open_shard(shared, shard)?;
+    let units = open.units.len() as u64;
+    shared.progress.total.fetch_add(units, Ordering::Relaxed);
+    shared.progress.done.fetch_add(open.already_done, Ordering::Relaxed);
+    let nothing_to_do = open.todo.is_empty();
+    let attempt = open
+        .replay
         .attempts
-        .max(prior_state.as_ref().map(|s| s.attempt).unwrap_or(0))
+        .max(open.prior_state.as_ref().map(|s| s.attempt).unwrap_or(0))
         + u32::from(!nothing_to_do);
     let started_at = state::now();
-    if !nothing_to_do {
-        journal.append(&Entry::Attempt(AttemptStart {
-            attempt,
-            host: state::hostname(),
-            pid: std::process::id(),
-            slurm_job_id: shared.options.slurm_job_id.clone(),
-            started_at,
-        }))?;
-    }
-    shared.progress.done.fetch_add(already_done, Ordering::Relaxed);
-
+    let retry_failed = shared.options.retry_failed;
     let counts = Arc::new(Mutex::new(ShardCounts::from_done(
-        replay
+        open.replay
             .done
             .values()
-            .filter(|r| !(shared.options.retry_failed && is_failed(r))),
+            .filter(|r| !(retry_failed && r.ending.reason.is_failure())),
     )));
     let reporter = StateReporter {
-        rd: rd.clone(),
+        rd: shared.run_dir.clone(),
         base: ShardState {
             shard,
-            plan_hash: plan.plan_hash.clone(),
+            plan_hash: shared.plan.plan_hash.clone(),
             attempt,
             status: ShardStatus::Running,
             host: state::hostname(),
@@ -218,7 +229,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             slurm_job_id: shared.options.slurm_job_id.clone(),
             started_at,
             heartbeat_at: started_at,
-            units: units.len() as u64,
+            units,
             done: 0,
             failed: 0,
             end_reasons: BTreeMap::new(),
@@ -226,7 +237,14 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         },
         counts: counts.clone(),
     };
-    let write_state = |status: ShardStatus, error: Option<String>| reporter.write(status, error);
+    let outcome = |c: &ShardCounts, interrupted: bool| ShardOutcome {
+        shard,
+        units,
+        already_done: open.already_done,
+        finished: c.done - open.already_done,
+        failed: c.failed,
+        interrupted,
+    };
     if nothing_to_do {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let status = if c.failed > 0 {
@@ -234,21 +252,57 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         } else {
             ShardStatus::Done
         };
-        if prior_state.as_ref().map(|s| s.status) != Some(status) {
-            write_state(status, None)?;
+        if open.prior_state.as_ref().map(|s| s.status) != Some(status) {
+            reporter.write(status, None)?;
         }
         return Ok(ShardOutcome {
-            shard,
-            units: units.len() as u64,
-            already_done,
             finished: 0,
-            failed: c.failed,
-            interrupted: false,
+            ..outcome(&c, false)
         });
     }
-    write_state(ShardStatus::Running, None)?;
+    open.journal.append(&Entry::Attempt(AttemptStart {
+        attempt,
+        host: state::hostname(),
+        pid: std::process::id(),
+        slurm_job_id: shared.options.slurm_job_id.clone(),
+        started_at,
+    }))?;
+    reporter.write(ShardStatus::Running, None)?;
+    let todo = std::mem::take(&mut open.todo);
+    let result = with_background(
+        &open.journal,
+        &reporter,
+        drive(shared, &open.journal, &mut open.replay, todo, counts.clone()),
+    )
+    .await;
+    let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match result {
+        Ok(stopped) => {
+            let interrupted = stopped && c.done < units;
+            let status = if interrupted {
+                ShardStatus::Interrupted
+            } else if c.failed > 0 {
+                ShardStatus::Failed
+            } else {
+                ShardStatus::Done
+            };
+            reporter.write(status, None)?;
+            Ok(outcome(&c, interrupted))
+        }
+        Err(e) => {
+            let _ = reporter.write(ShardStatus::Error, Some(e.message.clone()));
+            Err(e)
+        }
+    }
+}
 
-    // Group commit and heartbeat run beside the dialogues.
+/// Run `work` with the journal's group commit and the state file's heartbeat beside it, then sync
+/// the journal a last time. An error of the work comes first, then one of the final sync.
+async fn with_background<T>(
+    journal: &Arc<Journal>,
+    reporter: &StateReporter,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let (stop_bg, mut stop_rx) = tokio::sync::watch::channel(false);
     let bg = {
         let journal = journal.clone();
@@ -274,8 +328,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             }
         })
     };
-
-    let result = drive(shared, &journal, &mut replay, todo, counts.clone()).await;
+    let result = work.await;
     let _ = stop_bg.send(true);
     let _ = bg.await;
     let synced = {
@@ -284,34 +337,9 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             .await
             .unwrap_or_else(|e| Err(Error::runtime(format!("journal sync task failed: {e}"))))
     };
-    let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    match (result, synced) {
-        (Ok(stopped), Ok(())) => {
-            let interrupted = stopped && c.done < units.len() as u64;
-            let finished = c.done - already_done;
-            let outcome = ShardOutcome {
-                shard,
-                units: units.len() as u64,
-                already_done,
-                finished,
-                failed: c.failed,
-                interrupted,
-            };
-            let status = if interrupted {
-                ShardStatus::Interrupted
-            } else if c.failed > 0 {
-                ShardStatus::Failed
-            } else {
-                ShardStatus::Done
-            };
-            write_state(status, None)?;
-            Ok(outcome)
-        }
-        (Err(e), _) | (Ok(_), Err(e)) => {
-            let _ = write_state(ShardStatus::Error, Some(e.message.clone()));
-            Err(e)
-        }
-    }
+    let value = result?;
+    synced?;
+    Ok(value)
 }
 
 /// Writes the shard's state file from what does not change during a run and the live counts.
