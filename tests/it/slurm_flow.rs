@@ -7,17 +7,13 @@
 //! and two of them reconfigure it (MaxArraySize 4; no accounting), restoring the default with a plain
 //! `up` when they end, also on failure. `cargo test --test slurm_flow` takes about 4 minutes.
 
-mod common;
-
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
-
-static CLUSTER: Mutex<()> = Mutex::new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,8 +21,7 @@ fn repo() -> PathBuf {
 
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
 fn cluster() -> MutexGuard<'static, ()> {
-    let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    common::assert_cluster_up();
+    let guard = crate::common::take_cluster();
     guard
 }
 

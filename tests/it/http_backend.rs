@@ -2,16 +2,13 @@
 //! binary: normal calls, every injected fault alone, the retry bound, an unreachable endpoint,
 //! keys (wrong, missing, never shown), the concurrency cap, and a clean shutdown on SIGTERM.
 
-#[path = "common/simserver.rs"]
-mod simserver;
-
+use crate::common::simserver::SimServer;
 use roleplay::experiment::{Model, Role, Sampling};
 use roleplay::llm::openai::OpenAiModel;
 use roleplay::llm::retry::Backoff;
 use roleplay::llm::{CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request, client_for};
 use roleplay::plan::UnitId;
 use serde_json::Value;
-use simserver::SimServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@ use roleplay::rundir::journal;
 use std::path::Path;
 
 /// A valid experiment to mutate: small, but it touches every table.
-const SEED: &str = include_str!("../jobs/quickstart.toml");
+const SEED: &str = include_str!("../../jobs/quickstart.toml");
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")

@@ -14,9 +14,7 @@
 //!
 //! The seed is `ROLEPLAY_CRASH_SEED` (default below); a failure prints it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use roleplay::rundir::journal::Entry;

@@ -16,9 +16,7 @@
 //! - with every fault at once, `run --retry-failed` against a clean server finishes the failed
 //!   dialogues from their recorded calls, and the merged dataset holds every unit once.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use roleplay::dialogue::{Call, DialogueRecord, EndReason};
 use roleplay::llm::ErrorKind;
 use roleplay::plan::UnitId;

@@ -1,5 +1,5 @@
 //! Test helper: the real `roleplay sim-server` binary on a free loopback port, killed when the
-//! guard is dropped. Include with `#[path = "common/simserver.rs"] mod simserver;`.
+//! guard is dropped. Reached as `crate::common::simserver`.
 
 #![allow(dead_code)]
 

@@ -1,7 +1,7 @@
 //! End-to-end tests of `roleplay init`, `validate` and `plan`: the real binary, run in temp dirs.
 //!
 //! The bad-input catalogue lives in `tests/bad_inputs/` (one broken experiment file per case, plus
-//! the data files they name); its table is [`BAD_INPUTS`]. Snapshots are in `tests/snapshots/`: a
+//! the data files they name); its table is [`BAD_INPUTS`]. Snapshots are in `tests/it/snapshots/`: a
 //! change to a unit id there means the unit-id scheme changed (bump `UNIT_SCHEME`).
 
 use serde_json::Value;

@@ -20,9 +20,7 @@
 //! `slurm_cluster` run (two of those reconfigure it). `cargo test --test reliability_slurm` takes
 //! about 20 s; figures go to `target/tmp/reliability-figures/slurm-*.json`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use roleplay::rundir::RunDir;
 use roleplay::slurm::records::{JobKind, Record, Submissions};
@@ -31,10 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
-
-static CLUSTER: Mutex<()> = Mutex::new(());
 
 /// The longest one command may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -42,8 +38,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node and that
 /// accounting is on (the tests read `sacct`).
 fn cluster() -> MutexGuard<'static, ()> {
-    let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    common::assert_cluster_up();
+    let guard = crate::common::take_cluster();
     let config = text_of("scontrol", &["show", "config"]);
     assert!(
         !config

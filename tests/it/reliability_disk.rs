@@ -18,9 +18,7 @@
 //! These tests mount file systems: they need root (or CAP_SYS_ADMIN) and loop devices. Where that
 //! is not permitted they fail with a message saying so; they never skip.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use roleplay::rundir::journal;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,9 +2,11 @@
 //! child process that is always killed and reaped (a guard, so no test leaves a zombie or a stray
 //! worker behind), a `sim-server` on loopback with its `/stats`, experiment files of the
 //! quickstart's shape over HTTP or on the in-process simulator, and readers of what a run leaves
-//! behind (journals, units, Parquet). Include with `mod common;`.
+//! behind (journals, units, Parquet). Every suite reaches it as `crate::common`.
 
 #![allow(dead_code)]
+
+pub mod simserver;
 
 use roleplay::dialogue::DialogueRecord;
 use roleplay::plan::{Unit, UnitId};
@@ -699,6 +701,17 @@ pub fn record_figures(name: &str, figures: serde_json::Value) {
 }
 
 pub const SLURM_NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
+
+/// The one Slurm test cluster: every Slurm suite holds it for the whole of one test (some tests
+/// reconfigure the cluster, and all of them count its jobs), so no two Slurm tests overlap.
+static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the cluster for one test, after checking that it is up (see [`assert_cluster_up`]).
+pub fn take_cluster() -> std::sync::MutexGuard<'static, ()> {
+    let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    assert_cluster_up();
+    guard
+}
 
 /// Fails (never skips) unless `sinfo` answers with a usable node: the Slurm tests need the real
 /// cluster that `scripts/test` starts.

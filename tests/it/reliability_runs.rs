@@ -7,7 +7,7 @@
 //!   (2 configuration, 1 runtime, 0 handled), the fragments its message must contain, what must stay
 //!   byte-identical (the whole directory when the command should write nothing), and whether the
 //!   run then completes with every unit exactly once. No case may panic. The experiment-file
-//!   catalogue (`tests/bad_inputs/`, 56 cases) is driven by `tests/cli_plan.rs`.
+//!   catalogue (`tests/bad_inputs/`, 56 cases) is driven by `tests/it/cli_plan.rs`.
 //! - **Concurrency**: two `roleplay run` on one run directory at once, four workers started on
 //!   one shard at once, and merges while a run writes: every shard has one writer, every unit
 //!   finishes exactly once, no call is served twice, and every merge is a consistent dataset.
@@ -18,9 +18,7 @@
 //!   the run completes, the text reaches the model and the journal verbatim, and nothing in it is
 //!   executed or substituted.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use roleplay::rundir::journal::{self, Entry};
 use std::collections::{HashMap, HashSet};

@@ -9,31 +9,12 @@ use roleplay::slurm::{
     ExitCode, FailureClass, JobRef, JobState, Limits, Outcome, QueueFilter, QueueRecord, Scheduler, SlurmCli,
 };
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-static CLUSTER: Mutex<()> = Mutex::new(());
-
-const NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
-
-/// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
+/// Takes the cluster for one test (see `common::take_cluster`).
 fn cluster() -> (MutexGuard<'static, ()>, SlurmCli) {
-    let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    let answer = Command::new("sinfo")
-        .args(["--noheader", "--Node", "--format=%T"])
-        .output();
-    match answer {
-        Ok(out) if out.status.success() => {
-            let states = String::from_utf8_lossy(&out.stdout).into_owned();
-            let usable = states
-                .lines()
-                .any(|s| ["idle", "mixed", "allocated", "completing"].contains(&s.trim()));
-            assert!(usable, "{NOT_RUNNING} (sinfo shows no usable node: {states:?})");
-        }
-        Ok(out) => panic!("{NOT_RUNNING} (sinfo: {})", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => panic!("{NOT_RUNNING} (cannot run sinfo: {e})"),
-    }
+    let guard = crate::common::take_cluster();
     (guard, SlurmCli::new().with_timeout(Duration::from_secs(30)))
 }
 

@@ -1,0 +1,21 @@
+//! The integration tests, one binary with a module per suite (one link of the heavy dependencies
+//! instead of one per suite). Run one suite with `cargo test --test it SUITE::`, e.g.
+//! `cargo test --test it slurm_flow::`.
+
+mod cli_plan;
+mod cli_try;
+mod common;
+mod export;
+mod fuzz_parsers;
+mod http_backend;
+mod merge_readers;
+mod reliability_crash;
+mod reliability_disk;
+mod reliability_faults;
+mod reliability_runs;
+mod reliability_slurm;
+mod report_html;
+mod slurm_cluster;
+mod slurm_flow;
+mod vectors;
+mod worker_resume;
