@@ -145,7 +145,7 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
         );
     }
     assert!(
-        page.contains("likes &lt;b&gt;bold&lt;/b&gt; &amp; chess"),
+        page.contains("likes &lt;b&gt;bold&lt;&#x2f;b&gt; &amp; chess"),
         "feature values are escaped"
     );
 

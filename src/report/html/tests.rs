@@ -1,0 +1,92 @@
+//! HTML report unit tests on a hand-made report: user data is escaped.
+
+use super::render;
+use crate::report::{Feature, Group, Report, RoleStats, TurnStats};
+use std::collections::BTreeMap;
+
+/// A group of `dialogues` split over `reasons`, its roles' latency summed over the group.
+fn group(key: &str, reasons: &[(&str, u64)], latency_ms_total: f64) -> Group {
+    let n: u64 = reasons.iter().map(|(_, c)| c).sum();
+    let stop = reasons.iter().find(|(r, _)| *r == "stop").map_or(0, |(_, c)| *c);
+    let role = RoleStats {
+        prompt_tokens_mean: Some(120.0),
+        completion_tokens_mean: Some(30.0),
+        completion_tokens_total: 30 * n,
+        latency_ms_mean: (n > 0).then(|| latency_ms_total / n as f64),
+        latency_ms_total,
+    };
+    Group {
+        key: key.to_string(),
+        labels: BTreeMap::new(),
+        dialogues: n,
+        finished_by_stop: stop,
+        finished_share: (n > 0).then(|| stop as f64 / n as f64),
+        turns: TurnStats {
+            mean: Some(2.0),
+            median: Some(2.0),
+            p10: Some(1.0),
+            p90: Some(3.0),
+            min: Some(1),
+            max: Some(3),
+            distribution: vec![0, n / 3, n / 3, n - 2 * (n / 3)],
+        },
+        inquirer: role.clone(),
+        responder: role,
+        end_reasons: reasons.iter().map(|(r, c)| (r.to_string(), *c)).collect(),
+    }
+}
+
+fn report() -> Report {
+    // The first inquirer's only reason comes after the second's first one in the bars' order.
+    let ask_a = group("ask-a", &[("max_turns", 3)], 1500.0);
+    let ask_b = group("ask-b", &[("stop", 2), ("no_prompt", 1)], 0.0);
+    Report {
+        experiment: "exp <i>one</i>".into(),
+        plan_hash: "0123456789abcdef".into(),
+        stop_token: "<END>".into(),
+        max_turns: 3,
+        planned: 7,
+        finished: 6,
+        missing: 1,
+        failed: 0,
+        all: group("all", &[("stop", 2), ("max_turns", 3), ("no_prompt", 1)], 1500.0),
+        pairs: vec![
+            Group {
+                key: "ask-a -> bot".into(),
+                ..ask_a.clone()
+            },
+            Group {
+                key: "ask-b -> bot".into(),
+                ..ask_b.clone()
+            },
+        ],
+        inquirers: vec![ask_a, ask_b],
+        features: vec![Feature {
+            name: "mood".into(),
+            values: vec![
+                group("<script>alert(1)</script>", &[("stop", 1), ("max_turns", 2)], 0.0),
+                group("calm", &[("stop", 1), ("max_turns", 1), ("no_prompt", 1)], 0.0),
+            ],
+        }],
+        goals: vec![
+            group("g\"&'1", &[("max_turns", 2), ("no_prompt", 1)], 900.0),
+            group("g2", &[("stop", 2), ("max_turns", 1)], 600.0),
+        ],
+        stats: Default::default(),
+    }
+}
+
+#[test]
+fn user_data_is_escaped() {
+    let html = render(&report());
+    assert!(!html.contains("<script"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"), "{html}");
+    assert!(!html.contains("g\"&'1"), "{html}");
+    assert!(html.contains("<td class=\"k\">g&quot;&amp;&#x27;1</td>"), "{html}");
+    assert!(html.contains("stop token <code>&lt;END&gt;</code>"), "{html}");
+    assert!(
+        html.contains("<h1>roleplay report: exp &lt;i&gt;one&lt;&#x2f;i&gt;</h1>"),
+        "{html}"
+    );
+    assert!(!html.contains("<i>") && !html.contains("<END>"), "{html}");
+}
