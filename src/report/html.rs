@@ -254,7 +254,6 @@ fn reasons_chart(groups: &[Group]) -> ReasonsChart {
         (top + row * groups.len() as f64 + 56.0) as u32
     };
     let pw = WIDTH - left - right;
-    let mut used: Vec<&str> = Vec::new();
     let mut rows = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
         let y = top + i as f64 * row;
@@ -264,9 +263,6 @@ fn reasons_chart(groups: &[Group]) -> ReasonsChart {
             let c = g.end_reasons.get(e.as_str()).copied().unwrap_or(0);
             if c == 0 || g.dialogues == 0 {
                 continue;
-            }
-            if !used.contains(&e.as_str()) {
-                used.push(e.as_str());
             }
             let share = c as f64 / g.dialogues as f64;
             let bw = share * pw;
@@ -289,7 +285,13 @@ fn reasons_chart(groups: &[Group]) -> ReasonsChart {
             segments,
         });
     }
-    let mut legend = Vec::with_capacity(used.len());
+    // The reasons that occur, in the order the segments are stacked.
+    let used = EndReason::ALL.iter().map(|e| e.as_str()).filter(|r| {
+        groups
+            .iter()
+            .any(|g| g.dialogues > 0 && g.end_reasons.get(*r).is_some_and(|c| *c > 0))
+    });
+    let mut legend = Vec::new();
     let mut lx = left;
     let ly = top + row * groups.len() as f64 + 24.0;
     for r in used {

@@ -1,4 +1,5 @@
-//! HTML report unit tests on a hand-made report: user data is escaped.
+//! HTML report unit tests on a hand-made report: user data is escaped, the legends follow the
+//! bars.
 
 use super::render;
 use crate::report::{Feature, Group, Report, RoleStats, TurnStats};
@@ -76,6 +77,16 @@ fn report() -> Report {
     }
 }
 
+/// The SVG whose `aria-label` is `label`.
+fn chart<'a>(html: &'a str, label: &str) -> &'a str {
+    let at = html
+        .find(&format!("aria-label=\"{label}\""))
+        .unwrap_or_else(|| panic!("no chart `{label}` in\n{html}"));
+    let start = html[..at].rfind("<svg").unwrap();
+    let end = at + html[at..].find("</svg>").unwrap();
+    &html[start..end]
+}
+
 #[test]
 fn user_data_is_escaped() {
     let html = render(&report());
@@ -89,4 +100,37 @@ fn user_data_is_escaped() {
         "{html}"
     );
     assert!(!html.contains("<i>") && !html.contains("<END>"), "{html}");
+}
+
+#[test]
+fn the_legends_follow_the_order_of_the_bars() {
+    let html = render(&report());
+    let svg = chart(&html, "end reasons by inquirer");
+    let legend: Vec<&str> = svg
+        .split("class=\"legend\">")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap())
+        .collect();
+    // Segments are stacked in `EndReason::ALL` order in every bar.
+    assert_eq!(legend, ["stop", "max_turns", "no_prompt"], "{svg}");
+    let segments: Vec<&str> = svg
+        .split("<title>ask-b: ")
+        .skip(1)
+        .map(|s| s.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(segments, ["stop", "no_prompt"], "{svg}");
+    // The turns chart's series: side by side in each band as in the legend.
+    let svg = chart(&html, "turns per dialogue");
+    let legend: Vec<&str> = svg
+        .split("class=\"legend\">")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap())
+        .collect();
+    assert_eq!(legend, ["ask-a -&gt; bot (3)", "ask-b -&gt; bot (3)"], "{svg}");
+    let x = |title: &str| -> f64 {
+        let at = svg.find(&format!("<title>{title}")).unwrap();
+        let rect = &svg[svg[..at].rfind("<rect x=\"").unwrap() + 9..];
+        rect[..rect.find('"').unwrap()].parse().unwrap()
+    };
+    assert!(x("ask-a -&gt; bot: 1 turns") < x("ask-b -&gt; bot: 1 turns"), "{svg}");
 }
