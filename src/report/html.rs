@@ -3,7 +3,8 @@
 //!
 //! Charts: the distribution of turns per dialogue (one series per pair, as a share of the pair's
 //! dialogues), end reasons by inquirer (100% stacked bars), and the share finished by the stop
-//! token per persona feature value. Tables repeat the figures per pair, feature value and goal.
+//! token per persona feature value and per goal. Tables repeat the figures per pair, feature value
+//! and goal.
 //!
 //! The markup is the minijinja template `html/report.html.j2` (built into the binary, HTML
 //! autoescaping on: persona, goal and model names are user data). It gets a [`Page`]: every figure
@@ -468,6 +469,7 @@ struct Page<'a> {
     turns: TurnsChart,
     reasons: ReasonsChart,
     features: Vec<FeatureCharts>,
+    goals: FinishedChart,
     tables: Vec<Table>,
     version: &'static str,
 }
@@ -532,6 +534,7 @@ fn page(r: &Report) -> Page<'_> {
                 chart: finished_chart("finished share by feature value", &f.values),
             })
             .collect(),
+        goals: finished_chart("finished share by goal", &r.goals),
         tables,
         version: env!("CARGO_PKG_VERSION"),
     }

@@ -1,5 +1,5 @@
 //! HTML report unit tests on a hand-made report: user data is escaped, the legends follow the
-//! bars.
+//! bars, goals have their chart.
 
 use super::render;
 use crate::report::{Feature, Group, Report, RoleStats, TurnStats};
@@ -133,4 +133,20 @@ fn the_legends_follow_the_order_of_the_bars() {
         rect[..rect.find('"').unwrap()].parse().unwrap()
     };
     assert!(x("ask-a -&gt; bot: 1 turns") < x("ask-b -&gt; bot: 1 turns"), "{svg}");
+}
+
+#[test]
+fn goals_have_a_finished_chart_like_features() {
+    let html = render(&report());
+    let svg = chart(&html, "finished share by goal");
+    assert!(
+        svg.contains("<title>g&quot;&amp;&#x27;1: 0 of 3 finished by the stop token</title>"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("<title>g2: 2 of 3 finished by the stop token</title>"),
+        "{svg}"
+    );
+    assert!(svg.contains(">66.7% of 3</text>"), "{svg}");
+    assert!(html.contains("<h2>Finished by the stop token, per goal</h2>"), "{html}");
 }
