@@ -11,7 +11,7 @@
 //! already formatted and every chart's geometry already computed here, so the template only places
 //! elements.
 
-use super::{Group, Report};
+use super::{Group, Report, RoleStats};
 use crate::dialogue::EndReason;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -47,6 +47,13 @@ fn pct(v: Option<f64>) -> String {
 
 fn num(v: Option<f64>, d: usize) -> String {
     v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "–".into())
+}
+
+/// A role's latency per dialogue in seconds; no number where none of its calls recorded one (the
+/// built-in simulator and replays record 0 ms), rather than a mean of zeros that reads as "fast".
+fn seconds(role: &RoleStats) -> String {
+    let measured = role.latency_ms_mean.filter(|_| role.latency_ms_total > 0.0);
+    num(measured.map(|ms| ms / 1000.0), 1)
 }
 
 /// A coordinate or length in the SVG.
@@ -429,8 +436,8 @@ impl Row {
             turns_p90: num(g.turns.p90, 0),
             inquirer_tokens: num(g.inquirer.completion_tokens_mean, 0),
             responder_tokens: num(g.responder.completion_tokens_mean, 0),
-            inquirer_s: num(g.inquirer.latency_ms_mean.map(|x| x / 1000.0), 1),
-            responder_s: num(g.responder.latency_ms_mean.map(|x| x / 1000.0), 1),
+            inquirer_s: seconds(&g.inquirer),
+            responder_s: seconds(&g.responder),
             end_reasons: reasons.join(", "),
         }
     }

@@ -1,5 +1,5 @@
 //! HTML report unit tests on a hand-made report: user data is escaped, the legends follow the
-//! bars, goals have their chart.
+//! bars, goals have their chart, unmeasured latency is no number.
 
 use super::render;
 use crate::report::{Feature, Group, Report, RoleStats, TurnStats};
@@ -87,6 +87,27 @@ fn chart<'a>(html: &'a str, label: &str) -> &'a str {
     &html[start..end]
 }
 
+/// The text of each cell of the table row whose first cell is `key` (the first such row).
+fn row(html: &str, key: &str) -> Vec<String> {
+    let at = html
+        .find(&format!("<td class=\"k\">{key}</td>"))
+        .unwrap_or_else(|| panic!("no row `{key}` in\n{html}"));
+    let start = html[..at].rfind("<tr").unwrap();
+    let end = at + html[at..].find("</tr>").unwrap();
+    html[start..end]
+        .split("<td")
+        .skip(1)
+        .map(|c| {
+            c[c.find('>').unwrap() + 1..]
+                .split("</td>")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn user_data_is_escaped() {
     let html = render(&report());
@@ -149,4 +170,16 @@ fn goals_have_a_finished_chart_like_features() {
     );
     assert!(svg.contains(">66.7% of 3</text>"), "{svg}");
     assert!(html.contains("<h2>Finished by the stop token, per goal</h2>"), "{html}");
+}
+
+#[test]
+fn latency_that_was_not_measured_is_no_number() {
+    let html = render(&report());
+    // Columns: key, dialogues, stop, turns mean, median, p10–p90, tokens (2), seconds (2), reasons.
+    let measured = row(&html, "ask-a -&gt; bot");
+    assert_eq!(measured[8..10], ["0.5", "0.5"], "{measured:?}");
+    let unmeasured = row(&html, "ask-b -&gt; bot");
+    assert_eq!(unmeasured[8..10], ["–", "–"], "{unmeasured:?}");
+    assert_eq!(row(&html, "all")[8], "0.2");
+    assert_eq!(row(&html, "calm")[8], "–");
 }
