@@ -3,16 +3,29 @@
 //!
 //! Charts: the distribution of turns per dialogue (one series per pair, as a share of the pair's
 //! dialogues), end reasons by inquirer (100% stacked bars), and the share finished by the stop
-//! token per persona feature value. Tables repeat the figures per pair, feature value and goal.
+//! token per persona feature value and per goal. Tables repeat the figures per pair, feature value
+//! and goal.
+//!
+//! The markup is the minijinja template `html/report.html.j2` (built into the binary, HTML
+//! autoescaping on: persona, goal and model names are user data). It gets a [`Page`]: every figure
+//! already formatted and every chart's geometry already computed here, so the template only places
+//! elements.
 
-use super::{Group, Report};
+use super::{Group, Report, RoleStats};
 use crate::dialogue::EndReason;
-use std::fmt::Write;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+const TEMPLATE: &str = include_str!("html/report.html.j2");
 
 /// Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 const SERIES: &[&str] = &[
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8C6D1F", "#000000",
 ];
+
+/// Charts are this wide (the page is 1140 px at most); they shrink with the window.
+const WIDTH: f64 = 1100.0;
 
 fn reason_colour(r: &str) -> &'static str {
     match r {
@@ -28,27 +41,24 @@ fn reason_colour(r: &str) -> &'static str {
     }
 }
 
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            _ => o.push(c),
-        }
-    }
-    o
-}
-
 fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "–".into())
 }
 
 fn num(v: Option<f64>, d: usize) -> String {
     v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "–".into())
+}
+
+/// A role's latency per dialogue in seconds; no number where none of its calls recorded one (the
+/// built-in simulator and replays record 0 ms), rather than a mean of zeros that reads as "fast".
+fn seconds(role: &RoleStats) -> String {
+    let measured = role.latency_ms_mean.filter(|_| role.latency_ms_total > 0.0);
+    num(measured.map(|ms| ms / 1000.0), 1)
+}
+
+/// A coordinate or length in the SVG.
+fn px(v: f64) -> String {
+    format!("{v:.1}")
 }
 
 /// Shorten a label for a chart axis (the tables keep it whole).
@@ -62,20 +72,91 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-fn no_data(w: u32, h: u32) -> String {
-    format!(
-        r##"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img"><rect x="0" y="0" width="{w}" height="{h}" fill="#f6f7f9"/><text x="{}" y="{}" text-anchor="middle" class="muted">no finished dialogue yet</text></svg>"##,
-        w / 2,
-        h / 2
-    )
+/// A bar (or bar segment) with its tooltip.
+#[derive(Serialize)]
+struct Rect {
+    x: String,
+    y: String,
+    w: String,
+    h: String,
+    fill: &'static str,
+    title: String,
+}
+
+/// A text placed at `(x, y)`; anchor and class are the template's.
+#[derive(Serialize)]
+struct Text {
+    x: String,
+    y: String,
+    text: String,
+}
+
+impl Text {
+    fn at(x: f64, y: f64, text: impl Into<String>) -> Text {
+        Text {
+            x: px(x),
+            y: px(y),
+            text: text.into(),
+        }
+    }
+}
+
+/// A legend entry: a 12 px swatch at `(x, y)`, its label at `(text.x, text.y)`.
+#[derive(Serialize)]
+struct Key {
+    x: String,
+    y: String,
+    fill: &'static str,
+    text: Text,
+}
+
+/// A grid line at `at` across the plot with its label.
+#[derive(Serialize)]
+struct Tick {
+    at: String,
+    label: Text,
+}
+
+/// Grouped bars of the turns distribution.
+#[derive(Serialize)]
+struct TurnsChart {
+    w: u32,
+    h: u32,
+    /// No dialogue in any series: the template draws the "no data" box instead.
+    empty: bool,
+    /// Left and right end of the plot.
+    x1: String,
+    x2: String,
+    /// Horizontal grid lines, labelled on the left.
+    ticks: Vec<Tick>,
+    bars: Vec<Rect>,
+    /// Number of turns under each band.
+    columns: Vec<Text>,
+    /// The x axis line.
+    axis_y: String,
+    axis_label: Text,
+    legend: Vec<Key>,
 }
 
 /// Grouped bars: x = number of turns, one bar per series, height = share of the series' dialogues.
-fn turns_chart(series: &[&Group]) -> String {
-    let (w, h) = (1100u32, 340u32);
+fn turns_chart(series: &[&Group]) -> TurnsChart {
+    let (w, h) = (WIDTH, 340.0);
     let (left, right, top, bottom) = (56.0, 16.0, 16.0, 64.0);
-    if series.iter().all(|g| g.dialogues == 0) {
-        return no_data(w, h);
+    let mut c = TurnsChart {
+        w: w as u32,
+        h: h as u32,
+        empty: series.iter().all(|g| g.dialogues == 0),
+        x1: px(left),
+        x2: px(w - right),
+        ticks: Vec::new(),
+        bars: Vec::new(),
+        columns: Vec::new(),
+        axis_y: String::new(),
+        axis_label: Text::at(0.0, 0.0, ""),
+        legend: Vec::new(),
+    };
+    if c.empty {
+        return c;
     }
     let cats = series
         .iter()
@@ -95,304 +176,419 @@ fn turns_chart(series: &[&Group]) -> String {
     // A round axis maximum: 5% steps up to 50%, then 10%.
     let step = if top_share > 0.5 { 0.1 } else { 0.05 };
     let ymax = ((top_share / step).ceil() * step).min(1.0);
-    let pw = w as f64 - left - right;
-    let ph = h as f64 - top - bottom;
+    let pw = w - left - right;
+    let ph = h - top - bottom;
     let band = pw / cats as f64;
     let bar = (band * 0.8) / series.len() as f64;
-    let mut s =
-        format!(r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="turns per dialogue">"#);
     let mut tick = 0.0;
     while tick <= ymax + 1e-9 {
         let y = top + ph - tick / ymax * ph;
-        let _ = write!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e3e6ea"/><text x="{}" y="{:.1}" text-anchor="end" class="axis">{:.0}%</text>"##,
-            w as f64 - right,
-            left - 6.0,
-            y + 4.0,
-            tick * 100.0
-        );
+        c.ticks.push(Tick {
+            at: px(y),
+            label: Text::at(left - 6.0, y + 4.0, format!("{:.0}%", tick * 100.0)),
+        });
         tick += step;
     }
     for (si, sh) in shares.iter().enumerate() {
-        let colour = SERIES[si % SERIES.len()];
-        for (k, v) in sh.iter().enumerate() {
-            if *v <= 0.0 {
-                continue;
-            }
-            let x = left + k as f64 * band + band * 0.1 + si as f64 * bar;
+        for (k, v) in sh.iter().enumerate().filter(|(_, v)| **v > 0.0) {
             let bh = v / ymax * ph;
-            let _ = write!(
-                s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{colour}"><title>{}: {} turns, {:.1}%</title></rect>"#,
-                top + ph - bh,
-                (bar - 1.0).max(1.0),
-                esc(&series[si].key),
-                k,
-                v * 100.0
-            );
+            c.bars.push(Rect {
+                x: px(left + k as f64 * band + band * 0.1 + si as f64 * bar),
+                y: px(top + ph - bh),
+                w: px((bar - 1.0).max(1.0)),
+                h: px(bh),
+                fill: SERIES[si % SERIES.len()],
+                title: format!("{}: {} turns, {:.1}%", series[si].key, k, v * 100.0),
+            });
         }
     }
-    for k in 0..cats {
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" class="axis">{k}</text>"#,
-            left + k as f64 * band + band / 2.0,
-            top + ph + 16.0
-        );
-    }
-    let _ = write!(
-        s,
-        r##"<line x1="{left}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#555"/><text x="{:.1}" y="{:.1}" text-anchor="middle" class="axis">turns per dialogue (share of the series' dialogues)</text>"##,
-        w as f64 - right,
-        top + ph,
-        top + ph,
+    c.columns = (0..cats)
+        .map(|k| Text::at(left + k as f64 * band + band / 2.0, top + ph + 16.0, k.to_string()))
+        .collect();
+    c.axis_y = px(top + ph);
+    c.axis_label = Text::at(
         left + pw / 2.0,
-        top + ph + 34.0
+        top + ph + 34.0,
+        "turns per dialogue (share of the series' dialogues)",
     );
-    // Legend.
     let mut lx = left;
     for (si, g) in series.iter().enumerate() {
         let label = format!("{} ({})", clip(&g.key, 40), g.dialogues);
-        let _ = write!(
-            s,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}" class="legend">{}</text>"#,
-            h as f64 - 16.0,
-            SERIES[si % SERIES.len()],
-            lx + 16.0,
-            h as f64 - 6.0,
-            esc(&label)
-        );
-        lx += 28.0 + label.chars().count() as f64 * 6.6;
+        let advance = 28.0 + label.chars().count() as f64 * 6.6;
+        c.legend.push(Key {
+            x: px(lx),
+            y: px(h - 16.0),
+            fill: SERIES[si % SERIES.len()],
+            text: Text::at(lx + 16.0, h - 6.0, label),
+        });
+        lx += advance;
     }
-    s.push_str("</svg>");
-    s
+    c
+}
+
+/// One bar of the end reasons chart: its label and its segments.
+#[derive(Serialize)]
+struct ReasonsRow {
+    label: Text,
+    segments: Vec<Segment>,
+}
+
+#[derive(Serialize)]
+struct Segment {
+    rect: Rect,
+    /// The share written inside the segment, where it fits.
+    inside: Option<Text>,
+}
+
+/// 100% stacked bars of end reasons.
+#[derive(Serialize)]
+struct ReasonsChart {
+    w: u32,
+    h: u32,
+    /// No dialogue in any group: the template draws the "no data" box instead.
+    empty: bool,
+    rows: Vec<ReasonsRow>,
+    legend: Vec<Key>,
 }
 
 /// 100% stacked horizontal bars, one per group, segments per end reason.
-fn reasons_chart(groups: &[Group]) -> String {
+fn reasons_chart(groups: &[Group]) -> ReasonsChart {
     let row = 30.0;
     let (left, right, top) = (190.0, 20.0, 10.0);
-    let w = 1100u32;
-    let h = (top + row * groups.len() as f64 + 56.0) as u32;
-    if groups.iter().all(|g| g.dialogues == 0) {
-        return no_data(w, 120);
-    }
-    let pw = w as f64 - left - right;
-    let mut s = format!(
-        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="end reasons by inquirer">"#
-    );
-    let mut used: Vec<&str> = Vec::new();
+    let empty = groups.iter().all(|g| g.dialogues == 0);
+    let h = if empty {
+        120
+    } else {
+        (top + row * groups.len() as f64 + 56.0) as u32
+    };
+    let pw = WIDTH - left - right;
+    let mut rows = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
         let y = top + i as f64 * row;
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" class="label">{}</text>"#,
-            left - 8.0,
-            y + row / 2.0 + 4.0,
-            esc(&clip(&g.key, 28))
-        );
+        let mut segments = Vec::new();
         let mut x = left;
         for e in EndReason::ALL {
             let c = g.end_reasons.get(e.as_str()).copied().unwrap_or(0);
             if c == 0 || g.dialogues == 0 {
                 continue;
             }
-            if !used.contains(&e.as_str()) {
-                used.push(e.as_str());
-            }
             let share = c as f64 / g.dialogues as f64;
             let bw = share * pw;
-            let _ = write!(
-                s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{}"><title>{}: {} {} ({:.1}%)</title></rect>"#,
-                y + 4.0,
-                row - 8.0,
-                reason_colour(e.as_str()),
-                esc(&g.key),
-                e.as_str(),
-                c,
-                share * 100.0
-            );
-            if bw > 44.0 {
-                let _ = write!(
-                    s,
-                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" class="inbar">{:.0}%</text>"#,
-                    x + bw / 2.0,
-                    y + row / 2.0 + 4.0,
-                    share * 100.0
-                );
-            }
+            segments.push(Segment {
+                rect: Rect {
+                    x: px(x),
+                    y: px(y + 4.0),
+                    w: px(bw),
+                    h: px(row - 8.0),
+                    fill: reason_colour(e.as_str()),
+                    title: format!("{}: {} {} ({:.1}%)", g.key, e.as_str(), c, share * 100.0),
+                },
+                inside: (bw > 44.0)
+                    .then(|| Text::at(x + bw / 2.0, y + row / 2.0 + 4.0, format!("{:.0}%", share * 100.0))),
+            });
             x += bw;
         }
+        rows.push(ReasonsRow {
+            label: Text::at(left - 8.0, y + row / 2.0 + 4.0, clip(&g.key, 28)),
+            segments,
+        });
     }
+    // The reasons that occur, in the order the segments are stacked.
+    let used = EndReason::ALL.iter().map(|e| e.as_str()).filter(|r| {
+        groups
+            .iter()
+            .any(|g| g.dialogues > 0 && g.end_reasons.get(*r).is_some_and(|c| *c > 0))
+    });
+    let mut legend = Vec::new();
     let mut lx = left;
     let ly = top + row * groups.len() as f64 + 24.0;
     for r in used {
-        let _ = write!(
-            s,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{ly:.1}" class="legend">{r}</text>"#,
-            ly - 10.0,
-            reason_colour(r),
-            lx + 16.0
-        );
+        legend.push(Key {
+            x: px(lx),
+            y: px(ly - 10.0),
+            fill: reason_colour(r),
+            text: Text::at(lx + 16.0, ly, r),
+        });
         lx += 30.0 + r.len() as f64 * 6.6;
     }
-    s.push_str("</svg>");
-    s
+    ReasonsChart {
+        w: WIDTH as u32,
+        h,
+        empty,
+        rows,
+        legend,
+    }
 }
 
-/// Horizontal bars: the share finished by the stop token for each value of one feature.
-fn finished_chart(values: &[Group]) -> String {
+/// One bar of a finished-share chart: label, bar, and the share written after the plot.
+#[derive(Serialize)]
+struct FinishedRow {
+    label: Text,
+    bar: Rect,
+    value: Text,
+}
+
+/// Horizontal bars of the share finished by the stop token.
+#[derive(Serialize)]
+struct FinishedChart {
+    /// What the chart shows, for screen readers.
+    title: &'static str,
+    w: u32,
+    h: u32,
+    /// Top and bottom of the vertical grid lines.
+    y1: String,
+    y2: String,
+    /// Vertical grid lines (0 to 100%), labelled below.
+    ticks: Vec<Tick>,
+    rows: Vec<FinishedRow>,
+}
+
+/// Horizontal bars: the share finished by the stop token for each group (e.g. each value of one
+/// feature).
+fn finished_chart(title: &'static str, values: &[Group]) -> FinishedChart {
     let row = 24.0;
     let (left, right, top) = (230.0, 150.0, 6.0);
-    let w = 1100u32;
     let h = (top + row * values.len() as f64 + 28.0) as u32;
-    let pw = w as f64 - left - right;
-    let mut s = format!(
-        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="finished share by feature value">"#
-    );
-    for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
-        let x = left + t * pw;
-        let _ = write!(
-            s,
-            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{top}" y2="{:.1}" stroke="#e3e6ea"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" class="axis">{:.0}%</text>"##,
-            top + row * values.len() as f64,
-            top + row * values.len() as f64 + 16.0,
-            t * 100.0
-        );
+    let pw = WIDTH - left - right;
+    let bottom = top + row * values.len() as f64;
+    let ticks = [0.0, 0.25, 0.5, 0.75, 1.0]
+        .into_iter()
+        .map(|t| Tick {
+            at: px(left + t * pw),
+            label: Text::at(left + t * pw, bottom + 16.0, format!("{:.0}%", t * 100.0)),
+        })
+        .collect();
+    let rows = values
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let y = top + i as f64 * row;
+            let share = g.finished_share.unwrap_or(0.0);
+            FinishedRow {
+                label: Text::at(left - 8.0, y + row / 2.0 + 4.0, clip(&g.key, 34)),
+                bar: Rect {
+                    x: px(left),
+                    y: px(y + 3.0),
+                    w: px((share * pw).max(if g.dialogues > 0 { 1.0 } else { 0.0 })),
+                    h: px(row - 6.0),
+                    fill: reason_colour("stop"),
+                    title: format!(
+                        "{}: {} of {} finished by the stop token",
+                        g.key, g.finished_by_stop, g.dialogues
+                    ),
+                },
+                value: Text::at(
+                    left + pw + 8.0,
+                    y + row / 2.0 + 4.0,
+                    format!("{} of {}", pct(g.finished_share), g.dialogues),
+                ),
+            }
+        })
+        .collect();
+    FinishedChart {
+        title,
+        w: WIDTH as u32,
+        h,
+        y1: px(top),
+        y2: px(bottom),
+        ticks,
+        rows,
     }
-    for (i, g) in values.iter().enumerate() {
-        let y = top + i as f64 * row;
-        let share = g.finished_share.unwrap_or(0.0);
-        let _ = write!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" class="label">{}</text><rect x="{left}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#009E73"><title>{}: {} of {} finished by the stop token</title></rect><text x="{:.1}" y="{:.1}" class="label">{} of {}</text>"##,
-            left - 8.0,
-            y + row / 2.0 + 4.0,
-            esc(&clip(&g.key, 34)),
-            y + 3.0,
-            (share * pw).max(if g.dialogues > 0 { 1.0 } else { 0.0 }),
-            row - 6.0,
-            esc(&g.key),
-            g.finished_by_stop,
-            g.dialogues,
-            left + pw + 8.0,
-            y + row / 2.0 + 4.0,
-            pct(g.finished_share),
-            g.dialogues
-        );
-    }
-    s.push_str("</svg>");
-    s
 }
 
-fn table(title: &str, key: &str, groups: &[&Group]) -> String {
-    let mut s = format!(
-        "<h3>{}</h3><table><thead><tr><th>{}</th><th>dialogues</th><th>finished by stop</th><th>turns mean</th><th>median</th><th>p10–p90</th><th>inquirer tokens</th><th>responder tokens</th><th>inquirer s</th><th>responder s</th><th>end reasons</th></tr></thead><tbody>",
-        esc(title),
-        esc(key)
-    );
-    for g in groups {
+/// A figure card at the top of the page.
+#[derive(Serialize)]
+struct Card {
+    value: String,
+    label: &'static str,
+}
+
+/// One group's row in a table, every cell formatted.
+#[derive(Serialize)]
+struct Row {
+    key: String,
+    dialogues: u64,
+    finished: String,
+    turns_mean: String,
+    turns_median: String,
+    turns_p10: String,
+    turns_p90: String,
+    inquirer_tokens: String,
+    responder_tokens: String,
+    inquirer_s: String,
+    responder_s: String,
+    /// `stop 44, no_prompt 7`, most frequent first.
+    end_reasons: String,
+}
+
+impl Row {
+    fn of(g: &Group) -> Row {
         let mut reasons: Vec<(&String, &u64)> = g.end_reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let reasons: Vec<String> = reasons.iter().map(|(k, c)| format!("{} {}", esc(k), c)).collect();
-        let _ = write!(
-            s,
-            "<tr><td class=\"k\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}–{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"k\">{}</td></tr>",
-            esc(&g.key),
-            g.dialogues,
-            pct(g.finished_share),
-            num(g.turns.mean, 2),
-            num(g.turns.median, 1),
-            num(g.turns.p10, 0),
-            num(g.turns.p90, 0),
-            num(g.inquirer.completion_tokens_mean, 0),
-            num(g.responder.completion_tokens_mean, 0),
-            num(g.inquirer.latency_ms_mean.map(|x| x / 1000.0), 1),
-            num(g.responder.latency_ms_mean.map(|x| x / 1000.0), 1),
-            reasons.join(", ")
-        );
+        let reasons: Vec<String> = reasons.iter().map(|(k, c)| format!("{k} {c}")).collect();
+        Row {
+            key: g.key.clone(),
+            dialogues: g.dialogues,
+            finished: pct(g.finished_share),
+            turns_mean: num(g.turns.mean, 2),
+            turns_median: num(g.turns.median, 1),
+            turns_p10: num(g.turns.p10, 0),
+            turns_p90: num(g.turns.p90, 0),
+            inquirer_tokens: num(g.inquirer.completion_tokens_mean, 0),
+            responder_tokens: num(g.responder.completion_tokens_mean, 0),
+            inquirer_s: seconds(&g.inquirer),
+            responder_s: seconds(&g.responder),
+            end_reasons: reasons.join(", "),
+        }
     }
-    s.push_str("</tbody></table>");
-    s
 }
 
-const STYLE: &str = r#"
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px auto;max-width:1140px;color:#1c1f23;background:#fff}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e3e6ea;padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}
-.muted{color:#5f6b7a;fill:#5f6b7a;font-size:13px}.cards{display:flex;gap:12px;margin:16px 0;flex-wrap:wrap}
-.card{border:1px solid #e3e6ea;border-radius:6px;padding:10px 14px;min-width:120px}.card b{display:block;font-size:22px}.card span{font-size:12px;color:#5f6b7a}
-svg{display:block;max-width:100%;height:auto}svg text{font-size:12px;fill:#1c1f23}svg .axis{fill:#5f6b7a;font-size:11px}svg .legend{font-size:12px}svg .inbar{fill:#fff;font-size:11px;font-weight:600}
-table{border-collapse:collapse;width:100%;font-size:13px;margin-bottom:8px}th,td{border-bottom:1px solid #eef0f2;padding:4px 6px;text-align:right;white-space:nowrap}
-th{background:#f6f7f9;font-weight:600}td.k,th:first-child,th:last-child{text-align:left;white-space:normal}
-td.k:first-child{min-width:160px}
-"#;
+#[derive(Serialize)]
+struct Table {
+    title: String,
+    /// The header of the first column: what a row's key is.
+    key: String,
+    rows: Vec<Row>,
+}
 
-/// The whole page.
-pub fn render(r: &Report) -> String {
-    let mut s = String::with_capacity(64 << 10);
-    let _ = write!(
-        s,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>roleplay report: {}</title><style>{STYLE}</style></head><body>",
-        esc(&r.experiment)
-    );
-    let _ = write!(
-        s,
-        "<h1>roleplay report: {}</h1><div class=\"muted\">plan {} · stop token <code>{}</code> · at most {} turns</div>",
-        esc(&r.experiment),
-        esc(&r.plan_hash),
-        esc(&r.stop_token),
-        r.max_turns
-    );
-    let cards = [
-        (r.planned.to_string(), "dialogues planned"),
-        (r.finished.to_string(), "finished"),
-        (pct(r.all.finished_share), "finished by the stop token"),
-        (num(r.all.turns.mean, 2), "turns per dialogue, mean"),
-        (r.failed.to_string(), "failed (backend errors)"),
-        (r.missing.to_string(), "missing"),
-    ];
-    s.push_str("<div class=\"cards\">");
-    for (v, label) in cards {
-        let _ = write!(s, "<div class=\"card\"><b>{}</b><span>{}</span></div>", esc(&v), label);
+fn table<'a>(title: impl Into<String>, key: &str, groups: impl IntoIterator<Item = &'a Group>) -> Table {
+    Table {
+        title: title.into(),
+        key: key.to_string(),
+        rows: groups.into_iter().map(Row::of).collect(),
     }
-    s.push_str("</div>");
+}
 
-    s.push_str("<h2>Turns per dialogue</h2>");
-    let pairs: Vec<&Group> = if r.pairs.len() <= SERIES.len() {
+#[derive(Serialize)]
+struct FeatureCharts {
+    name: String,
+    chart: FinishedChart,
+}
+
+/// What the template gets.
+#[derive(Serialize)]
+struct Page<'a> {
+    experiment: &'a str,
+    plan_hash: &'a str,
+    stop_token: &'a str,
+    max_turns: u32,
+    cards: Vec<Card>,
+    turns: TurnsChart,
+    reasons: ReasonsChart,
+    features: Vec<FeatureCharts>,
+    goals: FinishedChart,
+    tables: Vec<Table>,
+    version: &'static str,
+}
+
+fn page(r: &Report) -> Page<'_> {
+    let cards = vec![
+        Card {
+            value: r.planned.to_string(),
+            label: "dialogues planned",
+        },
+        Card {
+            value: r.finished.to_string(),
+            label: "finished",
+        },
+        Card {
+            value: pct(r.all.finished_share),
+            label: "finished by the stop token",
+        },
+        Card {
+            value: num(r.all.turns.mean, 2),
+            label: "turns per dialogue, mean",
+        },
+        Card {
+            value: r.failed.to_string(),
+            label: "failed (backend errors)",
+        },
+        Card {
+            value: r.missing.to_string(),
+            label: "missing",
+        },
+    ];
+    // One series per pair while the colours last, else all dialogues as one.
+    let series: Vec<&Group> = if r.pairs.len() <= SERIES.len() {
         r.pairs.iter().collect()
     } else {
         vec![&r.all]
     };
-    s.push_str(&turns_chart(&pairs));
-
-    s.push_str("<h2>End reasons by inquirer</h2>");
-    s.push_str(&reasons_chart(&r.inquirers));
-
-    s.push_str("<h2>Finished by the stop token, per persona feature</h2>");
-    if r.features.is_empty() {
-        s.push_str("<p class=\"muted\">The personas of this experiment have no features.</p>");
-    }
-    for f in &r.features {
-        let _ = write!(s, "<h3>{}</h3>", esc(&f.name));
-        s.push_str(&finished_chart(&f.values));
-    }
-
-    s.push_str("<h2>Tables</h2>");
-    let mut by_pair: Vec<&Group> = vec![&r.all];
-    by_pair.extend(r.pairs.iter());
-    s.push_str(&table("By pair (inquirer -> responder)", "pair", &by_pair));
-    for f in &r.features {
-        let v: Vec<&Group> = f.values.iter().collect();
-        s.push_str(&table(&format!("By persona feature {}", f.name), &f.name, &v));
-    }
-    let goals: Vec<&Group> = r.goals.iter().collect();
-    s.push_str(&table("By goal", "goal", &goals));
-    s.push_str(
-        "<p class=\"muted\">Tokens: completion tokens per dialogue (mean over dialogues whose server reported them). Seconds: model latency per dialogue, mean. Written by roleplay ",
+    let mut tables = vec![table(
+        "By pair (inquirer -> responder)",
+        "pair",
+        std::iter::once(&r.all).chain(&r.pairs),
+    )];
+    tables.extend(
+        r.features
+            .iter()
+            .map(|f| table(format!("By persona feature {}", f.name), &f.name, &f.values)),
     );
-    s.push_str(env!("CARGO_PKG_VERSION"));
-    s.push_str(".</p></body></html>\n");
-    s
+    tables.push(table("By goal", "goal", &r.goals));
+    Page {
+        experiment: &r.experiment,
+        plan_hash: &r.plan_hash,
+        stop_token: &r.stop_token,
+        max_turns: r.max_turns,
+        cards,
+        turns: turns_chart(&series),
+        reasons: reasons_chart(&r.inquirers),
+        features: r
+            .features
+            .iter()
+            .map(|f| FeatureCharts {
+                name: f.name.clone(),
+                chart: finished_chart("finished share by feature value", &f.values),
+            })
+            .collect(),
+        goals: finished_chart("finished share by goal", &r.goals),
+        tables,
+        version: env!("CARGO_PKG_VERSION"),
+    }
 }
+
+/// A serialised view as a template value (this build of minijinja has no `serde` feature).
+fn template_value(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(b),
+        J::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::from(u),
+            (None, Some(i)) => Value::from(i),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s),
+        J::Array(a) => a.into_iter().map(template_value).collect(),
+        J::Object(o) => Value::from(
+            o.into_iter()
+                .map(|(k, v)| (k, template_value(v)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
+    }
+}
+
+/// The whole page.
+pub fn render(r: &Report) -> String {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| AutoEscape::Html);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // The template is part of the binary and the page's values are plain strings and numbers:
+    // a failure here is a bug of this file, caught by its tests.
+    minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+        .map(|syntax| env.set_syntax(syntax))
+        .and_then(|()| env.add_template("report.html.j2", TEMPLATE))
+        .and_then(|()| env.get_template("report.html.j2"))
+        .and_then(|t| {
+            let page = serde_json::to_value(page(r)).expect("the page view is plain data");
+            t.render(template_value(page))
+        })
+        .unwrap_or_else(|e| panic!("the built-in HTML report template failed: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests;

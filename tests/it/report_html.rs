@@ -135,8 +135,8 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(
         page.matches("<svg").count(),
-        4,
-        "turns, end reasons, and one chart per feature (2)"
+        5,
+        "turns, end reasons, one chart per feature (2) and one for the goals"
     );
     for external in ["http://", "https://", "<script", "src=", "url("] {
         assert!(
@@ -145,7 +145,7 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
         );
     }
     assert!(
-        page.contains("likes &lt;b&gt;bold&lt;/b&gt; &amp; chess"),
+        page.contains("likes &lt;b&gt;bold&lt;&#x2f;b&gt; &amp; chess"),
         "feature values are escaped"
     );
 
