@@ -15,7 +15,6 @@ use super::{Group, Report, RoleStats};
 use crate::dialogue::EndReason;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 const TEMPLATE: &str = include_str!("html/report.html.j2");
 
@@ -547,27 +546,6 @@ fn page(r: &Report) -> Page<'_> {
     }
 }
 
-/// A serialised view as a template value (this build of minijinja has no `serde` feature).
-fn template_value(v: serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Value::from(()),
-        J::Bool(b) => Value::from(b),
-        J::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => Value::from(u),
-            (None, Some(i)) => Value::from(i),
-            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => Value::from(s),
-        J::Array(a) => a.into_iter().map(template_value).collect(),
-        J::Object(o) => Value::from(
-            o.into_iter()
-                .map(|(k, v)| (k, template_value(v)))
-                .collect::<BTreeMap<String, Value>>(),
-        ),
-    }
-}
-
 /// The whole page.
 pub fn render(r: &Report) -> String {
     let mut env = Environment::new();
@@ -583,10 +561,7 @@ pub fn render(r: &Report) -> String {
         .map(|syntax| env.set_syntax(syntax))
         .and_then(|()| env.add_template("report.html.j2", TEMPLATE))
         .and_then(|()| env.get_template("report.html.j2"))
-        .and_then(|t| {
-            let page = serde_json::to_value(page(r)).expect("the page view is plain data");
-            t.render(template_value(page))
-        })
+        .and_then(|t| t.render(Value::from(minijinja::value::Serde(page(r)))))
         .unwrap_or_else(|e| panic!("the built-in HTML report template failed: {e:#}"))
 }
 
