@@ -119,6 +119,9 @@ pub fn run(args: TryArgs) -> Result<i32> {
         };
         dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &CallCache::new(), &Printer).await
     })?;
+    let dialogue::Outcome::Finished(record) = record else {
+        return Err(crate::Error::runtime("the dialogue was stopped before its end"));
+    };
     let c = &record.counters;
     crate::outln!(
         "=== {} turns, ended: {}",
@@ -129,12 +132,15 @@ pub fn run(args: TryArgs) -> Result<i32> {
         crate::outln!("    {} {}: {}", e.role, e.kind.as_str(), e.message);
     }
     crate::outln!(
-        "    multiple prompts {}, regenerations {} (helped {}), self-reply cuts {}, retries {}, trimmed pairs {}",
+        "    multiple prompts {}, regenerations {} (helped {}), self-reply cuts {}, HTTP requests {} (retries {}, refused as too long {}, cut by the window {}), trimmed pairs {}",
         c.multiple_prompts,
         c.regenerations,
         c.regeneration_helped,
         c.self_reply_cuts,
+        c.http_attempts,
         c.retries,
+        c.overflow_refusals,
+        c.cut_replies,
         c.trimmed_pairs
     );
     Ok(if record.ending.reason.is_failure() {

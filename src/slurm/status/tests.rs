@@ -74,6 +74,7 @@ pub(crate) fn finish(ctx: &RunCtx, shard: u32, done: usize, failed: usize) {
                 last_responder: None,
             },
             counters: Counters::default(),
+            windows: Default::default(),
         })))
         .unwrap();
     }
