@@ -374,17 +374,8 @@ pub fn compact_ranges(values: &[u32]) -> String {
     parts.join(",")
 }
 
-/// A value as one shell word: unchanged when it needs no quoting, else in single quotes.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=,.:/%@+".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// A value as one shell word (see [`super::shell::quote`]).
+pub use super::shell::quote as shell_quote;
 
 /// Whether a value may stand in an `#SBATCH` line: printable, no whitespace (it would split the
 /// option), no quotes or backslashes (Slurm's own quoting), no `#`.
