@@ -7,14 +7,13 @@ use super::limits::ArrayLimits;
 use super::options::RenderOptions;
 use super::script::{Rendered, render_one};
 use super::settings::check_extra_directives;
-use super::templates::{Source, environment, template_error};
+use super::templates::Templates;
 use super::variables::JobVars;
 use crate::error::{Error, Result};
 use crate::experiment::SlurmSettings;
 use crate::plan::Plan;
 use crate::rundir;
 use crate::slurm::records::{JobKind, Slot};
-use minijinja::Environment;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A round's arrays, rendered but not yet written.
@@ -44,22 +43,14 @@ pub fn render_round(
             ctx.root_display()
         )));
     }
-    let source = Source::of(&settings.template);
-    let env = environment(&source)?;
-    let main_name = source.name();
-    let template = env
-        .get_template(&main_name)
-        .map_err(|e| template_error(&main_name, &e))?;
-    let template_text = template.source().to_string();
-    let by_pair = settings.template == "vllm" || template_text.contains("served_models");
-    let groups = group(plan, shards, by_pair, limits.per_array());
+    let templates = Templates::load(&settings.template)?;
+    let groups = group(plan, shards, templates.serves_models, limits.per_array());
     let (throttle, mut warnings) = shared_throttle(settings.array_throttle, groups.len());
     warnings.extend(round_warnings(ctx, shards.len(), &limits));
     let has_signal = check_extra_directives(&settings.extra_directives)?;
     let arrays = RoundJobs {
         ctx,
-        env: &env,
-        main_name: &main_name,
+        templates: &templates,
         round,
         throttle,
         signal: (!has_signal).then(|| format!("B:USR2@{}", settings.signal_grace_secs)),
@@ -164,8 +155,7 @@ fn array_spec(tasks: u32, throttle: Option<u32>) -> String {
 /// What the arrays of one round share.
 struct RoundJobs<'a> {
     ctx: &'a RunCtx,
-    env: &'a Environment<'static>,
-    main_name: &'a str,
+    templates: &'a Templates,
     round: u32,
     throttle: Option<u32>,
     signal: Option<String>,
@@ -202,15 +192,13 @@ impl RoundJobs<'_> {
             worker_args: self.worker_args,
         };
         let script_path = ctx.script_path(round, JobKind::Array, k);
-        render_one(ctx, self.env, self.main_name, &job, self.opts, script_path)
+        render_one(ctx, self.templates, &job, self.opts, script_path)
     }
 }
 
 /// Renders the merge job of a round (`roleplay merge RUN_DIR --allow-partial`).
 pub fn render_merge(ctx: &RunCtx, round: u32, opts: &RenderOptions) -> Result<Rendered> {
-    let source = Source::Builtin("merge.sbatch.j2");
-    let env = environment(&source)?;
-    let main_name = source.name();
+    let templates = Templates::merge()?;
     let slot = Slot {
         plan_hash: ctx.plan.plan_hash.clone(),
         round,
@@ -230,14 +218,7 @@ pub fn render_merge(ctx: &RunCtx, round: u32, opts: &RenderOptions) -> Result<Re
         pairs: &BTreeSet::new(),
         worker_args: &[],
     };
-    render_one(
-        ctx,
-        &env,
-        &main_name,
-        &job,
-        opts,
-        ctx.script_path(round, JobKind::Merge, 0),
-    )
+    render_one(ctx, &templates, &job, opts, ctx.script_path(round, JobKind::Merge, 0))
 }
 
 /// `0-5,9,11-12`.
@@ -301,7 +282,7 @@ mod tests {
             from_cluster: false,
         };
         let mut ctx = f.ctx.clone();
-        ctx.plan.experiment.slurm.template = path.display().to_string();
+        ctx.plan.experiment.slurm.template = crate::experiment::TemplateSource::File(path.clone());
         let render = |text: &str| {
             std::fs::write(&path, text).unwrap();
             render_round(&ctx, 0, &[0, 1], limits, &RenderOptions::default(), &[])

@@ -5,12 +5,11 @@
 use super::context::RunCtx;
 use super::options::RenderOptions;
 use super::rounds::compact_ranges;
-use super::templates::{sbatch_safe, template_error};
+use super::templates::{Templates, sbatch_safe};
 use super::variables::{self, JobVars, Place};
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::slurm::records::Slot;
-use minijinja::Environment;
 use std::path::{Path, PathBuf};
 
 /// One rendered job script.
@@ -53,11 +52,10 @@ impl Rendered {
     }
 }
 
-/// Renders `job` of the run with the template `main_name` of `env`, and checks the script.
+/// Renders `job` of the run from `templates`, and checks the script.
 pub(super) fn render_one(
     ctx: &RunCtx,
-    env: &Environment<'static>,
-    main_name: &str,
+    templates: &Templates,
     job: &JobVars<'_>,
     opts: &RenderOptions,
     script_path: PathBuf,
@@ -86,10 +84,8 @@ pub(super) fn render_one(
     } else {
         vec![format!("--output={log_pattern}"), format!("--error={log_pattern}")]
     };
-    let vars = variables::variables(exp, &place, main_name, job, opts);
-    let template = env.get_template(main_name).map_err(|e| template_error(main_name, &e))?;
-    let script = template.render(vars).map_err(|e| template_error(main_name, &e))?;
-    check_script(exp, main_name, job, &script)?;
+    let script = templates.render(variables::variables(exp, &place, &templates.main, job, opts))?;
+    check_script(exp, &templates.main, job, &script)?;
     let blake3 = blake3::hash(script.as_bytes()).to_hex().to_string();
     Ok(Rendered {
         slot: job.slot.clone(),

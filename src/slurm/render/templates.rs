@@ -1,9 +1,11 @@
-//! The template environment: the built-in templates compiled in, where the main template comes
-//! from, how a user template's includes are found, the `sh` and `sbatch` filters, and the error for
-//! a template that does not render.
+//! The templates a job script renders from ([`Templates`]): the built-ins compiled in, the
+//! experiment's own file and where its includes are found, whether a template serves its pair's
+//! models (by kind, or by its use of `served_models`), the `sh` and `sbatch` filters, and the error
+//! for a template that does not render.
 
 use super::super::shell;
 use crate::error::{Error, Result};
+use crate::experiment::{Builtin, TemplateSource};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,9 @@ const BUILTIN: &[(&str, &str)] = &[
     ("merge.sbatch.j2", include_str!("../../../templates/merge.sbatch.j2")),
     ("directives.j2", include_str!("../../../templates/directives.j2")),
 ];
+
+/// The merge job's template, in [`BUILTIN`].
+const MERGE: &str = "merge.sbatch.j2";
 
 /// Whether a value may stand in an `#SBATCH` line: printable, no whitespace (it would split the
 /// option), no quotes or backslashes (Slurm's own quoting), no `#`.
@@ -53,32 +58,79 @@ fn sbatch_filter(v: Value) -> std::result::Result<String, minijinja::Error> {
     }
 }
 
-/// Where the main template comes from.
-#[derive(Debug, Clone)]
-pub(super) enum Source {
-    Builtin(&'static str),
-    File(PathBuf),
+/// A job script's template, ready to render: the environment, the main template's name in it, and
+/// whether its jobs serve their pair's models themselves.
+pub(super) struct Templates {
+    env: Environment<'static>,
+    /// The main template: a built-in's file name, or the path of the experiment's own.
+    pub main: String,
+    /// One array per (inquirer, responder) pair, for a job that starts the pair's servers: the
+    /// `vllm` built-in, or a template file that uses the `served_models` variable.
+    pub serves_models: bool,
 }
 
-impl Source {
-    pub(super) fn of(setting: &str) -> Source {
-        match setting {
-            "api" => Source::Builtin("api.sbatch.j2"),
-            "vllm" => Source::Builtin("vllm.sbatch.j2"),
-            "sim" => Source::Builtin("sim.sbatch.j2"),
-            path => Source::File(PathBuf::from(path)),
+impl Templates {
+    /// The experiment's template. A template file is read and compiled now; its includes are read
+    /// when it renders.
+    pub fn load(source: &TemplateSource) -> Result<Templates> {
+        match source {
+            TemplateSource::Builtin(b) => {
+                let main = builtin_file(*b).to_string();
+                Ok(Templates {
+                    env: environment(None)?,
+                    main,
+                    serves_models: b.serves_models(),
+                })
+            }
+            TemplateSource::File(path) => {
+                let text = fs_err::read_to_string(path).map_err(|e| {
+                    Error::config(format!("cannot read the sbatch template: {e}"))
+                        .with_hint("`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file")
+                })?;
+                let main = path.display().to_string();
+                let env = environment(Some((main.clone(), text, path.parent().map(Path::to_path_buf))))?;
+                let template = env.get_template(&main).map_err(|e| template_error(&main, &e))?;
+                let serves_models = template.undeclared_variables(false).contains("served_models");
+                Ok(Templates {
+                    env,
+                    main,
+                    serves_models,
+                })
+            }
         }
     }
 
-    pub(super) fn name(&self) -> String {
-        match self {
-            Source::Builtin(n) => (*n).to_string(),
-            Source::File(p) => p.display().to_string(),
-        }
+    /// The merge job's template (built in).
+    pub fn merge() -> Result<Templates> {
+        Ok(Templates {
+            env: environment(None)?,
+            main: MERGE.to_string(),
+            serves_models: false,
+        })
+    }
+
+    /// The main template rendered with `vars`.
+    pub fn render(&self, vars: Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(&self.main)
+            .map_err(|e| template_error(&self.main, &e))?;
+        template.render(vars).map_err(|e| template_error(&self.main, &e))
     }
 }
 
-pub(super) fn environment(main: &Source) -> Result<Environment<'static>> {
+/// The file name of a built-in in [`BUILTIN`].
+fn builtin_file(b: Builtin) -> &'static str {
+    match b {
+        Builtin::Api => "api.sbatch.j2",
+        Builtin::Vllm => "vllm.sbatch.j2",
+        Builtin::Sim => "sim.sbatch.j2",
+    }
+}
+
+/// The environment every script renders in; `user` is the experiment's own main template (its
+/// name, its text, its folder), whose includes are looked for beside it before the built-ins.
+fn environment(user: Option<(String, String, Option<PathBuf>)>) -> Result<Environment<'static>> {
     let mut env = Environment::new();
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -91,15 +143,9 @@ pub(super) fn environment(main: &Source) -> Result<Environment<'static>> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.add_filter("sh", sh_filter);
     env.add_filter("sbatch", sbatch_filter);
-    let (user_main, user_dir) = match main {
-        Source::File(p) => {
-            let text = fs_err::read_to_string(p).map_err(|e| {
-                Error::config(format!("cannot read the sbatch template: {e}"))
-                    .with_hint("`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file")
-            })?;
-            (Some((p.display().to_string(), text)), p.parent().map(Path::to_path_buf))
-        }
-        Source::Builtin(_) => (None, None),
+    let (user_main, user_dir) = match user {
+        Some((name, text, dir)) => (Some((name, text)), dir),
+        None => (None, None),
     };
     env.set_loader(move |name| {
         if let Some((main_name, text)) = &user_main
@@ -139,9 +185,115 @@ pub(super) fn template_error(name: &str, e: &minijinja::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::slurm::shell::quote as shell_quote;
+
+    /// A valid experiment in `dir` whose `[slurm]` section is `slurm`.
+    pub(in crate::slurm::render) fn experiment_with(dir: &Path, slurm: &str) -> Result<crate::experiment::Experiment> {
+        let text = format!(
+            r#"
+name = "kinds"
+[personas]
+template = "<AGE> person"
+fixed = [{{ age = "young" }}]
+[goals]
+items = ["a goal"]
+[[models]]
+name = "inq"
+roles = ["inquirer"]
+backend = "sim"
+[models.templates]
+first_turn = "You are <PERSONA>. Goal: <OBJECTIVE>. Say <CONV_STOP> when done."
+response_forwarding = "\"<RESPONSE>\""
+[[models]]
+name = "resp"
+roles = ["responder"]
+backend = "sim"
+[slurm]
+{slurm}
+"#
+        );
+        crate::experiment::load_str(&text, &dir.join("exp.toml")).map(|l| l.experiment)
+    }
+
+    const PLAIN: &str = "#!/bin/bash\n{% include \"directives.j2\" %}\nexec true\n";
+
+    #[test]
+    fn template_values_resolve_once_into_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mine.sbatch.j2"), PLAIN).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/job"), PLAIN).unwrap();
+        let kind = |line: &str| experiment_with(dir.path(), line).map(|e| e.slurm.template);
+        assert_eq!(kind("").unwrap(), TemplateSource::Builtin(Builtin::Api));
+        for b in Builtin::ALL {
+            assert_eq!(
+                kind(&format!("template = \"{}\"", b.name())).unwrap(),
+                TemplateSource::Builtin(b)
+            );
+        }
+        assert_eq!(
+            kind("template = \"mine.sbatch.j2\"").unwrap(),
+            TemplateSource::File(dir.path().join("mine.sbatch.j2"))
+        );
+        assert_eq!(
+            kind("template = \"sub/job\"").unwrap(),
+            TemplateSource::File(dir.path().join("sub/job"))
+        );
+        let e = kind("template = \"apii\"").unwrap_err();
+        assert!(
+            e.message
+                .contains("`slurm.template`: `apii` is not a built-in template"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.unwrap().contains("`api`, `vllm`, `sim`"));
+    }
+
+    #[test]
+    fn template_sources_serialize_as_the_string_the_plan_always_held() {
+        let file = TemplateSource::File(PathBuf::from("/exp/mine.sbatch.j2"));
+        assert_eq!(serde_json::to_string(&file).unwrap(), "\"/exp/mine.sbatch.j2\"");
+        assert_eq!(file.to_string(), "/exp/mine.sbatch.j2");
+        for b in Builtin::ALL {
+            let source = TemplateSource::Builtin(b);
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{}\"", b.name()));
+            assert_eq!(serde_json::from_str::<TemplateSource>(&json).unwrap(), source);
+        }
+        assert_eq!(
+            serde_json::from_str::<TemplateSource>("\"/exp/mine.sbatch.j2\"").unwrap(),
+            file
+        );
+    }
+
+    #[test]
+    fn a_template_serves_models_by_its_kind_or_its_use_of_served_models() {
+        for b in Builtin::ALL {
+            let t = Templates::load(&TemplateSource::Builtin(b)).unwrap();
+            assert_eq!(t.serves_models, b == Builtin::Vllm, "{}", b.name());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Templates::load(&TemplateSource::File(path)).unwrap().serves_models
+        };
+        assert!(file(
+            "serves.j2",
+            "#!/bin/bash\n{% for m in served_models %}echo {{ m.model | sh }}\n{% endfor %}"
+        ));
+        assert!(file(
+            "counts.j2",
+            "#!/bin/bash\n# {{ served_models | length }} servers\n"
+        ));
+        assert!(!file(
+            "mentions.j2",
+            "#!/bin/bash\n{# no served_models here #}\necho served_models\n"
+        ));
+        assert!(!file("plain.j2", PLAIN));
+    }
 
     #[test]
     fn quoting_and_sbatch_values() {
