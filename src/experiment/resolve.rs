@@ -136,6 +136,7 @@ impl Cx {
             slurm,
         };
         self.grid_size(&exp)?;
+        self.check_slurm(&exp)?;
         Ok(exp)
     }
 
@@ -803,15 +804,6 @@ impl Cx {
             }
         };
         let template = self.template_source(raw.template.as_deref())?;
-        if let Some(lines) = &raw.extra_directives {
-            for l in lines {
-                if !l.starts_with("--") || l.contains('\n') {
-                    return Err(self
-                        .err("slurm.extra_directives", format!("`{l}` is not an sbatch option"))
-                        .with_hint("write each as `--option=value`, one per entry, e.g. `--constraint=a100`"));
-                }
-            }
-        }
         if let Some(lines) = &raw.setup
             && lines.iter().any(|l| l.contains('\n'))
         {
@@ -834,6 +826,19 @@ impl Cx {
                 .unwrap_or(120) as u32,
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
+        })
+    }
+
+    /// What rendering requires of the experiment (the name in job names, `extra_directives`, the
+    /// template file): the checks rendering makes, made here so that no command accepts what
+    /// `render` or `submit` would refuse.
+    fn check_slurm(&self, exp: &Experiment) -> Result<()> {
+        crate::slurm::render::check_experiment(exp).map_err(|r| {
+            let e = self.err(r.key, &r.error.message);
+            match r.error.hint {
+                Some(hint) => e.with_hint(hint),
+                None => e,
+            }
         })
     }
 

@@ -42,19 +42,12 @@ impl RunCtx {
     /// `rp-<experiment>-<run key>-r<round>-a<array>` (or `-merge`): deterministic, so a submission
     /// whose answer was lost is found in the queue by name.
     pub fn job_name(&self, round: u32, kind: JobKind, array: u32) -> String {
-        let name: String = self.plan.experiment.name.chars().take(40).collect();
-        match kind {
-            JobKind::Array => format!("rp-{name}-{}-r{round}-a{array}", self.run_key),
-            JobKind::Merge => format!("rp-{name}-{}-r{round}-merge", self.run_key),
-        }
+        job_name(&self.plan.experiment.name, &self.run_key, round, kind, array)
     }
 
+    /// `roleplay:<plan hash>:<run key>:r<round>:a<array>` (or `:merge`).
     pub fn comment(&self, round: u32, kind: JobKind, array: u32) -> String {
-        let what = match kind {
-            JobKind::Array => format!("a{array}"),
-            JobKind::Merge => "merge".to_string(),
-        };
-        format!("roleplay:{}:{}:r{round}:{what}", self.plan.plan_hash, self.run_key)
+        comment(&self.plan.plan_hash, &self.run_key, round, kind, array)
     }
 
     /// `RUN_DIR/slurm/round-RRR-array-K.sbatch` (or `round-RRR-merge.sbatch`).
@@ -74,6 +67,24 @@ impl RunCtx {
     pub fn relative(&self, path: &Path) -> String {
         self.rd.relative(path)
     }
+}
+
+/// A job's name from the experiment's name (its first 40 characters) and the run key.
+pub(super) fn job_name(experiment: &str, run_key: &str, round: u32, kind: JobKind, array: u32) -> String {
+    let name: String = experiment.chars().take(40).collect();
+    match kind {
+        JobKind::Array => format!("rp-{name}-{run_key}-r{round}-a{array}"),
+        JobKind::Merge => format!("rp-{name}-{run_key}-r{round}-merge"),
+    }
+}
+
+/// A job's comment, which tells roleplay's jobs from others of the same name.
+pub(super) fn comment(plan_hash: &str, run_key: &str, round: u32, kind: JobKind, array: u32) -> String {
+    let what = match kind {
+        JobKind::Array => format!("a{array}"),
+        JobKind::Merge => "merge".to_string(),
+    };
+    format!("roleplay:{plan_hash}:{run_key}:r{round}:{what}")
 }
 
 /// 8 hex digits of blake3 over the plan hash and the run directory's canonical path.

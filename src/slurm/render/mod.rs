@@ -32,6 +32,7 @@ pub use limits::ArrayLimits;
 pub use options::{RenderOptions, parse_vars};
 pub use rounds::{RoundPlan, compact_ranges, render_merge, render_round};
 pub use script::Rendered;
+pub use settings::{Refusal, check_experiment};
 pub use templates::sbatch_safe;
 pub use write::write;
 

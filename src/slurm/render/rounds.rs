@@ -6,7 +6,7 @@ use super::context::RunCtx;
 use super::limits::ArrayLimits;
 use super::options::RenderOptions;
 use super::script::{Rendered, render_one};
-use super::settings::check_extra_directives;
+use super::settings;
 use super::templates::Templates;
 use super::variables::JobVars;
 use crate::error::{Error, Result};
@@ -36,24 +36,24 @@ pub fn render_round(
 ) -> Result<RoundPlan> {
     opts.check()?;
     let plan = &ctx.plan;
-    let settings = &plan.experiment.slurm;
+    let slurm = &plan.experiment.slurm;
     if let Some(&bad) = shards.iter().find(|&&s| s as usize >= plan.shards.len()) {
         return Err(Error::config(format!(
             "shard {bad} is not in the plan of `{}`",
             ctx.root_display()
         )));
     }
-    let templates = Templates::load(&settings.template)?;
+    settings::recheck(&plan.experiment)?;
+    let templates = Templates::load(&slurm.template)?;
     let groups = group(plan, shards, templates.serves_models, limits.per_array());
-    let (throttle, mut warnings) = shared_throttle(settings.array_throttle, groups.len());
+    let (throttle, mut warnings) = shared_throttle(slurm.array_throttle, groups.len());
     warnings.extend(round_warnings(ctx, shards.len(), &limits));
-    let has_signal = check_extra_directives(&settings.extra_directives)?;
     let arrays = RoundJobs {
         ctx,
         templates: &templates,
         round,
         throttle,
-        signal: (!has_signal).then(|| format!("B:USR2@{}", settings.signal_grace_secs)),
+        signal: settings::signal(&plan.experiment),
         opts,
         worker_args,
     };
@@ -128,19 +128,19 @@ fn round_warnings(ctx: &RunCtx, tasks: usize, limits: &ArrayLimits) -> Vec<Strin
             "{tasks} tasks exceed the cluster's MaxJobCount ({max}): sbatch will refuse some arrays"
         ));
     }
-    let settings: &SlurmSettings = &ctx.plan.experiment.slurm;
+    let slurm: &SlurmSettings = &ctx.plan.experiment.slurm;
     let grace = ctx.plan.experiment.worker.grace_secs;
-    if f64::from(settings.signal_grace_secs) < grace + 10.0 {
+    if f64::from(slurm.signal_grace_secs) < grace + 10.0 {
         warnings.push(format!(
             "`[slurm] signal_grace_secs = {}` leaves the worker little time after the warning signal (`worker.grace_secs = {grace}`)",
-            settings.signal_grace_secs
+            slurm.signal_grace_secs
         ));
     }
     warnings
 }
 
 /// `0`, `0-9`, `0-9%2`: the indices of an array of `tasks` tasks, throttled.
-fn array_spec(tasks: u32, throttle: Option<u32>) -> String {
+pub(super) fn array_spec(tasks: u32, throttle: Option<u32>) -> String {
     let mut spec = if tasks <= 1 {
         "0".to_string()
     } else {
@@ -198,6 +198,7 @@ impl RoundJobs<'_> {
 
 /// Renders the merge job of a round (`roleplay merge RUN_DIR --allow-partial`).
 pub fn render_merge(ctx: &RunCtx, round: u32, opts: &RenderOptions) -> Result<Rendered> {
+    settings::recheck(&ctx.plan.experiment)?;
     let templates = Templates::merge()?;
     let slot = Slot {
         plan_hash: ctx.plan.plan_hash.clone(),

@@ -64,13 +64,6 @@ pub(super) fn render_one(
     let root = &ctx.rd.root;
     let log_in_script = check_run_dir(root)?;
     let exe = check_exe(&ctx.exe)?;
-    let name = &exp.name;
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(
-            Error::config(format!("the experiment name `{name}` cannot be part of a job name"))
-                .with_hint("name experiments with letters, digits and `-_.` only, then plan again with `--replan`"),
-        );
-    }
     let place = Place {
         plan_hash: &ctx.plan.plan_hash,
         run_dir: root.display().to_string(),
@@ -138,7 +131,7 @@ fn check_exe(exe: &Path) -> Result<&str> {
 }
 
 /// What every rendered script must hold, and must not.
-fn check_script(exp: &Experiment, template: &str, job: &JobVars<'_>, script: &str) -> Result<()> {
+pub(super) fn check_script(exp: &Experiment, template: &str, job: &JobVars<'_>, script: &str) -> Result<()> {
     let has_line = |want: &str| script.lines().any(|l| l.trim_end() == want);
     let mut required = vec![format!("#SBATCH --job-name={}", job.slot.job_name)];
     if let Some(spec) = &job.array_spec {

@@ -84,8 +84,10 @@ impl Templates {
             }
             TemplateSource::File(path) => {
                 let text = fs_err::read_to_string(path).map_err(|e| {
-                    Error::config(format!("cannot read the sbatch template: {e}"))
-                        .with_hint("`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file")
+                    Error::config(format!("cannot read the sbatch template: {e}")).with_hint(
+                        "`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file, relative to \
+                             the experiment file",
+                    )
                 })?;
                 let main = path.display().to_string();
                 let env = environment(Some((main.clone(), text, path.parent().map(Path::to_path_buf))))?;
@@ -111,11 +113,32 @@ impl Templates {
 
     /// The main template rendered with `vars`.
     pub fn render(&self, vars: Value) -> Result<String> {
-        let template = self
-            .env
-            .get_template(&self.main)
-            .map_err(|e| template_error(&self.main, &e))?;
-        template.render(vars).map_err(|e| template_error(&self.main, &e))
+        self.try_render(vars).map_err(|e| template_error(&self.main, &e))
+    }
+
+    /// [`Templates::render`], with minijinja's error as it is.
+    pub fn try_render(&self, vars: Value) -> std::result::Result<String, minijinja::Error> {
+        self.env.get_template(&self.main)?.render(vars)
+    }
+}
+
+/// Whether a rendering error is the template's own, whatever the values it got: its syntax (or an
+/// include's), an include that is not there, an unknown filter, test or function. Other errors (an
+/// undefined or unusable value) may depend on the values of one run and its render options.
+pub(super) fn is_template_fault(e: &minijinja::Error) -> bool {
+    use minijinja::ErrorKind as K;
+    match e.kind() {
+        K::SyntaxError
+        | K::BadEscape
+        | K::TemplateNotFound
+        | K::UnknownFilter
+        | K::UnknownTest
+        | K::UnknownFunction => true,
+        // An error inside an include: the include's own error decides.
+        K::BadInclude => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<minijinja::Error>())
+            .is_some_and(is_template_fault),
+        _ => false,
     }
 }
 
