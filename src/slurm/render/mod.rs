@@ -10,12 +10,11 @@
 //! characters) is refused. Persona and goal texts never reach a template, and no secret does: only
 //! the *names* of the variables that hold keys, which sbatch passes on from the submitting shell.
 //!
-//! One concern per module: [`options`] (render options, stored per run), [`limits`] (the array
-//! limits), [`context`] (the run, its key, job names and paths), [`rounds`] (a round cut into
-//! arrays, the merge job), [`templates`] (the templates a script renders from, and their kinds),
-//! [`variables`] (what a template gets), [`script`] (one script rendered and checked), [`settings`]
-//! (what rendering requires of the experiment's `[slurm]` settings) and [`write`] (scripts and maps
-//! on disk).
+//! One concern per module: `options` (render options, stored per run), `limits` (the array
+//! limits), `context` (the run, its key, job names and paths), `rounds` (a round cut into arrays,
+//! the merge job), `templates` (the templates a script renders from, and their kinds), `variables`
+//! (what a template gets), `script` (one script rendered and checked), `settings` (what rendering
+//! requires of the experiment, checked when it is loaded) and `write` (scripts and maps on disk).
 
 mod context;
 mod limits;

@@ -5,9 +5,10 @@
 //!
 //! Experiment resolution calls [`check_experiment`], so `validate`, `plan` and `run` refuse what
 //! rendering would refuse, naming the file and the key. Rendering calls [`recheck`] (the same
-//! functions but the sample render) on the plan's experiment, which an older roleplay or a hand edit
-//! may have written; what depends on the run (its directory, the binary, the render options, the
-//! environment's keys) is checked when a run's scripts are rendered.
+//! functions, on the plan's experiment, which an older roleplay or a hand edit may have written)
+//! and checks every real script with the `check_script` the sample render uses. What depends on the
+//! run (its directory, the binary, the render options, the keys in the environment) can only be
+//! checked when a run's scripts are rendered.
 
 use super::context;
 use super::options::RenderOptions;

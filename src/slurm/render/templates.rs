@@ -18,6 +18,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("directives.j2", include_str!("../../../templates/directives.j2")),
 ];
 
+/// For a template file that cannot be read.
+const READ_HINT: &str = "`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file, \
+                         relative to the experiment file";
+
 /// The merge job's template, in [`BUILTIN`].
 const MERGE: &str = "merge.sbatch.j2";
 
@@ -65,7 +69,8 @@ pub(super) struct Templates {
     /// The main template: a built-in's file name, or the path of the experiment's own.
     pub main: String,
     /// One array per (inquirer, responder) pair, for a job that starts the pair's servers: the
-    /// `vllm` built-in, or a template file that uses the `served_models` variable.
+    /// `vllm` built-in, or a template file that itself (not only an include) uses the
+    /// `served_models` variable, as minijinja's `undeclared_variables` tells.
     pub serves_models: bool,
 }
 
@@ -83,12 +88,8 @@ impl Templates {
                 })
             }
             TemplateSource::File(path) => {
-                let text = fs_err::read_to_string(path).map_err(|e| {
-                    Error::config(format!("cannot read the sbatch template: {e}")).with_hint(
-                        "`[slurm] template` takes `api`, `vllm`, `sim` or the path of a template file, relative to \
-                             the experiment file",
-                    )
-                })?;
+                let text = fs_err::read_to_string(path)
+                    .map_err(|e| Error::config(format!("cannot read the sbatch template: {e}")).with_hint(READ_HINT))?;
                 let main = path.display().to_string();
                 let env = environment(Some((main.clone(), text, path.parent().map(Path::to_path_buf))))?;
                 let template = env.get_template(&main).map_err(|e| template_error(&main, &e))?;
