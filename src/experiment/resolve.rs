@@ -136,6 +136,7 @@ impl Cx {
             slurm,
         };
         self.grid_size(&exp)?;
+        self.check_slurm(&exp)?;
         Ok(exp)
     }
 
@@ -838,26 +839,7 @@ impl Cx {
                 _ => Ok(v.clone()),
             }
         };
-        let template = raw.template.clone().unwrap_or_else(|| "api".into());
-        if template.is_empty() {
-            return Err(self
-                .err("slurm.template", "the template name is empty")
-                .with_hint("use `api`, `vllm`, `sim` or a path to your own template"));
-        }
-        let template = if template.contains('/') || template.ends_with(".j2") {
-            self.path(&template).display().to_string()
-        } else {
-            template
-        };
-        if let Some(lines) = &raw.extra_directives {
-            for l in lines {
-                if !l.starts_with("--") || l.contains('\n') {
-                    return Err(self
-                        .err("slurm.extra_directives", format!("`{l}` is not an sbatch option"))
-                        .with_hint("write each as `--option=value`, one per entry, e.g. `--constraint=a100`"));
-                }
-            }
-        }
+        let template = self.template_source(raw.template.as_deref())?;
         if let Some(lines) = &raw.setup
             && lines.iter().any(|l| l.contains('\n'))
         {
@@ -880,6 +862,43 @@ impl Cx {
                 .unwrap_or(120) as u32,
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
+        })
+    }
+
+    /// What rendering requires of the experiment (the name in job names, `extra_directives`, the
+    /// template file): the checks rendering makes, made here so that no command accepts what
+    /// `render` or `submit` would refuse.
+    fn check_slurm(&self, exp: &Experiment) -> Result<()> {
+        crate::slurm::render::check_experiment(exp).map_err(|r| {
+            let e = self.err(r.key, &r.error.message);
+            match r.error.hint {
+                Some(hint) => e.with_hint(hint),
+                None => e,
+            }
+        })
+    }
+
+    /// `[slurm] template`: a value with a `/` or ending in `.j2` is a file (relative to the
+    /// experiment file), any other a built-in's name.
+    fn template_source(&self, value: Option<&str>) -> Result<TemplateSource> {
+        let names = Builtin::ALL.map(|b| format!("`{}`", b.name())).join(", ");
+        let Some(value) = value else {
+            return Ok(TemplateSource::default());
+        };
+        if value.is_empty() {
+            return Err(self
+                .err("slurm.template", "the template name is empty")
+                .with_hint(format!("use {names} or a path to your own template")));
+        }
+        if value.contains('/') || value.ends_with(".j2") {
+            return Ok(TemplateSource::File(self.path(value)));
+        }
+        Builtin::from_name(value).map(TemplateSource::Builtin).ok_or_else(|| {
+            self.err("slurm.template", format!("`{value}` is not a built-in template"))
+                .with_hint(format!(
+                    "use {names}, or the path of your own template: a value with a `/` or ending in `.j2` \
+                     is a file relative to the experiment file (e.g. `./{value}.sbatch.j2`)"
+                ))
         })
     }
 
