@@ -34,7 +34,3 @@ pub use script::Rendered;
 pub use settings::{Refusal, check_experiment};
 pub use templates::sbatch_safe;
 pub use write::write;
-
-/// A value as one shell word (see [`crate::slurm::shell::quote`]); kept here for the commands that
-/// quote run directories in their messages.
-pub use super::shell::quote as shell_quote;

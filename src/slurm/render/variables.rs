@@ -107,13 +107,17 @@ fn gpu_count(gpus: Option<&str>) -> Option<u32> {
 
 /// Whether a `base_url` points at this machine (a server the job starts itself).
 fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.split(':').next().unwrap_or(""),
+    let Some(host) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+    else {
+        return false;
     };
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// A model served by the job itself (the `vllm` template): one server per model id.
@@ -183,7 +187,8 @@ mod tests {
             "http://127.0.0.1:8000/v1",
             "http://localhost/v1",
             "http://[::1]:80/v1",
-            "127.0.0.2:9",
+            "http://127.0.0.2:9",
+            "HTTP://LOCALHOST:8000/v1",
         ] {
             assert!(is_loopback(yes), "{yes}");
         }
@@ -191,6 +196,8 @@ mod tests {
             "https://api.openai.com/v1",
             "http://gpu-node:8000/v1",
             "http://10.0.0.1/v1",
+            "http://127.0.0.1.example.org/v1",
+            "not a url",
         ] {
             assert!(!is_loopback(no), "{no}");
         }
