@@ -71,6 +71,21 @@ impl fmt::Display for JobRef {
     }
 }
 
+/// Written as Slurm prints it (`123`, `123_4`), in the submissions journal and `status --json`.
+impl serde::Serialize for JobRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Read from Slurm's spelling (`123`, `123_4`); anything else is an error, never a panic.
+impl<'de> serde::Deserialize<'de> for JobRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JobRef, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for JobRef {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<JobRef, ParseError> {

@@ -9,10 +9,12 @@
 //! forgets finished jobs after MinJobAge and sacct may not exist: once seen, how an attempt ended is
 //! never lost, which is what the attempt budget counts.
 
+use super::{ArrayTask, JobRef};
 use crate::error::Result;
 use crate::rundir::RunDir;
 use crate::rundir::log::{self, Format, Log};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 pub const FORMAT: Format = Format {
     name: "roleplay-submissions",
@@ -102,7 +104,7 @@ pub struct Refused {
 /// `roleplay cancel` asked the scheduler to cancel these jobs (array job ids or `A_i`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelled {
-    pub jobs: Vec<String>,
+    pub jobs: Vec<JobRef>,
     pub at: u64,
 }
 
@@ -115,7 +117,7 @@ pub struct TaskOutcome {
     pub index: u32,
     pub shard: u32,
     /// `ARRAYJOB_INDEX`.
-    pub job: String,
+    pub job: JobRef,
     pub class: EndClass,
     pub reason: String,
     /// Counts against the shard's attempt budget (`worker.max_attempts`).
@@ -133,6 +135,17 @@ pub enum EndClass {
     Failed,
     /// Was running, stopped answering and left the queue, with no word on how it ended.
     Lost,
+}
+
+/// The jobs `roleplay cancel` named (array job ids and tasks), from [`Submissions::cancel_marks`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelMarks(HashSet<JobRef>);
+
+impl CancelMarks {
+    /// Whether a cancel named this task or its whole array.
+    pub fn cover(&self, task: ArrayTask) -> bool {
+        self.0.contains(&JobRef::Job(task.array_job_id)) || self.0.contains(&JobRef::Task(task))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,19 +289,32 @@ impl Submissions {
 
     /// Whether `roleplay cancel` named this task or its whole array.
     pub fn was_cancelled(&self, array_job_id: u64, index: u32) -> bool {
-        let (array, task) = (array_job_id.to_string(), format!("{array_job_id}_{index}"));
-        self.records.iter().any(|r| match r {
-            Record::Cancelled(c) => c.jobs.iter().any(|j| *j == array || *j == task),
-            _ => false,
+        self.cancel_marks().cover(ArrayTask {
+            array_job_id,
+            task_id: index,
         })
     }
 
-    /// The latest recorded outcome of each task, by (array job id, index).
-    pub fn outcomes(&self) -> std::collections::HashMap<String, &TaskOutcome> {
+    /// Every job `roleplay cancel` named, to ask about many tasks.
+    pub fn cancel_marks(&self) -> CancelMarks {
+        CancelMarks(
+            self.records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Cancelled(c) => Some(c.jobs.iter().copied()),
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+        )
+    }
+
+    /// The latest recorded outcome of each task, by its `ARRAYJOB_INDEX`.
+    pub fn outcomes(&self) -> std::collections::HashMap<JobRef, &TaskOutcome> {
         let mut m = std::collections::HashMap::new();
         for r in &self.records {
             if let Record::Outcome(o) = r {
-                m.insert(o.job.clone(), o);
+                m.insert(o.job, o);
             }
         }
         m
@@ -410,7 +436,7 @@ mod tests {
     fn cancellations_name_arrays_and_tasks() {
         let s = Submissions {
             records: vec![Record::Cancelled(Cancelled {
-                jobs: vec!["17".into(), "20_3".into()],
+                jobs: vec!["17".parse().unwrap(), "20_3".parse().unwrap()],
                 at: 1,
             })],
             damaged_lines: vec![],

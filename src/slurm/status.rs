@@ -9,7 +9,7 @@
 //! again afterwards, so a task that finishes meanwhile shows as done, never as failed. Works without
 //! sacct, after squeue has forgotten a job (MinJobAge), and offline from the run's records alone.
 
-use super::records::{EndClass, Submissions, TaskOutcome};
+use super::records::{CancelMarks, EndClass, Submissions, TaskOutcome};
 use super::render::RunCtx;
 use super::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, QueueFilter, QueueRecord, Scheduler};
 use crate::dialogue::EndReason;
@@ -97,8 +97,8 @@ pub struct ShardReport {
     pub max_attempts: u32,
     /// `failed_attempts >= max_attempts`: `resume` reports it instead of resubmitting it.
     pub over_budget: bool,
-    /// The latest task, `ARRAYJOB_INDEX`.
-    pub job: Option<String>,
+    /// The task named: a queued or running one, else the latest (`ARRAYJOB_INDEX`).
+    pub job: Option<JobRef>,
     pub round: Option<u32>,
     pub host: Option<String>,
     pub heartbeat_age_secs: Option<u64>,
@@ -172,8 +172,8 @@ struct TaskSub {
 }
 
 impl TaskSub {
-    fn job(&self) -> String {
-        JobRef::Task(self.task).to_string()
+    fn job(&self) -> JobRef {
+        JobRef::Task(self.task)
     }
 }
 
@@ -515,6 +515,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
     let max_attempts = plan.experiment.worker.max_attempts;
     let mut shards = Vec::with_capacity(n);
     let mut new_outcomes = Vec::new();
+    let cancels = subs.cancel_marks();
     let mut live_jobs: HashSet<u64> = HashSet::new();
     for s in 0..n {
         let units = u64::from(plan.shards[s].units);
@@ -558,7 +559,10 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
             warnings.push(format!(
                 "shard {s} has {} tasks in the queue ({}): its worker lock lets one run at a time",
                 live.len(),
-                live.iter().map(|(t, _)| t.job()).collect::<Vec<_>>().join(", ")
+                live.iter()
+                    .map(|(t, _)| t.job().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         // How every task that is no longer queued ended (for the budget; the latest for the state).
@@ -573,7 +577,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                     &ev,
                     worker,
                     recorded.get(&t.job()).copied(),
-                    subs,
+                    &cancels,
                     now,
                     opts,
                     i + 1 == tasks[s].len(),
@@ -759,7 +763,7 @@ fn end_of(
     ev: &Evidence,
     worker: Option<&WorkerState>,
     recorded: Option<&TaskOutcome>,
-    subs: &Submissions,
+    cancels: &CancelMarks,
     now: u64,
     opts: &StatusOptions,
     latest: bool,
@@ -814,7 +818,7 @@ fn end_of(
             )),
         };
     }
-    if subs.was_cancelled(t.task.array_job_id, t.task.task_id) && ev.queue_read {
+    if cancels.cover(t.task) && ev.queue_read {
         return Some(End::new(EndClass::Interrupted, "CANCELLED by `roleplay cancel`", false));
     }
     if ev.queue_read {

@@ -489,4 +489,11 @@ fn job_refs_print_and_parse_as_slurm_takes_them() {
     assert_eq!("12".parse::<JobRef>().unwrap(), JobRef::Job(12));
     assert!("12_".parse::<JobRef>().is_err());
     assert!("a".parse::<JobRef>().is_err());
+    // In JSON (the submissions journal, `status --json`) as the same strings.
+    assert_eq!(serde_json::to_string(&t).unwrap(), r#""12_3""#);
+    assert_eq!(serde_json::from_str::<JobRef>(r#""12""#).unwrap(), JobRef::Job(12));
+    assert_eq!(serde_json::from_str::<JobRef>(r#""12_3""#).unwrap(), t);
+    for bad in [r#""12_x""#, r#""""#, "12", "null"] {
+        assert!(serde_json::from_str::<JobRef>(bad).is_err(), "{bad}");
+    }
 }

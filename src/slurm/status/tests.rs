@@ -209,7 +209,7 @@ fn queued_and_running_tasks_and_the_journal_wins_over_the_queue() {
     );
     assert_eq!(r.shards[1].reason.as_deref(), Some("JobArrayTaskLimit"));
     assert_eq!(r.shards[2].reason.as_deref(), Some("requeued (BeginTime)"));
-    assert_eq!(r.shards[0].job.as_deref(), Some("50_0"));
+    assert_eq!(r.shards[0].job.map(|j| j.to_string()).as_deref(), Some("50_0"));
     assert!(!r.finished);
     assert_eq!(r.exit_code(), 75);
     assert_eq!(r.live_jobs, vec![50]);
@@ -298,7 +298,7 @@ fn without_sacct_after_squeue_forgot_the_workers_records_decide() {
     subs.push(
         &f.ctx.rd,
         Record::Cancelled(crate::slurm::records::Cancelled {
-            jobs: vec!["80".into()],
+            jobs: vec![JobRef::Job(80)],
             at: 1,
         }),
     )
