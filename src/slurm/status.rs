@@ -15,7 +15,7 @@ use super::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, QueueFilter
 use crate::dialogue::EndReason;
 use crate::plan::UnitId;
 use crate::rundir::state::{self, ShardState as WorkerState, ShardStatus};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How `status` looks at a run.
@@ -36,9 +36,8 @@ impl Default for StatusOptions {
     }
 }
 
-/// A shard's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// A shard's state: [`State::as_str`] for people, [`State::json_name`] in `status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum State {
     /// Every unit finished and none failed.
     Done,
@@ -57,6 +56,18 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in declaration order.
+    pub const ALL: [State; 7] = [
+        State::Done,
+        State::Running,
+        State::Pending,
+        State::Interrupted,
+        State::Failed,
+        State::Lost,
+        State::NotSubmitted,
+    ];
+
+    /// The name people read (`not submitted`).
     pub fn as_str(self) -> &'static str {
         match self {
             State::Done => "done",
@@ -69,10 +80,35 @@ impl State {
         }
     }
 
+    /// The name in `status --json`, for a shard's state and in the tally alike (`not_submitted`).
+    pub fn json_name(self) -> &'static str {
+        match self {
+            State::NotSubmitted => "not_submitted",
+            other => other.as_str(),
+        }
+    }
+
     /// Queued or running: it will change by itself.
     pub fn is_live(self) -> bool {
         matches!(self, State::Running | State::Pending)
     }
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.json_name())
+    }
+}
+
+/// The tally of shards per state, keyed by [`State::as_str`], written with [`State::json_name`].
+fn tally_json<S: Serializer>(tally: &BTreeMap<&'static str, usize>, s: S) -> Result<S::Ok, S::Error> {
+    let json_name = |name: &'static str| {
+        State::ALL
+            .iter()
+            .find(|state| state.as_str() == name)
+            .map_or(name, |state| state.json_name())
+    };
+    s.collect_map(tally.iter().map(|(name, n)| (json_name(name), n)))
 }
 
 /// One shard's line of the report.
@@ -124,7 +160,8 @@ pub struct RunReport {
     pub plan_hash: String,
     pub shards_total: usize,
     pub units: Totals,
-    /// Shards per state.
+    /// Shards per state, keyed by [`State::as_str`] (by [`State::json_name`] in JSON).
+    #[serde(serialize_with = "tally_json")]
     pub states: BTreeMap<&'static str, usize>,
     /// No shard is pending or running.
     pub finished: bool,

@@ -420,3 +420,28 @@ fn an_unreadable_queue_is_reported_not_guessed() {
     assert!(r.warnings.iter().any(|w| w.contains("queue could not be read")));
     assert_eq!(states(&r), vec![State::Pending; 4]);
 }
+
+#[test]
+fn json_spells_each_state_one_way_and_jobs_as_slurm_does() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, 120, vec![0, 1]);
+    let fake = FakeScheduler::new();
+    fake.set_queue(vec![
+        queued(120, 0, JobState::Running, None),
+        queued(120, 1, JobState::Running, None),
+    ]);
+    let r = look(&f, &fake, &subs);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["states"], serde_json::json!({"not_submitted": 2, "running": 2}));
+    assert_eq!(json["shards"][3]["state"], "not_submitted");
+    assert_eq!(json["shards"][1]["state"], "running");
+    assert_eq!(json["shards"][1]["job"], "120_1");
+    assert!(json["shards"][3]["job"].is_null());
+    // People read the other spelling.
+    assert_eq!(r.states.get("not submitted"), Some(&2));
+    assert_eq!(State::NotSubmitted.as_str(), "not submitted");
+    for s in State::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.json_name());
+    }
+}
