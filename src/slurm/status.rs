@@ -9,7 +9,7 @@
 //! again afterwards, so a task that finishes meanwhile shows as done, never as failed. Works without
 //! sacct, after squeue has forgotten a job (MinJobAge), and offline from the run's records alone.
 
-use super::records::{CancelMarks, EndClass, Submissions, TaskOutcome};
+use super::records::{CancelMarks, EndCause, EndClass, Submissions, TaskOutcome};
 use super::render::RunCtx;
 use super::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, QueueFilter, QueueRecord, Scheduler};
 use crate::dialogue::EndReason;
@@ -214,27 +214,6 @@ impl TaskSub {
     }
 }
 
-/// How one task ended.
-#[derive(Debug, Clone, PartialEq)]
-struct End {
-    class: EndClass,
-    reason: String,
-    counts: bool,
-    /// Backed by the scheduler or the worker's own record (worth recording); not a guess.
-    definitive: bool,
-}
-
-impl End {
-    fn new(class: EndClass, reason: impl Into<String>, counts: bool) -> End {
-        End {
-            class,
-            reason: reason.into(),
-            counts,
-            definitive: true,
-        }
-    }
-}
-
 /// What a journal says: units finished, and failed among them.
 #[derive(Debug, Clone, Copy, Default)]
 struct JournalSummary {
@@ -313,85 +292,55 @@ fn is_running_state(s: &JobState) -> bool {
     )
 }
 
-fn signal_name(sig: u32) -> &'static str {
-    match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        6 => "SIGABRT",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        15 => "SIGTERM",
-        _ => "a signal",
-    }
-}
+/// roleplay's exit code for "stopped on a signal after checkpointing" (EX_TEMPFAIL).
+const CHECKPOINTED_EXIT_CODE: u32 = crate::error::exit::INTERRUPTED as u32;
 
-/// The reason of a task that ended with this exit code.
-fn exit_reason(exit: ExitCode, worker: Option<&WorkerState>) -> String {
-    if let Some(w) = worker
-        && w.status == ShardStatus::Error
-    {
-        return format!(
-            "worker error (exit {}): {}",
-            exit.code,
-            w.error.as_deref().unwrap_or("see the log")
-        );
-    }
-    if exit.signal != 0 {
-        return format!("killed by {} ({})", signal_name(exit.signal), exit);
-    }
-    match exit.code {
-        2 => "configuration error (exit 2): see the log".to_string(),
-        c if c > 128 => format!("exit {c} (killed by {})", signal_name(c - 128)),
-        // A batch script that exits 128+N (its worker killed by signal N) shows as exit N in Slurm
-        // 22.05; roleplay itself never exits with these.
-        c @ (6 | 9 | 11 | 15) => format!("exit {c} (the worker was killed by {}?)", signal_name(c)),
-        c => format!("exit {c}"),
-    }
-}
-
-/// How a task in a final scheduler state ended; `worker` is the state file when it is this task's.
-fn end_from_scheduler(
+/// How a task in a final scheduler state ended (`None` while the state is not final), given its
+/// exit code when sacct told it, the scheduler's reason, and `worker`, the shard's state file when
+/// it speaks of this task. Behind both sacct's and squeue's final states.
+pub fn job_end(
     state: &JobState,
     exit: Option<ExitCode>,
     reason: Option<&str>,
     worker: Option<&WorkerState>,
-) -> End {
+) -> Option<EndCause> {
+    if !state.is_final() {
+        return None;
+    }
     let checkpointed = worker.is_some_and(|w| w.status == ShardStatus::Interrupted);
-    use EndClass::{Failed, Interrupted};
-    match state {
-        JobState::Preempted | JobState::NodeFail | JobState::BootFail => End::new(Interrupted, state.as_str(), false),
-        JobState::Cancelled | JobState::Revoked => End::new(Interrupted, "CANCELLED", false),
-        JobState::Timeout | JobState::Deadline if checkpointed => {
-            End::new(Interrupted, format!("{state} after a checkpoint"), false)
-        }
-        JobState::Timeout | JobState::Deadline => End::new(Failed, state.as_str(), true),
-        JobState::OutOfMemory => End::new(Failed, "OUT_OF_MEMORY", true),
-        JobState::Completed => End::new(
-            Failed,
-            "the job COMPLETED but the shard's journal is incomplete: see the log",
-            true,
-        ),
-        _ => match exit {
-            Some(e) if e.signal == 0 && e.code == crate::error::exit::INTERRUPTED as u32 => {
-                End::new(Interrupted, "stopped on a signal after checkpointing (exit 75)", false)
-            }
-            Some(e) => End::new(Failed, exit_reason(e, worker), true),
+    let worker_error = worker
+        .filter(|w| w.status == ShardStatus::Error)
+        .map(|w| w.error.clone());
+    let deadline = *state == JobState::Deadline;
+    Some(match state {
+        JobState::Preempted => EndCause::Preempted,
+        JobState::NodeFail => EndCause::NodeFail,
+        JobState::BootFail => EndCause::BootFail,
+        JobState::Cancelled | JobState::Revoked => EndCause::Cancelled,
+        JobState::Timeout | JobState::Deadline if checkpointed => EndCause::TimeoutAfterCheckpoint { deadline },
+        JobState::Timeout | JobState::Deadline => EndCause::Timeout { deadline },
+        JobState::OutOfMemory => EndCause::OutOfMemory,
+        JobState::Completed => EndCause::CompletedButIncomplete,
+        // FAILED, the one final state left.
+        _ => match (exit, worker_error) {
+            (Some(e), _) if e.signal == 0 && e.code == CHECKPOINTED_EXIT_CODE => EndCause::Checkpointed,
+            (Some(e), Some(message)) => EndCause::WorkerError {
+                exit: Some(e.code),
+                message,
+            },
+            (Some(e), None) if e.signal != 0 => EndCause::Signal {
+                code: e.code,
+                signal: e.signal,
+            },
+            (Some(e), None) => EndCause::Exit { code: e.code },
             // squeue tells no exit code: the worker's record says what it could.
-            None if checkpointed => End::new(Interrupted, "stopped on a signal after checkpointing (exit 75)", false),
-            None => match worker {
-                Some(w) if w.status == ShardStatus::Error => End::new(
-                    Failed,
-                    format!("worker error: {}", w.error.as_deref().unwrap_or("see the log")),
-                    true,
-                ),
-                _ => End::new(
-                    Failed,
-                    format!("FAILED ({})", reason.unwrap_or("no reason given")),
-                    true,
-                ),
+            (None, _) if checkpointed => EndCause::Checkpointed,
+            (None, Some(message)) => EndCause::WorkerError { exit: None, message },
+            (None, None) => EndCause::FailedNoExitCode {
+                reason: reason.map(str::to_string),
             },
         },
-    }
+    })
 }
 
 /// Everything the scheduler said.
@@ -603,7 +552,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
             ));
         }
         // How every task that is no longer queued ended (for the budget; the latest for the state).
-        let mut ends: Vec<(usize, End)> = Vec::new();
+        let mut ends: Vec<(usize, EndCause)> = Vec::new();
         if !report.complete {
             for (i, t) in tasks[s].iter().enumerate() {
                 if live.iter().any(|(l, _)| l.task == t.task) {
@@ -620,10 +569,8 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                     i + 1 == tasks[s].len(),
                 );
                 if let Some(end) = end {
-                    let known = recorded
-                        .get(&t.job())
-                        .is_some_and(|o| o.class == end.class && o.reason == end.reason && o.counts == end.counts);
-                    if end.definitive && !known {
+                    let known = recorded.get(&t.job()).is_some_and(|o| o.cause.is_same(&end));
+                    if end.is_definitive() && !known {
                         new_outcomes.push(TaskOutcome {
                             plan_hash: plan.plan_hash.clone(),
                             round: t.round,
@@ -631,9 +578,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                             index: t.task.task_id,
                             shard: s as u32,
                             job: t.job(),
-                            class: end.class,
-                            reason: end.reason.clone(),
-                            counts: end.counts,
+                            cause: end.clone(),
                             at: now,
                         });
                     }
@@ -641,7 +586,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                 }
             }
         }
-        report.failed_attempts = ends.iter().filter(|(_, e)| e.counts).count() as u32;
+        report.failed_attempts = ends.iter().filter(|(_, e)| e.counts()).count() as u32;
         report.over_budget = report.failed_attempts >= max_attempts;
         if report.complete {
             if j.failed > 0 {
@@ -688,12 +633,12 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
                 "the submission of `{name}` is not confirmed: `roleplay submit` or `resume` looks it up"
             ));
         } else if let Some((_, end)) = ends.last().filter(|(i, _)| i + 1 == tasks[s].len()) {
-            report.state = match end.class {
+            report.state = match end.class() {
                 EndClass::Interrupted => State::Interrupted,
                 EndClass::Failed => State::Failed,
                 EndClass::Lost => State::Lost,
             };
-            report.reason = Some(end.reason.clone());
+            report.reason = Some(end.reason());
         } else if let Some(t) = latest {
             // No end known: still running by its heartbeat, or not asked.
             match worker.filter(|w| ev.state_is_of(w, t.task) && w.status == ShardStatus::Running) {
@@ -804,74 +749,46 @@ fn end_of(
     now: u64,
     opts: &StatusOptions,
     latest: bool,
-) -> Option<End> {
+) -> Option<EndCause> {
     let mine = worker.filter(|w| ev.state_is_of(w, t.task));
     // The scheduler's final word: sacct, else squeue within MinJobAge.
-    if let Some(a) = ev.accounting.get(&t.task).filter(|a| a.state.is_final()) {
-        return Some(end_from_scheduler(
-            &a.effective_state(),
-            a.effective_exit_code(),
-            a.reason.as_deref(),
-            mine,
-        ));
-    }
-    if let Some(q) = ev.queue.get(&t.task).filter(|q| q.state.is_final()) {
-        return Some(end_from_scheduler(&q.state, None, q.reason.as_deref(), mine));
+    let by_scheduler = match (ev.accounting.get(&t.task), ev.queue.get(&t.task)) {
+        (Some(a), _) if a.state.is_final() => {
+            job_end(&a.effective_state(), a.effective_exit_code(), a.reason.as_deref(), mine)
+        }
+        (_, Some(q)) if q.state.is_final() => job_end(&q.state, None, q.reason.as_deref(), mine),
+        _ => None,
+    };
+    if by_scheduler.is_some() {
+        return by_scheduler;
     }
     if let Some(o) = recorded {
-        return Some(End::new(o.class, o.reason.clone(), o.counts));
+        return Some(o.cause.clone());
     }
     // The worker's own record of this task.
     if let Some(w) = mine {
         let age = now.saturating_sub(w.heartbeat_at);
         return match w.status {
-            ShardStatus::Interrupted => Some(End::new(
-                EndClass::Interrupted,
-                "stopped on a signal after checkpointing (exit 75)",
-                false,
-            )),
-            ShardStatus::Error => Some(End::new(
-                EndClass::Failed,
-                format!("worker error: {}", w.error.as_deref().unwrap_or("see the log")),
-                true,
-            )),
-            ShardStatus::Running if age > opts.lost_after_secs && ev.queue_read => Some(End::new(
-                EndClass::Lost,
-                format!("no heartbeat for {age} s and gone from the queue"),
-                true,
-            )),
-            ShardStatus::Running if age > opts.lost_after_secs => Some(End {
-                class: EndClass::Lost,
-                reason: format!("no heartbeat for {age} s (the queue was not read)"),
-                counts: true,
-                definitive: false,
+            ShardStatus::Interrupted => Some(EndCause::Checkpointed),
+            ShardStatus::Error => Some(EndCause::WorkerError {
+                exit: None,
+                message: w.error.clone(),
+            }),
+            ShardStatus::Running if age > opts.lost_after_secs => Some(EndCause::NoHeartbeat {
+                age_secs: age,
+                queue_read: ev.queue_read,
             }),
             // Running with a fresh heartbeat: it may still be exiting.
             ShardStatus::Running => None,
-            ShardStatus::Done | ShardStatus::Failed => Some(End::new(
-                EndClass::Lost,
-                "the worker's state says finished but the journal is incomplete",
-                true,
-            )),
+            ShardStatus::Done | ShardStatus::Failed => Some(EndCause::FinishedButIncomplete),
         };
     }
     if cancels.cover(t.task) && ev.queue_read {
-        return Some(End::new(EndClass::Interrupted, "CANCELLED by `roleplay cancel`", false));
+        return Some(EndCause::CancelledByRoleplay);
     }
-    if ev.queue_read {
-        // Gone from the queue without a word from the worker (an earlier task's state file may have
-        // been overwritten by a later attempt; its outcome was recorded then if anyone looked).
-        return Some(End::new(
-            EndClass::Lost,
-            if latest {
-                "left the queue without a record from the worker: see its log"
-            } else {
-                "ended without a record"
-            },
-            true,
-        ));
-    }
-    None
+    // Gone from the queue without a word from the worker (an earlier task's state file may have
+    // been overwritten by a later attempt; its outcome was recorded then if anyone looked).
+    ev.queue_read.then_some(EndCause::LeftQueueWithoutRecord { latest })
 }
 
 #[cfg(test)]

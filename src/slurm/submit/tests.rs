@@ -358,10 +358,10 @@ fn resume_resubmits_only_what_is_neither_done_nor_queued_within_budget() {
     let outcomes = journal.outcomes();
     let job = |text: &str| text.parse::<JobRef>().unwrap();
     assert_eq!(
-        outcomes[&job("500_2")].class,
+        outcomes[&job("500_2")].cause.class(),
         crate::slurm::records::EndClass::Interrupted
     );
-    assert!(outcomes[&job("502_0")].counts);
+    assert!(outcomes[&job("502_0")].cause.counts());
     // With --retry-failed, shards whose units failed go again, with the flag in their script.
     finish(&f.ctx, 1, 2, 1);
     fake.set_queue(vec![]);
