@@ -1,9 +1,11 @@
 //! Unit tests of `status` on a FakeScheduler, and the planned-run fixture the submit tests share.
 
 use super::*;
-use crate::dialogue::{Counters, DialogueRecord, Ending};
+use crate::dialogue::{Counters, DialogueRecord, EndReason, Ending};
 use crate::rundir::journal::{Entry, Journal};
+use crate::rundir::state::{self, ShardState as WorkerState};
 use crate::slurm::records::{Accepted, JobKind, Record, Slot, Via};
+use crate::slurm::{AccountingRecord, ArrayTask, ExitCode, JobState, QueueFilter, QueueRecord};
 use crate::slurm::{FakeScheduler, Limits};
 
 const EXPERIMENT: &str = r#"
