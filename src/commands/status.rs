@@ -95,7 +95,7 @@ pub fn print_report(ctx: &RunCtx, r: &RunReport) {
                 format!("{}/{}", s.done, s.units),
                 s.submissions,
                 format!("{}/{}", s.failed_attempts, s.max_attempts),
-                s.job.as_deref().unwrap_or("-"),
+                s.job.map_or_else(|| "-".to_string(), |j| j.to_string()),
                 s.reason.as_deref().unwrap_or("")
             );
         }

@@ -19,10 +19,7 @@ pub mod status;
 pub mod submit;
 
 pub use fake::FakeScheduler;
-pub use parse::{
-    AccountingRecord, ArrayTask, ExitCode, FailureClass, JobRef, JobState, Limits, Outcome, QueueRecord, StepSummary,
-    Submitted,
-};
+pub use parse::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, Limits, QueueRecord, StepSummary, Submitted};
 
 use crate::error::Result;
 use cmd::{Invocation, Output};

@@ -570,11 +570,12 @@ pub fn cancel(ctx: &RunCtx, sched: &dyn Scheduler) -> Result<Vec<u64>> {
     if live.is_empty() {
         return Ok(live);
     }
-    sched.cancel(&live.iter().map(|&id| JobRef::Job(id)).collect::<Vec<_>>())?;
+    let jobs: Vec<JobRef> = live.iter().map(|&id| JobRef::Job(id)).collect();
+    sched.cancel(&jobs)?;
     subs.push(
         &ctx.rd,
         Record::Cancelled(Cancelled {
-            jobs: live.iter().map(u64::to_string).collect(),
+            jobs,
             at: super::records::now(),
         }),
     )?;
