@@ -4,7 +4,7 @@
 use crate::cli::TryArgs;
 use crate::dialogue::{self, CallCache, CallEvent, DialogueInput, Recorder};
 use crate::error::{Error, Result, exit};
-use crate::experiment::{self, Experiment, Role};
+use crate::experiment::{Experiment, Role};
 
 /// Prints each call as it completes.
 struct Printer;
@@ -49,7 +49,7 @@ fn pick<'a, T>(items: &'a [T], wanted: Option<&str>, what: &str, id: impl Fn(&T)
 }
 
 pub fn run(args: TryArgs) -> Result<i32> {
-    let loaded = experiment::load(&args.file)?;
+    let loaded = super::load_experiment(&args.file)?;
     let exp: Experiment = loaded.experiment;
     let persona = pick(&exp.personas, args.persona.as_deref(), "persona", |p| p.id.as_str())?;
     let goal = pick(&exp.goals, args.goal.as_deref(), "goal", |g| g.id.as_str())?;

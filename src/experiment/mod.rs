@@ -4,13 +4,14 @@
 //! rest of the tool sees. An `Experiment` is also what the plan stores as its snapshot, so workers
 //! on other machines never need the original TOML or the persona and goal files.
 
+pub mod directives;
 pub mod raw;
 mod resolve;
 mod sources;
 pub mod template;
 
 pub use raw::Sampling;
-pub use resolve::{load, load_str};
+pub use resolve::{Loaded, load, load_str};
 pub use template::Template;
 
 use serde::{Deserialize, Serialize};

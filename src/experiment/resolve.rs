@@ -25,6 +25,8 @@ pub struct Loaded {
     pub source: PathBuf,
     /// The run directory, resolved against the experiment file's folder.
     pub run_dir: PathBuf,
+    /// The file as it was named, for messages.
+    pub shown: String,
 }
 
 /// Read, parse and validate an experiment file.
@@ -65,6 +67,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     );
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
+        shown: cx.file.clone(),
         experiment,
         source,
         run_dir,
@@ -865,17 +868,38 @@ impl Cx {
         })
     }
 
-    /// What rendering requires of the experiment (the name in job names, `extra_directives`, the
-    /// template file): the checks rendering makes, made here so that no command accepts what
-    /// `render` or `submit` would refuse.
+    /// What sbatch requires of the experiment (the name in job names, `extra_directives`) and a
+    /// template file that can be read; whether the file renders a usable script is asked by the
+    /// commands that take an experiment file (`slurm::render::check_template_of`).
     fn check_slurm(&self, exp: &Experiment) -> Result<()> {
-        crate::slurm::render::check_experiment(exp).map_err(|r| {
+        let refused = |r: super::directives::Refusal| {
             let e = self.err(r.key, &r.error.message);
             match r.error.hint {
                 Some(hint) => e.with_hint(hint),
                 None => e,
             }
-        })
+        };
+        super::directives::check_name(&exp.name).map_err(refused)?;
+        super::directives::check_extra_directives(&exp.slurm.extra_directives).map_err(refused)?;
+        if let TemplateSource::File(path) = &exp.slurm.template
+            && let Err(e) = std::fs::metadata(path).and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a file"))
+                }
+            })
+        {
+            return Err(self
+                .err(
+                    "slurm.template",
+                    format!("cannot read the sbatch template `{}`: {e}", path.display()),
+                )
+                .with_hint(
+                    "the path is relative to the experiment file; `templates/` holds the built-ins to start from",
+                ));
+        }
+        Ok(())
     }
 
     /// `[slurm] template`: a value with a `/` or ending in `.j2` is a file (relative to the

@@ -73,7 +73,7 @@ pub(crate) fn planned(toml: &str) -> (tempfile::TempDir, RunDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exp.toml");
     std::fs::write(&file, toml).unwrap();
-    let p = crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
+    let p = crate::rundir::plans::plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
     let rd = RunDir::new(p.run_dir);
     (dir, rd)
 }

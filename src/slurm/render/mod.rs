@@ -26,11 +26,11 @@ mod templates;
 mod variables;
 mod write;
 
+pub use crate::experiment::directives::sbatch_safe;
 pub use context::{RunCtx, run_key};
 pub use limits::ArrayLimits;
 pub use options::{RenderOptions, parse_vars};
 pub use rounds::{RoundPlan, compact_ranges, render_merge, render_round};
 pub use script::Rendered;
-pub use settings::{Refusal, check_experiment};
-pub use templates::sbatch_safe;
+pub use settings::check_template_of;
 pub use write::write;

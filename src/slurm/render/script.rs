@@ -5,10 +5,11 @@
 use super::context::RunCtx;
 use super::options::RenderOptions;
 use super::rounds::compact_ranges;
-use super::templates::{Templates, sbatch_safe};
+use super::templates::Templates;
 use super::variables::{self, JobVars, Place};
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
+use crate::experiment::directives::sbatch_safe;
 use crate::slurm::records::Slot;
 use std::path::{Path, PathBuf};
 

@@ -3,8 +3,9 @@
 //! by alone and fit in `#SBATCH` lines) and `[slurm] template` (a template file that is there,
 //! compiles, and renders a script with the tracking directives that bash can parse).
 //!
-//! Experiment resolution calls [`check_experiment`], so `validate`, `plan` and `run` refuse what
-//! rendering would refuse, naming the file and the key. Rendering calls [`recheck`] (the same
+//! Loading an experiment checks its name and directives ([`crate::experiment::directives`]); the
+//! commands that take an experiment file call [`check_template_of`], so `validate`, `plan` and `run`
+//! refuse what rendering would refuse, naming the file and the key. Rendering calls [`recheck`] (the same
 //! functions, on the plan's experiment, which an older roleplay or a hand edit may have written)
 //! and checks every real script with the `check_script` the sample render uses. What depends on the
 //! run (its directory, the binary, the render options, the keys in the environment) can only be
@@ -14,56 +15,28 @@ use super::context;
 use super::options::RenderOptions;
 use super::rounds::array_spec;
 use super::script::check_script;
-use super::templates::{Templates, is_template_fault, sbatch_safe, template_error};
+use super::templates::{Templates, is_template_fault, template_error};
 use super::variables::{self, JobVars, Place};
 use crate::error::{Error, Result};
+use crate::experiment::directives::{Refusal, check_extra_directives, check_name, sets_signal};
 use crate::experiment::{Experiment, TemplateSource};
 use crate::rundir;
 use crate::slurm::records::{JobKind, Slot};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// sbatch options the templates set themselves; `extra_directives` may not repeat them.
-const RESERVED: [&str; 14] = [
-    "--array",
-    "-a",
-    "--job-name",
-    "-J",
-    "--output",
-    "-o",
-    "--error",
-    "-e",
-    "--comment",
-    "--parsable",
-    "--wrap",
-    "--test-only",
-    "--dependency",
-    "--kill-on-invalid-dep",
-];
-
-/// What rendering cannot use: the experiment's key (`slurm.extra_directives`) and the error, whose
-/// message does not name the key (the caller does, with the file or the plan).
-#[derive(Debug)]
-pub struct Refusal {
-    pub key: &'static str,
-    pub error: Error,
-}
-
-impl Refusal {
-    fn new(key: &'static str, message: String, hint: &str) -> Refusal {
-        Refusal {
-            key,
-            error: Error::config(message).with_hint(hint),
+/// What rendering requires of an experiment file's template, beyond what loading it checks: the
+/// file compiles and renders, with sample values, a script that passes the checks every real
+/// script gets. Called by the commands that take an experiment file (`validate`, `plan`, `run`),
+/// so they refuse a template that `render` would.
+pub fn check_template_of(loaded: &crate::experiment::Loaded) -> Result<()> {
+    check_template(&loaded.experiment).map_err(|r| {
+        let e = Error::config(format!("`{}`: `{}`: {}", loaded.shown, r.key, r.error.message));
+        match r.error.hint {
+            Some(hint) => e.with_hint(hint),
+            None => e,
         }
-    }
-}
-
-/// Everything rendering requires of `exp`, its template file included (read, compiled and rendered
-/// once with sample values).
-pub fn check_experiment(exp: &Experiment) -> std::result::Result<(), Refusal> {
-    check_name(&exp.name)?;
-    check_extra_directives(&exp.slurm.extra_directives)?;
-    check_template(exp)
+    })
 }
 
 /// The checks of [`check_experiment`] that need no template file, on a plan's experiment.
@@ -76,59 +49,6 @@ pub(super) fn recheck(exp: &Experiment) -> Result<()> {
                 "{hint}; fix the experiment file, then plan again with `--replan`"
             ))
         })
-}
-
-/// The experiment's name becomes part of every job name.
-fn check_name(name: &str) -> std::result::Result<(), Refusal> {
-    if name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Ok(());
-    }
-    Err(Refusal::new(
-        "name",
-        format!("the experiment name `{name}` cannot be part of a job name"),
-        "name experiments with letters, digits and `-_.` only",
-    ))
-}
-
-/// Each entry one `--option=value` that roleplay does not set itself and that fits in an `#SBATCH`
-/// line.
-fn check_extra_directives(lines: &[String]) -> std::result::Result<(), Refusal> {
-    const KEY: &str = "slurm.extra_directives";
-    for l in lines {
-        if !l.starts_with("--") || l.contains('\n') {
-            return Err(Refusal::new(
-                KEY,
-                format!("`{l}` is not an sbatch option"),
-                "write each as `--option=value`, one per entry, e.g. `--constraint=a100`",
-            ));
-        }
-        let option = option_of(l);
-        if RESERVED.contains(&option) {
-            return Err(Refusal::new(
-                KEY,
-                format!("`{l}` sets `{option}`, which roleplay sets itself"),
-                "remove it: job names, arrays, logs and dependencies are part of how roleplay tracks its jobs",
-            ));
-        }
-        if !sbatch_safe(l) {
-            return Err(Refusal::new(
-                KEY,
-                format!("`{l}` cannot stand in an #SBATCH line"),
-                "write it as one word without quotes or spaces, e.g. `--constraint=a100|h100`",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `--signal` of `--signal=B:TERM@60`.
-fn option_of(line: &str) -> &str {
-    line.split_once('=').map_or(line, |(o, _)| o)
-}
-
-/// Whether `extra_directives` give the warning signal themselves (then roleplay gives none).
-pub(super) fn sets_signal(lines: &[String]) -> bool {
-    lines.iter().any(|l| option_of(l) == "--signal")
 }
 
 /// The signal directive roleplay gives array jobs, unless `extra_directives` give one.

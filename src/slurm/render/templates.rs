@@ -5,6 +5,7 @@
 
 use super::super::shell;
 use crate::error::{Error, Result};
+use crate::experiment::directives::sbatch_safe;
 use crate::experiment::{Builtin, TemplateSource};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use std::path::{Path, PathBuf};
@@ -24,14 +25,6 @@ const READ_HINT: &str = "`[slurm] template` takes `api`, `vllm`, `sim` or the pa
 
 /// The merge job's template, in [`BUILTIN`].
 const MERGE: &str = "merge.sbatch.j2";
-
-/// Whether a value may stand in an `#SBATCH` line: printable, no whitespace (it would split the
-/// option), no quotes or backslashes (Slurm's own quoting), no `#`.
-pub fn sbatch_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '#' | '`'))
-}
 
 fn value_text(v: &Value, filter: &str) -> std::result::Result<String, minijinja::Error> {
     if v.is_undefined() || v.is_none() {
@@ -238,7 +231,10 @@ backend = "sim"
 {slurm}
 "#
         );
-        crate::experiment::load_str(&text, &dir.join("exp.toml")).map(|l| l.experiment)
+        // As the commands that take an experiment file load it.
+        let loaded = crate::experiment::load_str(&text, &dir.join("exp.toml"))?;
+        crate::slurm::render::check_template_of(&loaded)?;
+        Ok(loaded.experiment)
     }
 
     const PLAIN: &str = "#!/bin/bash\n{% include \"directives.j2\" %}\nexec true\n";

@@ -48,7 +48,7 @@ pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("experiment.toml");
     std::fs::write(&file, EXPERIMENT).unwrap();
-    crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
+    crate::rundir::plans::plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
     let ctx = RunCtx::open(&dir.path().join("run"))
         .unwrap()
         .with_exe("/opt/roleplay/bin/roleplay");
