@@ -21,15 +21,15 @@
 #   * weights are random (numpy, fixed seed: same bytes every run) but
 #     shaped so that the output is readable: the transformer blocks get small
 #     random weights, and the embedding / output matrices encode a small
-#     word-level grammar over ~110 ordinary English word tokens (a bigram
-#     chain on the current token).  Replies look like
+#     word-level grammar over 109 ordinary English word and punctuation
+#     tokens (a bigram chain on the current token).  Replies look like
 #         The young man said "Hello there". We found the dark road.
 #     i.e. real words, frequent "double-quoted" phrases, sentences ending with
 #     ".", and after a "." the end-of-text token with probability ~0.2, so
 #     some replies stop by themselves (finish_reason "stop") after a few
-#     sentences and others run to max_tokens ("length").  With temperature 0
-#     (greedy) the reply is always `The young man said "Hello there".` and
-#     then EOS.
+#     sentences (as early as 5-10 tokens, median ~50) and others run to
+#     max_tokens ("length").  With temperature 0 (greedy) a chat reply is
+#     always `The young man said "Hello there".` (10 tokens) and then EOS.
 #   * every token outside the grammar (prompt text, template tokens such as
 #     `[/INST]`) acts like a "start of reply" state, so whatever the prompt,
 #     the reply starts a fresh sentence.

@@ -186,6 +186,10 @@ pub struct SimServerArgs {
     /// Answer 401 to requests without this key (`Authorization: Bearer KEY` or `api-key: KEY`).
     #[arg(long, value_name = "KEY")]
     pub require_key: Option<String>,
+    /// Keep a context window of this many tokens, as llama.cpp's server does: `GET /props`
+    /// reports it, a prompt that fills it gets 400, a reply that would run past it is cut short.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(2..))]
+    pub context_length: Option<u32>,
     #[command(flatten)]
     pub sim: SimFlags,
     #[command(flatten)]

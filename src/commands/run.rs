@@ -8,7 +8,6 @@ use crate::rundir::plans::{self, Status};
 use crate::ui::progress::Display;
 use crate::worker::{self, Options, Shared, local, signals::Cancel};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub fn run(args: RunArgs) -> Result<i32> {
@@ -32,37 +31,47 @@ pub fn run(args: RunArgs) -> Result<i32> {
         grace: Duration::from_secs_f64(exp.worker.grace_secs),
         slurm_job_id: None,
     };
+    let before = run_totals(&rd)?;
+    let start = crate::ui::progress::Start {
+        total: before.units,
+        // Failed units run again with `--retry-failed`: they are not done yet.
+        done_before: before.done + if args.retry_failed { 0 } else { before.failed },
+        shards: plan.shards.len() as u64,
+    };
     let rt = super::runtime()?;
     let started = Instant::now();
     let (ran, progress) = rt.block_on(async {
         let cancel = Cancel::new();
         worker::signals::install(&cancel)?;
         let shared = Shared::new(rd.clone(), plan.clone(), options, cancel, crate::llm::client_for)?;
-        let display = Display::start(shared.progress.clone(), args.no_progress);
+        let display = Display::start(shared.progress.clone(), start, args.no_progress);
         let ran = local::run_all(&shared, parallel, |e| display.println(&e.to_string())).await;
         display.finish();
         Ok::<_, crate::Error>((ran, shared.progress.clone()))
     })?;
 
-    let total: u64 = plan.total_units;
-    let failed: u64 = ran.outcomes.iter().map(|o| o.failed).sum();
+    // The counts `roleplay status RUN_DIR --offline` gives, from the run's own records.
+    let units = run_totals(&rd)?;
     let reasons = progress.end_reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    // From the live counters, so shards that stopped with an error still count what they finished.
     let finished_now: u64 = reasons.values().sum();
-    let done: u64 = progress.done.load(Ordering::Relaxed);
     let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
     eprintln!(
-        "{done} of {total} dialogues finished ({finished_now} in this run, {:.1}s), {failed} failed",
-        started.elapsed().as_secs_f64()
+        "{} of {} dialogues finished ({finished_now} in this run, {:.1}s), {} failed",
+        units.done + units.failed,
+        units.units,
+        started.elapsed().as_secs_f64(),
+        units.failed
     );
     if !reasons.is_empty() {
         eprintln!("end reasons (this run): {}", reasons.join(", "));
     }
+    crate::ui::print_failures(&progress, &ran.trips);
     crate::outln!("run directory: {}", rd.root.display());
     if let Some(e) = ran.errors.into_iter().next() {
         return Err(e);
     }
-    if ran.cancelled && done < total {
+    let (total, failed) = (units.units, units.failed);
+    if ran.cancelled && units.done + units.failed < total {
         eprintln!("interrupted: run the same command again to resume");
         return Ok(exit::INTERRUPTED);
     }
@@ -83,4 +92,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
         return Ok(exit::FAILURES);
     }
     Ok(exit::OK)
+}
+
+/// Unit totals from the run's records, as `status --offline` counts them.
+fn run_totals(rd: &RunDir) -> Result<crate::slurm::status::Totals> {
+    let ctx = crate::slurm::render::RunCtx::open(&rd.root)?;
+    let subs = crate::slurm::records::Submissions::read(&ctx.rd)?;
+    let opts = crate::slurm::status::StatusOptions {
+        offline: true,
+        ..Default::default()
+    };
+    Ok(crate::slurm::status::collect(&ctx, None, &subs, &opts).units)
 }

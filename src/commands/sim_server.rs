@@ -62,6 +62,7 @@ fn config(a: &SimServerArgs) -> Result<ServerConfig> {
         latency_jitter_ms: s.latency_jitter_ms,
         seed: f.seed,
         require_key: a.require_key.clone(),
+        context_length: a.context_length,
     };
     config
         .check()

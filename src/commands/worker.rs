@@ -55,12 +55,14 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
         slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
     };
     let rt = super::runtime()?;
-    let outcome = rt.block_on(async {
+    let (outcome, shared) = rt.block_on(async {
         let cancel = Cancel::new();
         worker::signals::install(&cancel)?;
         let shared = Shared::new(rd.clone(), plan.clone(), options, cancel, crate::llm::client_for)?;
-        worker::run_shard(&shared, shard).await
+        let outcome = worker::run_shard(&shared, shard).await?;
+        Ok::<_, crate::Error>((outcome, shared))
     })?;
+    crate::ui::print_failures(&shared.progress, &shared.breaker.trips());
     eprintln!(
         "shard {shard}: {} of {} dialogues finished ({} in this run), {} failed{}",
         outcome.already_done + outcome.finished,
@@ -75,7 +77,7 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
     );
     Ok(if outcome.interrupted {
         exit::INTERRUPTED
-    } else if outcome.failed > 0 {
+    } else if outcome.failed > 0 || outcome.halted > 0 {
         exit::FAILURES
     } else {
         exit::OK

@@ -73,7 +73,7 @@ pub struct Completion {
 }
 
 /// Why a call failed for good (after any retries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The prompt does not fit the model's context window (HTTP 400 saying so).
@@ -97,6 +97,37 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The fix to suggest for a failure of this kind.
+    pub fn hint(self) -> &'static str {
+        match self {
+            ErrorKind::ContextOverflow => {
+                "set the model's `context_length` (or check the one the server reports), or lower `max_turns` or `max_new_tokens`"
+            }
+            ErrorKind::Auth => {
+                "check the key in the variable that `api_key_env` names, and that it is the key of this endpoint"
+            }
+            ErrorKind::MissingKey => {
+                "export the variable that `api_key_env` names before running (keys are read from the environment, never from files)"
+            }
+            ErrorKind::BadRequest => {
+                "the server refused the request: read its message; check `model` and the sampling settings"
+            }
+            ErrorKind::NotFound => "check `base_url` (usually ending in `/v1`) and the model id in `model`",
+            ErrorKind::RetriesExhausted => {
+                "the server kept failing or timing out: check its load and logs, or raise `max_retries` or `timeout_secs`"
+            }
+            ErrorKind::Unreachable => {
+                "is the server up at `base_url`? `roleplay validate FILE --check-endpoints` asks every endpoint"
+            }
+            ErrorKind::BadResponse => {
+                "the server answered something that is not a completion: check that `base_url` is the API's root"
+            }
+            ErrorKind::ReplayExhausted => {
+                "add replies for these calls to the replay file, or a `\"unit\": \"*\"` reply"
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::ContextOverflow => "context_overflow",

@@ -64,6 +64,10 @@ pub struct OpenAiModel {
     client: reqwest::Client,
     /// `Transport::concurrency`: requests in flight to this model from this process.
     permits: Option<Semaphore>,
+    /// `base_url` as configured, for the server's own description of itself.
+    base: reqwest::Url,
+    /// The context window the server reports, asked once (see [`OpenAiModel::ask_window`]).
+    window: tokio::sync::OnceCell<Option<u32>>,
 }
 
 impl OpenAiModel {
@@ -106,7 +110,11 @@ impl OpenAiModel {
         let concurrency = t.concurrency.map(|c| c.max(1) as usize);
         let client = shared_client(concurrency.unwrap_or(1024))
             .map_err(|e| Error::runtime(format!("model `{name}`: cannot set up an HTTP client: {e}")))?;
+        let base_url = reqwest::Url::parse(base)
+            .map_err(|e| Error::config(format!("model `{name}`: `base_url` `{base}` is not a URL ({e})")))?;
         Ok(OpenAiModel {
+            base: base_url,
+            window: tokio::sync::OnceCell::new(),
             name: name.clone(),
             backend: b.backend,
             model_id: b.model.clone(),
@@ -339,6 +347,42 @@ impl OpenAiModel {
         }
     }
 
+    /// What the server says its context window is: vLLM's `max_model_len` in `GET /v1/models`
+    /// (the entry of this model), else llama.cpp's `n_ctx` in `GET /props` (at the server's root,
+    /// beside `/v1`). `None` when neither answers with a number (OpenAI, Azure, older servers):
+    /// the requests then carry the whole history, as without `context_length`.
+    async fn ask_window(&self) -> Option<u32> {
+        if self.backend == Backend::Azure {
+            return None;
+        }
+        let get = |url: reqwest::Url| {
+            let mut req = self.client.get(url).timeout(WINDOW_TIMEOUT);
+            if let Ok(Some(key)) = self.key(self.base.as_str()) {
+                req = req.bearer_auth(key);
+            }
+            async move {
+                let resp = req.send().await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                resp.json::<Value>().await.ok()
+            }
+        };
+        let mut models = self.base.clone();
+        if let Ok(mut path) = models.path_segments_mut() {
+            path.pop_if_empty().push("models");
+        }
+        if let Some(body) = get(models).await
+            && let Some(n) = window_in_models(&body, &self.model_id)
+        {
+            return Some(n);
+        }
+        let mut props = self.base.clone();
+        let root = props.path().trim_end_matches('/').trim_end_matches("/v1").to_string();
+        props.set_path(&format!("{root}/props"));
+        get(props).await.as_ref().and_then(window_in_props)
+    }
+
     fn status_hint(&self, status: u16) -> String {
         match (status, self.backend) {
             (401 | 403, _) => match &self.key_env {
@@ -366,6 +410,44 @@ impl ChatModel for OpenAiModel {
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
         Box::pin(self.call(req))
     }
+
+    fn server_window(&self) -> BoxFuture<'_, Option<u32>> {
+        Box::pin(async { *self.window.get_or_init(|| self.ask_window()).await })
+    }
+}
+
+/// How long the server may take to describe itself.
+const WINDOW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// vLLM: `{"data": [{"id": "...", "max_model_len": 4096}]}`; the entry of `model`, else the only
+/// entry that has one.
+fn window_in_models(body: &Value, model: &str) -> Option<u32> {
+    let data = body.get("data")?.as_array()?;
+    let len = |m: &Value| m.get("max_model_len").and_then(Value::as_u64);
+    let own = data.iter().find(|m| m.get("id").and_then(Value::as_str) == Some(model));
+    let n = match own.and_then(len) {
+        Some(n) => n,
+        None => {
+            let mut with: Vec<u64> = data.iter().filter_map(len).collect();
+            with.dedup();
+            match with.as_slice() {
+                [n] => *n,
+                _ => return None,
+            }
+        }
+    };
+    u32::try_from(n).ok().filter(|n| *n > 0)
+}
+
+/// llama.cpp: `{"default_generation_settings": {"n_ctx": 512, ...}, ...}` (the window of one slot),
+/// or `n_ctx` at the top in other versions.
+fn window_in_props(body: &Value) -> Option<u32> {
+    let n = body
+        .get("default_generation_settings")
+        .and_then(|s| s.get("n_ctx"))
+        .or_else(|| body.get("n_ctx"))
+        .and_then(Value::as_u64)?;
+    u32::try_from(n).ok().filter(|n| *n > 0)
 }
 
 /// A request body, borrowed from the request and serialised straight to bytes: `model` (not for

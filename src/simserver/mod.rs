@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub seed: u64,
     /// When set, requests without this key get 401.
     pub require_key: Option<String>,
+    /// A context window in tokens, as llama.cpp's server keeps one: `/props` reports it, a prompt
+    /// that fills it is refused with 400, and a reply that would run past it is cut where the
+    /// window is full (`finish_reason` "length", fewer tokens than asked).
+    pub context_length: Option<u32>,
 }
 
 /// The injectable faults, in the order their rates are laid out on the unit interval.
@@ -236,6 +240,7 @@ pub async fn serve(
         .route("/openai/deployments/{deployment}/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/completions", post(text))
         .route("/v1/models", get(models))
+        .route("/props", get(props))
         .route("/health", get(|| async { "ok" }))
         .route("/stats", get(stats))
         // Long dialogues make long prompts; the default 2 MB limit is a web form's.
@@ -260,6 +265,17 @@ pub async fn serve(
 
 async fn stats(State(app): State<Arc<App>>) -> Response {
     json_response(StatusCode::OK, &app.stats.json())
+}
+
+/// llama.cpp's self-description, with the window of one slot; 404 without `--context-length`.
+async fn props(State(app): State<Arc<App>>) -> Response {
+    match app.config.context_length {
+        Some(n) => json_response(
+            StatusCode::OK,
+            &json!({"default_generation_settings": {"n_ctx": n}, "total_slots": 1}),
+        ),
+        None => openai_error(StatusCode::NOT_FOUND, "File Not Found", "not_found_error", None),
+    }
 }
 
 async fn models() -> Response {
@@ -438,7 +454,11 @@ async fn answer(
             (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
         }
         None => {
-            let body = completion_body(&req, chat, n, &out());
+            let reply = match fit_window(out(), cfg.context_length) {
+                Ok(reply) => reply,
+                Err(refusal) => return Some(refusal),
+            };
+            let body = completion_body(&req, chat, n, &reply);
             let stat = match &key {
                 Some(k) => format!("{}/{}/{}/{}", k.unit, k.role, k.turn, k.attempt),
                 None => "anonymous".into(),
@@ -453,6 +473,30 @@ async fn answer(
         }
     };
     Some(resp)
+}
+
+/// A reply within the context window, as llama.cpp's server gives it: a prompt that fills the
+/// window is refused (HTTP 400, its body), a reply that would run past it is cut where it is full.
+fn fit_window(out: crate::llm::sim::SimOutput, window: Option<u32>) -> Result<crate::llm::sim::SimOutput, Response> {
+    let Some(window) = window else { return Ok(out) };
+    if out.prompt_tokens >= window {
+        let msg = format!(
+            "request ({} tokens) exceeds the available context size ({window} tokens), try increasing it",
+            out.prompt_tokens
+        );
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"code": 400, "message": msg, "type": "exceed_context_size_error",
+                              "n_prompt_tokens": out.prompt_tokens, "n_ctx": window}}),
+        ));
+    }
+    let room = window - out.prompt_tokens;
+    if out.completion_tokens <= room {
+        return Ok(out);
+    }
+    let mut cut = out.limit(Some(i64::from(room)));
+    cut.completion_tokens = room;
+    Ok(cut)
 }
 
 /// Which fault a uniform draw `u` falls on, if any.
@@ -754,6 +798,7 @@ mod tests {
             latency_jitter_ms: 0.0,
             seed: 0,
             require_key: None,
+            context_length: None,
         }
     }
 

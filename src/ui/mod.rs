@@ -63,3 +63,20 @@ pub fn print_merge(s: &MergeSummary) {
     crate::outln!("{}", s.dialogues_path.display());
     crate::outln!("{}", s.turns_path.display());
 }
+
+/// Failed dialogues grouped by model and kind, each with its count, one example message and the
+/// hint that fixes it; then the models whose breaker stopped new dialogues.
+pub fn print_failures(progress: &crate::worker::Progress, trips: &[crate::worker::breaker::Trip]) {
+    let groups = progress.failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !groups.is_empty() {
+        eprintln!("failed dialogues, by model and kind:");
+        for ((model, kind), g) in &groups {
+            eprintln!("  {model}: {} x{}: {}", kind.as_str(), g.count, g.example);
+            eprintln!("    hint: {}", kind.hint());
+        }
+    }
+    for t in trips {
+        eprintln!("stopped: {t}");
+        eprintln!("  hint: {}", t.kind.hint());
+    }
+}

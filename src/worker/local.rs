@@ -5,6 +5,7 @@ use super::{ShardOutcome, Shared};
 use crate::error::Error;
 use crate::plan::Plan;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::task::JoinSet;
 
 /// How many shards to keep open at once: `requested`, else the experiment's `parallel_shards`,
@@ -27,6 +28,8 @@ pub struct LocalOutcome {
     pub errors: Vec<Error>,
     /// The stop signal came.
     pub cancelled: bool,
+    /// Models whose breaker opened: their remaining dialogues were not started.
+    pub trips: Vec<super::breaker::Trip>,
 }
 
 /// Run every shard of the plan, `parallel` at a time, until all are done or the stop signal.
@@ -43,7 +46,14 @@ pub async fn run_all(shared: &Shared, parallel: u32, on_error: impl Fn(&Error)) 
             if shared.cancel.is_cancelled() {
                 return Ok(None);
             }
-            super::run_shard(&shared, shard).await.map(Some)
+            let p = &shared.progress;
+            p.shards_running.fetch_add(1, Ordering::Relaxed);
+            let outcome = super::run_shard(&shared, shard).await;
+            p.shards_running.fetch_sub(1, Ordering::Relaxed);
+            if outcome.as_ref().is_ok_and(|o| !o.interrupted && o.halted == 0) {
+                p.shards_done.fetch_add(1, Ordering::Relaxed);
+            }
+            outcome.map(Some)
         });
     }
     let mut outcomes = Vec::new();
@@ -67,5 +77,6 @@ pub async fn run_all(shared: &Shared, parallel: u32, on_error: impl Fn(&Error)) 
         outcomes,
         errors,
         cancelled: shared.cancel.is_cancelled(),
+        trips: shared.breaker.trips(),
     }
 }

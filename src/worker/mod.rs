@@ -7,12 +7,13 @@
 //! new work, gives in-flight calls `grace_secs` to finish, then abandons the rest (their completed
 //! calls are already journaled), syncs, and reports `interrupted`.
 
+pub mod breaker;
 pub mod local;
 pub mod signals;
 
 use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason, Recorder};
 use crate::error::{Error, Result};
-use crate::llm::ChatModel;
+use crate::llm::{ChatModel, ErrorKind};
 use crate::plan::{self, Plan, Unit};
 use crate::rundir::journal::{self, AttemptStart, Entry, Journal, Replay};
 use crate::rundir::state::{self, ShardState, ShardStatus};
@@ -28,21 +29,36 @@ use tokio::task::JoinSet;
 /// How often the state file's heartbeat is refreshed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Live counters shared by every shard of a run (the progress display reads them).
+/// Live counters shared by every shard of a run (the progress display reads them). They count
+/// this process's work only; what is done in all is read from the run's records.
 #[derive(Debug, Default)]
 pub struct Progress {
-    pub total: AtomicU64,
-    pub done: AtomicU64,
+    /// Dialogues finished by this process (failed ones included).
+    pub finished: AtomicU64,
     pub failed: AtomicU64,
+    /// Completed model calls recorded by this process.
     pub calls: AtomicU64,
+    /// Shards open now, and shards this process ran to their end.
+    pub shards_running: AtomicU64,
+    pub shards_done: AtomicU64,
     pub end_reasons: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed dialogues by the kind of backend error that ended them.
     pub failure_kinds: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed dialogues by the model that failed and the kind of failure, with an example.
+    pub failures: Mutex<BTreeMap<(String, ErrorKind), FailureGroup>>,
+}
+
+/// Dialogues that failed the same way on the same model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureGroup {
+    pub count: u64,
+    /// The first one's error message (it names the model and the endpoint; keys are cut out).
+    pub example: String,
 }
 
 impl Progress {
-    fn finish(&self, rec: &DialogueRecord) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+    fn finish(&self, pair: &crate::experiment::Pair, rec: &DialogueRecord) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
         if rec.ending.reason.is_failure() {
             self.failed.fetch_add(1, Ordering::Relaxed);
             let kind = rec.ending.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("unknown");
@@ -52,6 +68,20 @@ impl Progress {
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(kind)
                 .or_default() += 1;
+            if let Some(e) = &rec.ending.error {
+                let model = match e.role {
+                    crate::experiment::Role::Inquirer => &pair.inquirer,
+                    crate::experiment::Role::Responder => &pair.responder,
+                };
+                let mut groups = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                groups
+                    .entry((model.clone(), e.kind))
+                    .or_insert_with(|| FailureGroup {
+                        count: 0,
+                        example: e.message.clone(),
+                    })
+                    .count += 1;
+            }
         }
         let mut m = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(rec.ending.reason.as_str()).or_default() += 1;
@@ -68,6 +98,8 @@ pub struct Shared {
     pub progress: Arc<Progress>,
     pub cancel: Cancel,
     pub options: Options,
+    /// Models that failed every recent dialogue get no new ones (see [`breaker`]).
+    pub breaker: Arc<breaker::Breaker>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +121,9 @@ impl Shared {
         cancel: Cancel,
         make_client: impl Fn(&crate::experiment::Model) -> Result<Arc<dyn ChatModel>>,
     ) -> Result<Shared> {
+        check_keys(&plan.experiment, |k| {
+            std::env::var_os(k).filter(|v| !v.is_empty()).is_some()
+        })?;
         let mut clients = HashMap::new();
         for m in &plan.experiment.models {
             let m = m.with_endpoint_from_env(|k| std::env::var(k).ok());
@@ -103,8 +138,31 @@ impl Shared {
             progress: Arc::new(Progress::default()),
             cancel,
             options,
+            breaker: Arc::default(),
         })
     }
+}
+
+/// Every key variable a model of the plan's pairs names is set, or the error naming the missing
+/// ones: found before the first dialogue, not once per dialogue.
+pub fn check_keys(exp: &crate::experiment::Experiment, is_set: impl Fn(&str) -> bool) -> Result<()> {
+    let mut missing: Vec<String> = Vec::new();
+    for m in &exp.models {
+        let used = exp.pairs.iter().any(|p| p.inquirer == m.name || p.responder == m.name);
+        if let Some(var) = m.transport.api_key_env.as_deref().filter(|v| used && !is_set(v)) {
+            missing.push(format!("`{var}` (model `{}`)", m.name));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "the environment variable{} {} {} not set or empty",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" },
+    ))
+    .with_hint(ErrorKind::MissingKey.hint()))
 }
 
 /// How a shard run ended.
@@ -119,6 +177,9 @@ pub struct ShardOutcome {
     /// Units whose latest record is a backend failure.
     pub failed: u64,
     pub interrupted: bool,
+    /// Units not started because a model of the shard's pair failed every recent dialogue
+    /// ([`breaker`]); they stay unfinished.
+    pub halted: u64,
 }
 
 struct JournalRecorder {
@@ -207,8 +268,6 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
 pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     let mut open = open_shard(shared, shard)?;
     let units = open.units.len() as u64;
-    shared.progress.total.fetch_add(units, Ordering::Relaxed);
-    shared.progress.done.fetch_add(open.already_done, Ordering::Relaxed);
     let nothing_to_do = open.todo.is_empty();
     let attempt = open
         .replay
@@ -250,6 +309,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         finished: c.done - open.already_done,
         failed: c.failed,
         interrupted,
+        halted: 0,
     };
     if nothing_to_do {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -283,17 +343,26 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     .await;
     let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     match result {
-        Ok(stopped) => {
+        Ok(Driven { stopped, halted }) => {
             let interrupted = stopped && c.done < units;
-            let status = if interrupted {
-                ShardStatus::Interrupted
-            } else if c.failed > 0 {
-                ShardStatus::Failed
+            if halted > 0 {
+                // Not the work's end: the shard stopped starting dialogues of a failing model.
+                let why: Vec<String> = shared.breaker.trips().iter().map(|t| t.to_string()).collect();
+                reporter.write(ShardStatus::Error, Some(why.join("; ")))?;
             } else {
-                ShardStatus::Done
-            };
-            reporter.write(status, None)?;
-            Ok(outcome(&c, interrupted))
+                let status = if interrupted {
+                    ShardStatus::Interrupted
+                } else if c.failed > 0 {
+                    ShardStatus::Failed
+                } else {
+                    ShardStatus::Done
+                };
+                reporter.write(status, None)?;
+            }
+            Ok(ShardOutcome {
+                halted,
+                ..outcome(&c, interrupted)
+            })
         }
         Err(e) => {
             let _ = reporter.write(ShardStatus::Error, Some(e.message.clone()));
@@ -397,18 +466,37 @@ impl ShardCounts {
     }
 }
 
-/// Keep dialogues in flight until all are done or the stop signal; returns whether it was stopped.
+/// How [`drive`] ended.
+struct Driven {
+    /// The stop signal came.
+    stopped: bool,
+    /// Units not started because a breaker of the shard's pair is open.
+    halted: u64,
+}
+
+/// Keep dialogues in flight until all are done, the stop signal, or an open breaker.
 async fn drive(
     shared: &Shared,
     journal: &Arc<Journal>,
     replay: &mut Replay,
     todo: Vec<Unit>,
     counts: Arc<Mutex<ShardCounts>>,
-) -> Result<bool> {
+) -> Result<Driven> {
     let mut set: JoinSet<Result<dialogue::Outcome>> = JoinSet::new();
     let mut cancel = shared.cancel.clone();
     let mut interrupted = false;
     let mut first_error: Option<Error> = None;
+    let total = todo.len() as u64;
+    let mut started = 0u64;
+    let pair = match todo.first() {
+        Some(u) => shared.plan.experiment.pairs[u.pair as usize].clone(),
+        None => {
+            return Ok(Driven {
+                stopped: false,
+                halted: 0,
+            });
+        }
+    };
     let mut pending = todo.into_iter();
     let on_done = |res: std::result::Result<Result<dialogue::Outcome>, tokio::task::JoinError>,
                    first_error: &mut Option<Error>| match res {
@@ -428,7 +516,10 @@ async fn drive(
                 return;
             }
             if let Entry::Done(rec) = &entry {
-                shared.progress.finish(rec);
+                shared.progress.finish(&pair, rec);
+                if let Some(trip) = shared.breaker.observe(&pair, rec) {
+                    eprintln!("warning: {trip}");
+                }
             }
             counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
         }
@@ -441,7 +532,7 @@ async fn drive(
         }
     };
     loop {
-        if first_error.is_some() || cancel.is_cancelled() {
+        if first_error.is_some() || cancel.is_cancelled() || !shared.breaker.allows(&pair) {
             break;
         }
         // Take a permit for the next unit, while collecting finished dialogues.
@@ -455,9 +546,10 @@ async fn drive(
             }
         };
         let Some(permit) = permit else { break };
-        if first_error.is_some() {
+        if first_error.is_some() || !shared.breaker.allows(&pair) {
             break;
         }
+        started += 1;
         let cache = replay.calls.remove(&unit.id).unwrap_or_default();
         let plan = shared.plan.clone();
         let clients = shared.clients.clone();
@@ -492,28 +584,31 @@ async fn drive(
     if cancel.is_cancelled() {
         interrupted = true;
     }
-    // Drain: on a stop, in-flight dialogues get the grace period, then are abandoned (their
-    // completed calls are journaled already).
-    // The grace period starts when the stop is first seen, not when draining starts.
+    // Drain: on a stop, in-flight dialogues get the grace period (no new request starts in them),
+    // then are abandoned; a second signal abandons them at once. Their completed calls are
+    // journaled already. The grace period starts when the stop is first seen.
     let mut deadline: Option<tokio::time::Instant> = None;
     while !set.is_empty() {
-        if first_error.is_some() {
+        if first_error.is_some() || cancel.is_cancelled_now() {
             set.abort_all();
         }
         if deadline.is_none() && (interrupted || cancel.is_cancelled()) {
             deadline = Some(tokio::time::Instant::now() + shared.options.grace);
         }
         let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, set.join_next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    set.abort_all();
-                    // Dialogues that finished just before the abort still get their record.
-                    while let Some(res) = set.join_next().await {
-                        on_done(res, &mut first_error);
+            Some(at) => tokio::select! {
+                n = tokio::time::timeout_at(at, set.join_next()) => match n {
+                    Ok(n) => n,
+                    Err(_) => {
+                        set.abort_all();
+                        // Dialogues that finished just before the abort still get their record.
+                        while let Some(res) = set.join_next().await {
+                            on_done(res, &mut first_error);
+                        }
+                        break;
                     }
-                    break;
-                }
+                },
+                _ = cancel.cancelled_now() => { set.abort_all(); continue; }
             },
             None => tokio::select! {
                 n = set.join_next() => n,
@@ -528,5 +623,11 @@ async fn drive(
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(interrupted || cancel.is_cancelled())
+    let stopped = interrupted || cancel.is_cancelled();
+    let halted = if stopped || shared.breaker.allows(&pair) {
+        0
+    } else {
+        total - started
+    };
+    Ok(Driven { stopped, halted })
 }

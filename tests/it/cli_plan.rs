@@ -444,7 +444,18 @@ fn init_writes_a_starter_that_validates_and_plans() {
     let file = dir.join("experiment.toml");
     assert!(out.stdout.contains("experiment.toml"), "{}", out.stdout);
     let text = fs::read_to_string(&file).unwrap();
-    assert!(text.contains("name = \"experiment\"") && text.contains("run_dir = \"runs/experiment\""));
+    // Named after its folder, its run directory left to the default `runs/<name>`; a header of
+    // its own, not the quickstart's.
+    assert!(text.contains("name = \"project\""), "{text}");
+    assert!(!text.contains("\nrun_dir ="), "{text}");
+    assert!(
+        text.starts_with("# A starter experiment written by `roleplay init`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Quickstart") && !text.contains("quickstart.toml"),
+        "{text}"
+    );
 
     let v = roleplay(tmp.path(), [OsStr::new("validate"), file.as_os_str()]);
     assert_eq!(v.code, 0, "{}", v.stderr);
@@ -452,9 +463,9 @@ fn init_writes_a_starter_that_validates_and_plans() {
     // The default run dir is beside the file, not in the working directory.
     let s = plan_ok(tmp.path(), [file.as_os_str()]);
     assert_eq!(s["status"], "created");
-    assert_eq!(s["experiment"], "experiment");
+    assert_eq!(s["experiment"], "project");
     assert!(s["units"].as_u64().unwrap() > 0);
-    assert!(dir.join("runs/experiment/plan.json").is_file());
+    assert!(dir.join("runs/project/plan.json").is_file());
 
     // Twice: refused, the file untouched; --force overwrites.
     fs::write(&file, "# mine\n").unwrap();
@@ -481,7 +492,9 @@ fn init_defaults_to_the_working_directory() {
     let tmp = TempDir::new().unwrap();
     let out = roleplay(tmp.path(), ["init"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(tmp.path().join("experiment.toml").is_file());
+    let text = fs::read_to_string(tmp.path().join("experiment.toml")).unwrap();
+    // A temporary folder's name (`.tmpXXXX`) cannot name an experiment.
+    assert!(text.contains("name = \"experiment\""), "{text}");
     assert_eq!(roleplay(tmp.path(), ["init"]).code, 2);
 }
 
