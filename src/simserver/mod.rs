@@ -456,7 +456,7 @@ async fn answer(
         None => {
             let reply = match fit_window(out(), cfg.context_length) {
                 Ok(reply) => reply,
-                Err(refusal) => return Some(refusal),
+                Err(refusal) => return Some(*refusal),
             };
             let body = completion_body(&req, chat, n, &reply);
             let stat = match &key {
@@ -477,18 +477,21 @@ async fn answer(
 
 /// A reply within the context window, as llama.cpp's server gives it: a prompt that fills the
 /// window is refused (HTTP 400, its body), a reply that would run past it is cut where it is full.
-fn fit_window(out: crate::llm::sim::SimOutput, window: Option<u32>) -> Result<crate::llm::sim::SimOutput, Response> {
+fn fit_window(
+    out: crate::llm::sim::SimOutput,
+    window: Option<u32>,
+) -> Result<crate::llm::sim::SimOutput, Box<Response>> {
     let Some(window) = window else { return Ok(out) };
     if out.prompt_tokens >= window {
         let msg = format!(
             "request ({} tokens) exceeds the available context size ({window} tokens), try increasing it",
             out.prompt_tokens
         );
-        return Err(json_response(
+        return Err(Box::new(json_response(
             StatusCode::BAD_REQUEST,
             &json!({"error": {"code": 400, "message": msg, "type": "exceed_context_size_error",
                               "n_prompt_tokens": out.prompt_tokens, "n_ctx": window}}),
-        ));
+        )));
     }
     let room = window - out.prompt_tokens;
     if out.completion_tokens <= room {
