@@ -24,6 +24,9 @@ pub mod worker;
 pub fn load_experiment(file: &std::path::Path) -> crate::Result<crate::experiment::Loaded> {
     let loaded = crate::experiment::load(file)?;
     crate::slurm::render::check_template_of(&loaded)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(loaded)
 }
 

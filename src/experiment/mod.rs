@@ -18,6 +18,34 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The candidate closest to a mistyped `word` (case aside), when one is close enough to suggest:
+/// at most one edit (a transposition is one) per four letters, at least one.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let w = word.to_ascii_uppercase();
+    let allowed = (w.chars().count() / 4).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(&w, &c.to_ascii_uppercase()), c))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    #[test]
+    fn close_misspellings_are_suggested_and_far_ones_are_not() {
+        let slots = ["OBJECTIVE", "PERSONA", "CONV_STOP"];
+        assert_eq!(super::did_you_mean("OBJECTIV", slots), Some("OBJECTIVE"));
+        assert_eq!(super::did_you_mean("persona", slots), Some("PERSONA"));
+        assert_eq!(super::did_you_mean("CONV_SOTP", slots), Some("CONV_STOP"));
+        assert_eq!(super::did_you_mean("AEG", ["AGE", "RACE"]), Some("AGE"));
+        assert_eq!(super::did_you_mean("GOAL", slots), None);
+        assert_eq!(super::did_you_mean("X", ["Y"]), Some("Y"), "one edit is always allowed");
+        assert_eq!(super::did_you_mean("AB", ["XY"]), None);
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Experiment {
     pub name: String,

@@ -27,6 +27,8 @@ pub struct Loaded {
     pub run_dir: PathBuf,
     /// The file as it was named, for messages.
     pub shown: String,
+    /// What is allowed but probably not meant, one message each (naming the file and the key).
+    pub warnings: Vec<String>,
 }
 
 /// Read, parse and validate an experiment file.
@@ -44,7 +46,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     let raw: RawExperiment = toml::from_str(text).map_err(|e| toml_error(&shown, text, e))?;
     let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let base = source.parent().map(Path::to_path_buf).unwrap_or_default();
-    let cx = Cx { file: shown, base };
+    let cx = Cx {
+        file: shown,
+        base,
+        warnings: Default::default(),
+    };
     let name = match &raw.name {
         Some(n) => n.clone(),
         None => path
@@ -67,6 +73,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     );
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
+        warnings: cx.warnings.take(),
         shown: cx.file.clone(),
         experiment,
         source,
@@ -96,9 +103,17 @@ fn toml_error(file: &str, text: &str, e: toml::de::Error) -> Error {
 pub(super) struct Cx {
     pub file: String,
     pub base: PathBuf,
+    /// What is allowed but probably not meant (`validate`, `plan` and `run` print it).
+    pub warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Cx {
+    pub fn warn(&self, key: &str, msg: impl std::fmt::Display) {
+        self.warnings
+            .borrow_mut()
+            .push(format!("`{}`: `{key}`: {msg}", self.file));
+    }
+
     pub fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
         Error::config(format!("`{}`: `{key}`: {msg}", self.file))
     }
@@ -595,7 +610,10 @@ impl Cx {
                             format!("the {role}'s `{field}` takes no placeholders")
                         } else {
                             format!(
-                                "placeholders allowed in the {role}'s `{field}`: {}",
+                                "{}placeholders allowed in the {role}'s `{field}`: {}",
+                                super::did_you_mean(s, allowed.iter().copied())
+                                    .map(|m| format!("did you mean `<{m}>`? "))
+                                    .unwrap_or_default(),
                                 allowed.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")
                             )
                         };

@@ -64,7 +64,36 @@ pub(super) fn personas(cx: &Cx, raw: Option<&RawPersonas>) -> Result<Vec<Persona
             .err("personas", "the list of personas is empty")
             .with_hint("give at least one persona"));
     }
+    if let Some(t) = &template
+        && raw.file.is_none()
+    {
+        warn_unused_features(cx, t, &rows);
+    }
     settle(cx, rows, template.as_ref())
+}
+
+/// A feature the template never names still becomes a dataset column and a report section,
+/// although the inquirer never saw it: almost always a typo or a forgotten placeholder.
+fn warn_unused_features(cx: &Cx, template: &Template, rows: &[PersonaRow]) {
+    let used: BTreeSet<String> = template.slots().map(|s| s.to_ascii_lowercase()).collect();
+    let mut unused: BTreeSet<&str> = BTreeSet::new();
+    for (features, ..) in rows {
+        unused.extend(features.keys().map(String::as_str).filter(|f| !used.contains(*f)));
+    }
+    let key = if rows.iter().any(|r| r.3 == "personas.sample") {
+        "personas.sample.features"
+    } else {
+        "personas.fixed"
+    };
+    for f in unused {
+        cx.warn(
+            key,
+            format!(
+                "the feature `{f}` is not in `personas.template` (no `<{}>`): it becomes a dataset column, but the inquirer is never told it",
+                f.to_ascii_uppercase()
+            ),
+        );
+    }
 }
 
 /// `personas.fixed`: one row per feature map.
@@ -246,6 +275,10 @@ fn settle(cx: &Cx, rows: Vec<PersonaRow>, template: Option<&Template>) -> Result
 fn render_persona(cx: &Cx, tpl: &Template, features: &BTreeMap<String, String>, whence: &str) -> Result<String> {
     for s in tpl.slots() {
         if !features.contains_key(&s.to_ascii_lowercase()) {
+            let upper: Vec<String> = features.keys().map(|f| f.to_ascii_uppercase()).collect();
+            let guess = super::did_you_mean(s, upper.iter().map(String::as_str))
+                .map(|m| format!("did you mean `<{m}>`? "))
+                .unwrap_or_default();
             return Err(cx
                 .err(
                     "personas.template",
@@ -255,7 +288,7 @@ fn render_persona(cx: &Cx, tpl: &Template, features: &BTreeMap<String, String>, 
                     ),
                 )
                 .with_hint(format!(
-                    "give every persona a `{}` feature, or remove `<{s}>` from the template",
+                    "{guess}give every persona a `{}` feature, or remove `<{s}>` from the template",
                     s.to_ascii_lowercase()
                 )));
         }

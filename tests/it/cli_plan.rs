@@ -488,6 +488,46 @@ fn init_writes_a_starter_that_validates_and_plans() {
 }
 
 #[test]
+fn a_sampled_feature_the_template_never_names_is_warned_about() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("exp.toml");
+    let text = fs::read_to_string(Path::new(ROOT).join("jobs/quickstart.toml"))
+        .unwrap()
+        .replace(
+            "[personas.sample.features]",
+            "[personas.sample.features]\ncity = [\"Berlin\", \"Lagos\"]",
+        );
+    assert!(text.contains("city = "), "the quickstart samples its personas");
+    fs::write(&file, text).unwrap();
+    for cmd in ["validate", "plan"] {
+        let out = roleplay(
+            tmp.path(),
+            [cmd, file.to_str().unwrap(), "--dry-run"]
+                .into_iter()
+                .take(if cmd == "plan" { 3 } else { 2 }),
+        );
+        assert_eq!(out.code, 0, "{cmd}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("warning: ")
+                && out.stderr.contains(
+                    "`personas.sample.features`: the feature `city` is not in `personas.template` (no `<CITY>`)"
+                ),
+            "{cmd}: {}",
+            out.stderr
+        );
+    }
+    // The quickstart itself names every feature it samples: no warning.
+    let out = roleplay(
+        tmp.path(),
+        [
+            OsStr::new("validate"),
+            Path::new(ROOT).join("jobs/quickstart.toml").as_os_str(),
+        ],
+    );
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+#[test]
 fn init_defaults_to_the_working_directory() {
     let tmp = TempDir::new().unwrap();
     let out = roleplay(tmp.path(), ["init"]);
@@ -889,7 +929,11 @@ const BAD_INPUTS: &[Bad] = &[
     // Templates.
     bad(
         "unknown_placeholder.toml",
-        &["`models[inq].templates.first_turn`", "`<OBJECTIV>`", "<OBJECTIVE>"],
+        &[
+            "`models[inq].templates.first_turn`",
+            "`<OBJECTIV>`",
+            "did you mean `<OBJECTIVE>`?",
+        ],
     ),
     bad(
         "missing_response_placeholder.toml",
@@ -898,6 +942,10 @@ const BAD_INPUTS: &[Bad] = &[
     bad(
         "persona_placeholder_no_feature.toml",
         &["`personas.template`", "`<OCCUPATION>`", "personas.fixed[0]"],
+    ),
+    bad(
+        "persona_placeholder_typo.toml",
+        &["`personas.template`", "`<AEG>`", "did you mean `<AGE>`?"],
     ),
     // Secrets: refused, and never echoed back.
     Bad {
