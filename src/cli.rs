@@ -110,6 +110,10 @@ pub struct InitArgs {
 pub struct ValidateArgs {
     /// The experiment file (TOML).
     pub file: PathBuf,
+    /// Also ask every HTTP model's endpoint for its models (`GET BASE_URL/models`, with the key
+    /// from the environment): is it up, is the key accepted, does it serve the model.
+    #[arg(long)]
+    pub check_endpoints: bool,
 }
 
 #[derive(Debug, clap::Args)]

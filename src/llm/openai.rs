@@ -347,6 +347,76 @@ impl OpenAiModel {
         }
     }
 
+    /// Ask the endpoint for its models (`GET BASE_URL/models`, with the key): a line saying what
+    /// it serves, or why it cannot be used.
+    pub async fn probe(&self) -> std::result::Result<String, String> {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("models");
+        }
+        let shown = url.to_string();
+        let key = self.key(&shown).map_err(|e| e.message)?;
+        let mut req = self.client.get(url).timeout(WINDOW_TIMEOUT);
+        if let Some(k) = &key {
+            req = match self.backend {
+                Backend::Azure => req.header("api-key", k),
+                _ => req.bearer_auth(k),
+            };
+        }
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                format!("cannot connect ({})", root_cause(&e))
+            } else if e.is_timeout() {
+                format!("no answer within {} s", WINDOW_TIMEOUT.as_secs())
+            } else {
+                root_cause(&e)
+            };
+            format!("model `{}` at `{shown}`: {why}", self.name)
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            let detail = redact(&error_detail(&body, false), key.as_deref());
+            return Err(format!(
+                "model `{}` at `{shown}`: HTTP {}: {detail}{}",
+                self.name,
+                status.as_u16(),
+                self.status_hint(status.as_u16())
+            ));
+        }
+        let listed: Vec<String> = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("data").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        let window = self.server_window().await;
+        let serves = if listed.contains(&self.model_id) {
+            format!("serves `{}`", self.model_id)
+        } else if listed.is_empty() {
+            "answers (lists no models)".to_string()
+        } else {
+            format!(
+                "answers, but lists {} and not `{}`: check `model`",
+                listed
+                    .iter()
+                    .take(5)
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.model_id
+            )
+        };
+        Ok(format!(
+            "model `{}` at `{shown}`: {serves}{}",
+            self.name,
+            window
+                .map(|n| format!("; context window {n} tokens"))
+                .unwrap_or_default()
+        ))
+    }
+
     /// What the server says its context window is: vLLM's `max_model_len` in `GET /v1/models`
     /// (the entry of this model), else llama.cpp's `n_ctx` in `GET /props` (at the server's root,
     /// beside `/v1`). `None` when neither answers with a number (OpenAI, Azure, older servers):
