@@ -5,6 +5,7 @@
 mod cli_plan;
 mod cli_try;
 mod common;
+mod engine;
 mod export;
 mod fuzz_parsers;
 mod http_backend;

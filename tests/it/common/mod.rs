@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod llama;
 pub mod simserver;
 
 use roleplay::dialogue::DialogueRecord;
