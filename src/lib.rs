@@ -1,8 +1,9 @@
 //! roleplay: goal-oriented, persona-based multi-turn dialogues between two LLMs, at cluster scale.
 //!
-//! Layout: `spec` (experiment files) and `plan` (grid expansion) form a pure core; `store` owns
-//! the run directory; `commands` holds one thin module per subcommand and is the only place that
-//! prints.
+//! Layout (README.md, "Architecture"): `experiment` (experiment files) and `plan` (grid expansion)
+//! form a pure core; `rundir` owns the run directory and every file format in it; `dialogue` is the
+//! method, `llm` its backends, `worker` runs shards; `merge`, `report` and `slurm` build on the
+//! run directory; `commands` holds one thin module per subcommand and `ui` what they print.
 
 pub mod cli;
 pub mod commands;
