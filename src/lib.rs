@@ -5,6 +5,7 @@
 //! method, `llm` its backends, `worker` runs shards; `merge`, `report` and `slurm` build on the
 //! run directory; `commands` holds one thin module per subcommand and `ui` what they print.
 
+pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod dialogue;

@@ -66,6 +66,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
         eprintln!("end reasons (this run): {}", reasons.join(", "));
     }
     crate::ui::print_failures(&progress, &ran.trips);
+    let budget_stops: Vec<(u32, &crate::worker::BudgetStop)> = ran
+        .outcomes
+        .iter()
+        .filter_map(|o| o.budget.as_ref().map(|b| (o.shard, b)))
+        .collect();
+    crate::ui::print_budget_stops(&budget_stops);
     crate::outln!("run directory: {}", rd.root.display());
     if let Some(e) = ran.errors.into_iter().next() {
         return Err(e);
@@ -83,6 +89,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
             eprintln!("{e}");
             return Ok(exit::FAILURES);
         }
+    }
+    if !budget_stops.is_empty() {
+        return Ok(exit::FAILURES);
     }
     if failed > 0 {
         eprintln!(

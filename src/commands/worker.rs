@@ -63,6 +63,9 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
         Ok::<_, crate::Error>((outcome, shared))
     })?;
     crate::ui::print_failures(&shared.progress, &shared.breaker.trips());
+    if let Some(b) = &outcome.budget {
+        crate::ui::print_budget_stops(&[(shard, b)]);
+    }
     eprintln!(
         "shard {shard}: {} of {} dialogues finished ({} in this run), {} failed{}",
         outcome.already_done + outcome.finished,
@@ -77,7 +80,7 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
     );
     Ok(if outcome.interrupted {
         exit::INTERRUPTED
-    } else if outcome.failed > 0 || outcome.halted > 0 {
+    } else if outcome.failed > 0 || outcome.halted > 0 || outcome.budget.is_some() {
         exit::FAILURES
     } else {
         exit::OK

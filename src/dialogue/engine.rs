@@ -182,6 +182,25 @@ async fn window(model: &Model, client: &dyn ChatModel) -> Option<ContextWindow> 
     })
 }
 
+/// What a request spent: the server's usage (the worst case where it reported none), and the
+/// HTTP requests it took.
+fn spent(worst: &super::Spend, answer: &Result<Completion, crate::llm::CallError>) -> super::Spend {
+    match answer {
+        Ok(c) => super::Spend {
+            prompt_tokens: c.prompt_tokens.map_or(worst.prompt_tokens, u64::from),
+            completion_tokens: c.completion_tokens.map_or(worst.completion_tokens, u64::from),
+            requests: u64::from(c.attempts),
+            ..*worst
+        },
+        Err(e) => super::Spend {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            requests: u64::from(e.attempts),
+            ..*worst
+        },
+    }
+}
+
 /// Whether the server cut a reply short because the window was full: it stopped for `length`
 /// with fewer tokens than were asked for, or prompt and reply fill the window. (A reply that used
 /// every token asked for was cut by the experiment's own `max_new_tokens`: that is the method.)
@@ -293,6 +312,9 @@ struct Requests {
     transient_retries: u32,
     overflow_refusals: u32,
     cut_replies: u32,
+    /// Tokens of the replies cut and asked again.
+    discarded_prompt_tokens: u32,
+    discarded_completion_tokens: u32,
 }
 
 impl Requests {
@@ -405,7 +427,13 @@ impl<'a> Side<'a> {
             let can_drop = api == Api::Chat
                 && dropped < pairs
                 && requests.overflow_refusals + requests.cut_replies < MAX_OVERFLOW_RETRIES;
-            match self.client.complete(&request).await {
+            let worst = self.worst_case(&request);
+            let Some(admitted) = journal.recorder.admit(&worst).await else {
+                return Ok(Got::Stopped);
+            };
+            let answer = self.client.complete(&request).await;
+            journal.recorder.settle(admitted, &spent(&worst, &answer));
+            match answer {
                 Ok(completion) => {
                     requests.exchange(completion.attempts);
                     if !cut_by_window(&completion, &sampling, window) {
@@ -418,6 +446,8 @@ impl<'a> Side<'a> {
                     }
                     // The reply ran into the end of the window: make room and ask again.
                     requests.cut_replies += 1;
+                    requests.discarded_prompt_tokens += completion.prompt_tokens.unwrap_or(0);
+                    requests.discarded_completion_tokens += completion.completion_tokens.unwrap_or(0);
                     dropped += 1;
                 }
                 Err(e) if e.kind == ErrorKind::ContextOverflow && can_drop => {
@@ -452,6 +482,35 @@ impl<'a> Side<'a> {
         self.record(journal, key, input, call).map(Got::Call)
     }
 
+    /// The most a request may spend: its prompt (the server's count scaled from our estimate when
+    /// this side has one, else the text's bytes, which no tokenizer exceeds, plus room for a chat
+    /// template's tokens), `max_new_tokens` (else the window, else 4,096) and every request its
+    /// retries may make.
+    fn worst_case(&self, request: &Request) -> super::Spend {
+        let (estimate, bytes, messages) = match &request.prompt {
+            Prompt::Chat(m) => (
+                prompt::estimate_messages(m),
+                m.iter().map(|m| m.content.len() as u64).sum::<u64>(),
+                m.len() as u64,
+            ),
+            Prompt::Text(t) => (prompt::estimate_tokens(t), t.len() as u64, 1),
+        };
+        let prompt_tokens = match self.calibration {
+            Some(c) => c.scale(estimate) + c.scale(estimate) / 4,
+            None => bytes,
+        } + 8 * messages;
+        let completion_tokens = match request.sampling.max_new_tokens {
+            Some(n) if n > 0 => n as u64,
+            _ => self.window.map_or(4096, |w| u64::from(w.tokens)),
+        };
+        super::Spend {
+            role: self.role,
+            prompt_tokens,
+            completion_tokens,
+            requests: u64::from(self.model.transport.max_retries) + 1,
+        }
+    }
+
     /// Hand a new call to the recorder (in its event, taken back out: no copy) and learn from it.
     fn record(&mut self, journal: &Journal<'_>, key: CallKey, input: &str, call: Call) -> crate::Result<Box<Call>> {
         let event = CallEvent { key, call };
@@ -482,6 +541,8 @@ impl<'a> Side<'a> {
             transient_retries: requests.transient_retries,
             overflow_refusals: requests.overflow_refusals,
             cut_replies: requests.cut_replies,
+            discarded_prompt_tokens: requests.discarded_prompt_tokens,
+            discarded_completion_tokens: requests.discarded_completion_tokens,
             sampling: request.sampling,
             self_reply_cut,
             trimmed_pairs: u32::try_from(dropped).unwrap_or(u32::MAX),
@@ -720,6 +781,7 @@ mod tests {
                 max_retries: 0,
                 concurrency: None,
                 replay_file: None,
+                price: None,
             },
             behaviour: Behaviour {
                 backend: Backend::Sim,

@@ -42,7 +42,33 @@ pub trait Recorder: Send + Sync {
     fn stopping(&self) -> bool {
         false
     }
+
+    /// May a request whose worst case is `worst` go out (perhaps after waiting for others to
+    /// settle)? `None`: no, a budget is reached (the dialogue then waits in the journal, as after
+    /// a stop).
+    fn admit<'a>(&'a self, worst: &'a Spend) -> crate::llm::BoxFuture<'a, Option<Admitted>> {
+        let _ = worst;
+        Box::pin(async { Some(Admitted(None)) })
+    }
+
+    /// An admitted request answered (or failed) having spent `actual`.
+    fn settle(&self, admitted: Admitted, actual: &Spend) {
+        let _ = (admitted, actual);
+    }
 }
+
+/// What one request may spend, or spent: the server's token counts and the HTTP requests made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    pub role: crate::experiment::Role,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub requests: u64,
+}
+
+/// A request let through by [`Recorder::admit`], holding its reservation until settled.
+#[derive(Debug)]
+pub struct Admitted(pub Option<crate::budget::Reservation>);
 
 /// How a run of [`run_dialogue`] came out.
 #[derive(Debug, Clone, PartialEq)]

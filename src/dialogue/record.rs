@@ -9,6 +9,10 @@ use crate::llm::{CallKey, ErrorKind};
 use crate::plan::UnitId;
 use serde::{Deserialize, Serialize};
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One completed model call, as used by the method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
@@ -35,6 +39,11 @@ pub struct Call {
     /// Replies the server cut short because the context window was full (discarded and asked again).
     #[serde(default)]
     pub cut_replies: u32,
+    /// Tokens the server reported for those discarded replies (spent, though not in the record).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub discarded_prompt_tokens: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub discarded_completion_tokens: u32,
     /// The sampling settings sent (randomised on regeneration).
     pub sampling: Sampling,
     /// The output was cut at a self-reply marker.

@@ -61,6 +61,61 @@ pub struct Experiment {
     pub sharding: Sharding,
     pub worker: WorkerSettings,
     pub slurm: SlurmSettings,
+    /// Spending caps (`[budget]`), split across shards by their units (see `crate::budget`).
+    #[serde(default, skip_serializing_if = "BudgetSettings::is_empty")]
+    pub budget: BudgetSettings,
+}
+
+/// Caps on what a run may spend; `None` is no cap. Tokens are the servers' `usage`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Caps {
+    /// Prompt and completion tokens, both roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
+    /// Prompt and completion tokens of the inquirer's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inquirer_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responder_tokens: Option<u64>,
+    /// HTTP requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// In the currency of the models' prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+impl Caps {
+    pub fn is_empty(&self) -> bool {
+        *self == Caps::default()
+    }
+}
+
+/// The run's caps, and caps of single pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BudgetSettings {
+    #[serde(default, skip_serializing_if = "Caps::is_empty")]
+    pub run: Caps,
+    /// Caps of one (inquirer, responder) pair, by the pair's index in `Experiment::pairs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<(u32, Caps)>,
+}
+
+impl BudgetSettings {
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty() && self.pairs.iter().all(|(_, c)| c.is_empty())
+    }
+}
+
+/// What a model's tokens cost, per million.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -202,6 +257,9 @@ pub struct Transport {
     pub concurrency: Option<u32>,
     /// Absolute path of the replay file (`replay` backend).
     pub replay_file: Option<String>,
+    /// What its tokens cost (`[models.price]`), for `[budget] cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -28,6 +28,91 @@ pub struct RawExperiment {
     pub worker: RawWorker,
     #[serde(default)]
     pub slurm: RawSlurm,
+    pub budget: Option<RawBudget>,
+}
+
+/// `[budget]`: caps for the whole run; `[[budget.pairs]]` for single pairs. (The caps are spelled
+/// out in both: serde's `flatten` would let unknown keys through.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub tokens: Option<i64>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub inquirer_tokens: Option<i64>,
+    pub responder_tokens: Option<i64>,
+    pub requests: Option<i64>,
+    pub cost: Option<f64>,
+    #[serde(default)]
+    pub pairs: Vec<RawPairBudget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPairBudget {
+    pub inquirer: String,
+    pub responder: String,
+    pub tokens: Option<i64>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub inquirer_tokens: Option<i64>,
+    pub responder_tokens: Option<i64>,
+    pub requests: Option<i64>,
+    pub cost: Option<f64>,
+}
+
+/// The seven caps of a `[budget]` or `[[budget.pairs]]` table, in the order of [`CAP_KEYS`].
+pub type RawCaps = ([Option<i64>; 6], Option<f64>);
+
+/// The cap keys, integer ones first.
+pub const CAP_KEYS: [&str; 7] = [
+    "tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "inquirer_tokens",
+    "responder_tokens",
+    "requests",
+    "cost",
+];
+
+impl RawBudget {
+    pub fn caps(&self) -> RawCaps {
+        (
+            [
+                self.tokens,
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.inquirer_tokens,
+                self.responder_tokens,
+                self.requests,
+            ],
+            self.cost,
+        )
+    }
+}
+
+impl RawPairBudget {
+    pub fn caps(&self) -> RawCaps {
+        (
+            [
+                self.tokens,
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.inquirer_tokens,
+                self.responder_tokens,
+                self.requests,
+            ],
+            self.cost,
+        )
+    }
+}
+
+/// `[models.price]`: per million tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_million: Option<f64>,
+    pub output_per_million: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +201,8 @@ pub struct RawModel {
     pub sim: Option<RawSim>,
     /// JSONL file of canned replies, for the `replay` backend.
     pub replay_file: Option<String>,
+    /// What the model's tokens cost, for `[budget] cost`.
+    pub price: Option<RawPrice>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]

@@ -142,6 +142,7 @@ impl Cx {
         let sharding = self.sharding(&raw.sharding)?;
         let worker = self.worker(&raw.worker)?;
         let slurm = self.slurm(&raw.slurm)?;
+        let budget = self.budget(raw.budget.as_ref(), &pairs, &models)?;
         let exp = Experiment {
             name,
             dialogue,
@@ -152,6 +153,7 @@ impl Cx {
             sharding,
             worker,
             slurm,
+            budget,
         };
         self.grid_size(&exp)?;
         self.check_slurm(&exp)?;
@@ -286,6 +288,7 @@ impl Cx {
         };
         let (replay_file, replay_digest) = self.model_replay(m, backend)?;
         transport.replay_file = replay_file;
+        transport.price = self.price(&key("price"), m.price.as_ref())?;
         Ok(Model {
             name: m.name.clone(),
             roles,
@@ -430,6 +433,7 @@ impl Cx {
             max_retries,
             concurrency,
             replay_file: None,
+            price: None,
         })
     }
 
@@ -884,6 +888,106 @@ impl Cx {
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
         })
+    }
+
+    /// `[models.price]`: both prices, finite and not negative.
+    fn price(&self, key: &str, raw: Option<&RawPrice>) -> Result<Option<Price>> {
+        let Some(p) = raw else { return Ok(None) };
+        let get = |k: &str, v: Option<f64>| -> Result<f64> {
+            match v {
+                Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
+                Some(v) => Err(self
+                    .err(&format!("{key}.{k}"), format!("{v} is not a price"))
+                    .with_hint("give the price per million tokens, e.g. `0.15`")),
+                None => Err(self
+                    .err(&format!("{key}.{k}"), "the price is missing")
+                    .with_hint("give both `input_per_million` and `output_per_million`")),
+            }
+        };
+        Ok(Some(Price {
+            input_per_million: get("input_per_million", p.input_per_million)?,
+            output_per_million: get("output_per_million", p.output_per_million)?,
+        }))
+    }
+
+    /// `[budget]` and `[[budget.pairs]]`: positive caps; a cost cap needs every model it covers
+    /// to have a price.
+    fn budget(&self, raw: Option<&RawBudget>, pairs: &[Pair], models: &[Model]) -> Result<BudgetSettings> {
+        let Some(raw) = raw else {
+            return Ok(BudgetSettings::default());
+        };
+        let caps = |key: &str, (ints, cost): RawCaps, covered: &[&Pair]| -> Result<Caps> {
+            let mut out = [None; 6];
+            for (i, v) in ints.iter().enumerate() {
+                if let Some(v) = v {
+                    if *v < 1 {
+                        return Err(self
+                            .err(&format!("{key}.{}", CAP_KEYS[i]), format!("{v} is not a positive cap"))
+                            .with_hint("caps are counts of tokens or requests, at least 1; leave a cap out for none"));
+                    }
+                    out[i] = Some(*v as u64);
+                }
+            }
+            if let Some(c) = cost {
+                if !(c.is_finite() && c > 0.0) {
+                    return Err(self
+                        .err(&format!("{key}.cost"), format!("{c} is not a positive cost"))
+                        .with_hint("give the most the run may cost, in the currency of the models' prices"));
+                }
+                for p in covered {
+                    for name in [&p.inquirer, &p.responder] {
+                        if models.iter().any(|m| &m.name == name && m.transport.price.is_none()) {
+                            return Err(self
+                                .err(&format!("{key}.cost"), format!("model `{name}` has no price"))
+                                .with_hint(format!(
+                                    "add `[models.price]` with `input_per_million` and `output_per_million` to `{name}`"
+                                )));
+                        }
+                    }
+                }
+            }
+            let [
+                tokens,
+                prompt_tokens,
+                completion_tokens,
+                inquirer_tokens,
+                responder_tokens,
+                requests,
+            ] = out;
+            Ok(Caps {
+                tokens,
+                prompt_tokens,
+                completion_tokens,
+                inquirer_tokens,
+                responder_tokens,
+                requests,
+                cost,
+            })
+        };
+        let all: Vec<&Pair> = pairs.iter().collect();
+        let run = caps("budget", raw.caps(), &all)?;
+        let mut by_pair = Vec::new();
+        for (i, pb) in raw.pairs.iter().enumerate() {
+            let key = format!("budget.pairs[{i}]");
+            let Some(index) = pairs
+                .iter()
+                .position(|p| p.inquirer == pb.inquirer && p.responder == pb.responder)
+            else {
+                return Err(self
+                    .err(&key, format!("there is no pair ({}, {})", pb.inquirer, pb.responder))
+                    .with_hint("name an inquirer and a responder of `[[pairs]]` (or of the models, without pairs)"));
+            };
+            if by_pair.iter().any(|(j, _)| *j == index as u32) {
+                return Err(self
+                    .err(
+                        &key,
+                        format!("the pair ({}, {}) has a budget already", pb.inquirer, pb.responder),
+                    )
+                    .with_hint("give each pair one `[[budget.pairs]]` table"));
+            }
+            by_pair.push((index as u32, caps(&key, pb.caps(), &[&pairs[index]])?));
+        }
+        Ok(BudgetSettings { run, pairs: by_pair })
     }
 
     /// What sbatch requires of the experiment (the name in job names, `extra_directives`) and a

@@ -104,6 +104,8 @@ fn call(rng: &mut ChaCha8Rng, output: String, prompt_tokens: u32) -> Call {
         transient_retries: attempts - 1,
         overflow_refusals: 0,
         cut_replies: 0,
+        discarded_prompt_tokens: 0,
+        discarded_completion_tokens: 0,
         sampling: Sampling::default(),
         self_reply_cut: false,
         trimmed_pairs: 0,

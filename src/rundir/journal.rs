@@ -282,6 +282,8 @@ mod tests {
                 transient_retries: 0,
                 overflow_refusals: 0,
                 cut_replies: 0,
+                discarded_prompt_tokens: 0,
+                discarded_completion_tokens: 0,
                 cut_by_window: false,
             },
         };

@@ -19,6 +19,9 @@ pub enum ShardStatus {
     Interrupted,
     /// The worker hit an error of its own (disk full, unreadable plan) and stopped.
     Error,
+    /// Stopped at its share of the experiment's budget, with units left: not a failure; it
+    /// resumes once the budget is raised (`error` names the cap).
+    Budget,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -227,6 +227,9 @@ pub enum EndCause {
     CompletedButIncomplete,
     /// The worker stopped on a signal after checkpointing: exit 75, or its state file says so.
     Checkpointed,
+    /// The worker stopped at its shard's share of the budget (its state file says so; `cap` the
+    /// `[budget]` key reached): not resubmitted until the budget is raised (a re-plan).
+    BudgetReached { cap: Option<String> },
     /// The batch script exited with this code, no signal.
     Exit { code: u32 },
     /// A signal ended the batch script (Slurm's `rc:signal`).
@@ -260,7 +263,8 @@ impl EndCause {
             | EndCause::Cancelled
             | EndCause::CancelledByRoleplay
             | EndCause::TimeoutAfterCheckpoint { .. }
-            | EndCause::Checkpointed => EndClass::Interrupted,
+            | EndCause::Checkpointed
+            | EndCause::BudgetReached { .. } => EndClass::Interrupted,
             EndCause::Timeout { .. }
             | EndCause::OutOfMemory
             | EndCause::CompletedButIncomplete
@@ -323,6 +327,11 @@ impl std::fmt::Display for EndCause {
                 f.write_str("the job COMPLETED but the shard's journal is incomplete: see the log")
             }
             C::Checkpointed => f.write_str("stopped on a signal after checkpointing (exit 75)"),
+            C::BudgetReached { cap } => write!(
+                f,
+                "stopped at its share of the budget ({}): raise `[budget]` and re-plan to go on",
+                cap.as_deref().unwrap_or("a cap reached")
+            ),
             C::Exit { code: 2 } => f.write_str("configuration error (exit 2): see the log"),
             C::Exit { code } if *code > 128 => write!(f, "exit {code} (killed by {})", signal_name(code - 128)),
             // A batch script that exits 128+N (its worker killed by signal N) shows as exit N in

@@ -166,7 +166,7 @@ pub fn check_keys(exp: &crate::experiment::Experiment, is_set: impl Fn(&str) -> 
 }
 
 /// How a shard run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardOutcome {
     pub shard: u32,
     pub units: u64,
@@ -180,12 +180,32 @@ pub struct ShardOutcome {
     /// Units not started because a model of the shard's pair failed every recent dialogue
     /// ([`breaker`]); they stay unfinished.
     pub halted: u64,
+    /// The shard stopped at its share of the budget, with units left.
+    pub budget: Option<BudgetStop>,
+}
+
+/// Where a shard stopped at its budget share: the cap reached, and its account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetStop {
+    pub cap: &'static str,
+    pub spent: crate::budget::Usage,
+    pub caps: crate::experiment::Caps,
 }
 
 struct JournalRecorder {
     journal: Arc<Journal>,
     progress: Arc<Progress>,
     cancel: Cancel,
+    ledger: Option<Arc<crate::budget::Ledger>>,
+    /// (inquirer, responder) prices, for the ledger's cost.
+    prices: [Option<crate::experiment::Price>; 2],
+}
+
+impl JournalRecorder {
+    fn usage(&self, s: &dialogue::Spend) -> crate::budget::Usage {
+        let price = self.prices[usize::from(s.role == crate::experiment::Role::Responder)];
+        crate::budget::Usage::of(s.role, s.prompt_tokens, s.completion_tokens, s.requests, price)
+    }
 }
 
 impl Recorder for JournalRecorder {
@@ -198,6 +218,21 @@ impl Recorder for JournalRecorder {
     /// After the stop signal no new request starts: in-flight ones may finish within the grace.
     fn stopping(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    fn admit<'a>(&'a self, worst: &'a dialogue::Spend) -> crate::llm::BoxFuture<'a, Option<dialogue::Admitted>> {
+        Box::pin(async move {
+            match &self.ledger {
+                None => Some(dialogue::Admitted(None)),
+                Some(l) => l.reserve(self.usage(worst)).await.map(|r| dialogue::Admitted(Some(r))),
+            }
+        })
+    }
+
+    fn settle(&self, admitted: dialogue::Admitted, actual: &dialogue::Spend) {
+        if let (Some(l), Some(r)) = (&self.ledger, admitted.0) {
+            l.settle(r, self.usage(actual));
+        }
     }
 }
 
@@ -212,6 +247,8 @@ struct OpenShard {
     /// Finished before this run and not run again.
     already_done: u64,
     prior_state: Option<ShardState>,
+    /// The shard's account, when the experiment has a budget.
+    ledger: Option<Arc<crate::budget::Ledger>>,
 }
 
 /// Take the shard's lock, check its units against the plan, open and replay its journal.
@@ -243,6 +280,14 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
             contents.damaged_lines
         );
     }
+    let caps = crate::budget::shard_caps(&plan.experiment, plan, shard);
+    let ledger = (!caps.is_empty()).then(|| {
+        let pair = &plan.experiment.pairs[plan.shards[shard as usize].pair as usize];
+        Arc::new(crate::budget::Ledger::new(
+            caps,
+            spent_in(&contents.entries, &prices(&plan.experiment, pair)),
+        ))
+    });
     let mut replay = Replay::from_entries(contents.entries);
     let in_shard: std::collections::HashSet<_> = units.iter().map(|u| u.id).collect();
     replay.done.retain(|id, _| in_shard.contains(id));
@@ -261,7 +306,52 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
         todo,
         already_done,
         prior_state: state::read(rd, shard),
+        ledger,
     })
+}
+
+/// The prices of a pair's (inquirer, responder).
+fn prices(
+    exp: &crate::experiment::Experiment,
+    pair: &crate::experiment::Pair,
+) -> [Option<crate::experiment::Price>; 2] {
+    let price = |name: &str| exp.model(name).and_then(|m| m.transport.price);
+    [price(&pair.inquirer), price(&pair.responder)]
+}
+
+/// What a journal records as spent: every recorded call's tokens (those of the replies it cut and
+/// asked again included) and requests, and the requests of the calls that failed.
+fn spent_in(entries: &[Entry], prices: &[Option<crate::experiment::Price>; 2]) -> crate::budget::Usage {
+    use crate::experiment::Role;
+    let price = |role: Role| prices[usize::from(role == Role::Responder)];
+    let mut total = crate::budget::Usage::default();
+    for e in entries {
+        match e {
+            Entry::Call(c) => {
+                let (role, call) = (c.key.role, &c.call);
+                total.add(&crate::budget::Usage::of(
+                    role,
+                    u64::from(call.prompt_tokens.unwrap_or(0) + call.discarded_prompt_tokens),
+                    u64::from(call.completion_tokens.unwrap_or(0) + call.discarded_completion_tokens),
+                    u64::from(call.attempts),
+                    price(role),
+                ));
+            }
+            Entry::Done(d) => {
+                if let Some(f) = &d.ending.error {
+                    total.add(&crate::budget::Usage::of(
+                        f.role,
+                        0,
+                        0,
+                        u64::from(f.attempts),
+                        price(f.role),
+                    ));
+                }
+            }
+            Entry::Attempt(_) => {}
+        }
+    }
+    total
 }
 
 /// Run one shard to completion, or until the stop signal.
@@ -310,6 +400,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         failed: c.failed,
         interrupted,
         halted: 0,
+        budget: None,
     };
     if nothing_to_do {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -338,14 +429,31 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     let result = with_background(
         &open.journal,
         &reporter,
-        drive(shared, &open.journal, &mut open.replay, todo, counts.clone()),
+        drive(
+            shared,
+            &open.journal,
+            &mut open.replay,
+            todo,
+            counts.clone(),
+            open.ledger.clone(),
+        ),
     )
     .await;
     let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     match result {
-        Ok(Driven { stopped, halted }) => {
+        Ok(Driven {
+            stopped,
+            halted,
+            budget,
+        }) => {
             let interrupted = stopped && c.done < units;
-            if halted > 0 {
+            if let Some(cap) = budget.filter(|_| !interrupted && c.done < units) {
+                // Not a failure: the shard spent its share of the budget; raising it resumes it.
+                reporter.write(
+                    ShardStatus::Budget,
+                    Some(format!("reached its share of `budget.{cap}`")),
+                )?;
+            } else if halted > 0 {
                 // Not the work's end: the shard stopped starting dialogues of a failing model.
                 let why: Vec<String> = shared.breaker.trips().iter().map(|t| t.to_string()).collect();
                 reporter.write(ShardStatus::Error, Some(why.join("; ")))?;
@@ -361,6 +469,11 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             }
             Ok(ShardOutcome {
                 halted,
+                budget: budget.filter(|_| c.done < units).map(|cap| BudgetStop {
+                    cap,
+                    spent: open.ledger.as_ref().map(|l| l.spent()).unwrap_or_default(),
+                    caps: open.ledger.as_ref().map(|l| l.caps()).unwrap_or_default(),
+                }),
                 ..outcome(&c, interrupted)
             })
         }
@@ -467,11 +580,14 @@ impl ShardCounts {
 }
 
 /// How [`drive`] ended.
+#[derive(Default)]
 struct Driven {
     /// The stop signal came.
     stopped: bool,
     /// Units not started because a breaker of the shard's pair is open.
     halted: u64,
+    /// The cap of its budget share the shard reached (its dialogues wait in the journal).
+    budget: Option<&'static str>,
 }
 
 /// Keep dialogues in flight until all are done, the stop signal, or an open breaker.
@@ -481,6 +597,7 @@ async fn drive(
     replay: &mut Replay,
     todo: Vec<Unit>,
     counts: Arc<Mutex<ShardCounts>>,
+    ledger: Option<Arc<crate::budget::Ledger>>,
 ) -> Result<Driven> {
     let mut set: JoinSet<Result<dialogue::Outcome>> = JoinSet::new();
     let mut cancel = shared.cancel.clone();
@@ -490,13 +607,10 @@ async fn drive(
     let mut started = 0u64;
     let pair = match todo.first() {
         Some(u) => shared.plan.experiment.pairs[u.pair as usize].clone(),
-        None => {
-            return Ok(Driven {
-                stopped: false,
-                halted: 0,
-            });
-        }
+        None => return Ok(Driven::default()),
     };
+    let prices = prices(&shared.plan.experiment, &pair);
+    let at_budget = || ledger.as_ref().and_then(|l| l.reached()).is_some();
     let mut pending = todo.into_iter();
     let on_done = |res: std::result::Result<Result<dialogue::Outcome>, tokio::task::JoinError>,
                    first_error: &mut Option<Error>| match res {
@@ -532,7 +646,7 @@ async fn drive(
         }
     };
     loop {
-        if first_error.is_some() || cancel.is_cancelled() || !shared.breaker.allows(&pair) {
+        if first_error.is_some() || cancel.is_cancelled() || !shared.breaker.allows(&pair) || at_budget() {
             break;
         }
         // Take a permit for the next unit, while collecting finished dialogues.
@@ -546,7 +660,7 @@ async fn drive(
             }
         };
         let Some(permit) = permit else { break };
-        if first_error.is_some() || !shared.breaker.allows(&pair) {
+        if first_error.is_some() || !shared.breaker.allows(&pair) || at_budget() {
             break;
         }
         started += 1;
@@ -557,6 +671,8 @@ async fn drive(
             journal: journal.clone(),
             progress: shared.progress.clone(),
             cancel: shared.cancel.clone(),
+            ledger: ledger.clone(),
+            prices,
         };
         set.spawn(async move {
             let _permit = permit;
@@ -629,5 +745,9 @@ async fn drive(
     } else {
         total - started
     };
-    Ok(Driven { stopped, halted })
+    Ok(Driven {
+        stopped,
+        halted,
+        budget: ledger.and_then(|l| l.reached()),
+    })
 }

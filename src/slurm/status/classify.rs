@@ -121,11 +121,14 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
     } else {
         (State::NotSubmitted, None)
     };
+    // A shard stopped at its budget share would stop again at once: raising the budget re-plans.
+    let at_budget = matches!(latest_end, Some(EndCause::BudgetReached { .. }));
     v.resubmit = matches!(
         v.state,
         State::Interrupted | State::Lost | State::NotSubmitted | State::Failed
     ) && !complete
-        && !v.over_budget;
+        && !v.over_budget
+        && !at_budget;
     if v.over_budget && !complete && !v.state.is_live() {
         let r = v.reason.take().unwrap_or_default();
         v.reason = Some(format!(
@@ -147,6 +150,10 @@ pub fn job_end(
 ) -> Option<EndCause> {
     if !state.is_final() {
         return None;
+    }
+    // A worker that stopped at its budget share says so; however the job ended after that.
+    if let Some(w) = worker.filter(|w| w.status == ShardStatus::Budget) {
+        return Some(EndCause::BudgetReached { cap: w.error.clone() });
     }
     let checkpointed = worker.is_some_and(|w| w.status == ShardStatus::Interrupted);
     let worker_error = worker
@@ -306,6 +313,7 @@ fn end_of(t: &TaskEvidence, e: &ShardEvidence, cx: &Context, latest: bool) -> Op
         let age = cx.now.saturating_sub(w.heartbeat_at);
         return match w.status {
             ShardStatus::Interrupted => Some(EndCause::Checkpointed),
+            ShardStatus::Budget => Some(EndCause::BudgetReached { cap: w.error.clone() }),
             ShardStatus::Error => Some(EndCause::WorkerError {
                 exit: None,
                 message: w.error.clone(),
