@@ -631,9 +631,9 @@ async fn drive(
             }
             if let Entry::Done(rec) = &entry {
                 shared.progress.finish(&pair, rec);
-                if let Some(trip) = shared.breaker.observe(&pair, rec) {
-                    eprintln!("warning: {trip}");
-                }
+                // Told once, with its hint, in the closing summary (`ui::print_failures`), which
+                // `run` and `worker` both print; a line here would say it twice, and break the bar.
+                let _ = shared.breaker.observe(&pair, rec);
             }
             counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
         }

@@ -18,5 +18,6 @@ mod reliability_slurm;
 mod report_html;
 mod slurm_cluster;
 mod slurm_flow;
+mod truth;
 mod vectors;
 mod worker_resume;

@@ -883,8 +883,10 @@ fn api_keys_leave_no_trace_in_the_run_directory_logs_or_datasets() {
     let bad_s = bad_run.to_str().unwrap();
     let bad_env = [("ROLEPLAY_TEST_KEY", wrong.as_str())];
     roleplay(&logs, &["run", bad_s, "--no-progress"], &bad_env, LIMIT).expect_code(1);
+    // The breaker stops starting dialogues after 5 auth failures in a row (those in flight end
+    // too); the others stay unstarted.
     let failed = done_records(&bad_run);
-    assert_eq!(failed.len(), 24);
+    assert!((5..=24).contains(&failed.len()), "{} failed", failed.len());
     let mut redacted = 0;
     for recs in failed.values() {
         let e = recs[0].ending.error.as_ref().expect("an auth failure");

@@ -69,6 +69,11 @@ pub struct Proc {
 impl Proc {
     /// Start `roleplay ARGS` with extra environment `env`, logging into `logs/`.
     pub fn spawn<S: AsRef<OsStr>>(logs: &Path, args: &[S], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_unset(logs, args, env, &[])
+    }
+
+    /// [`Proc::spawn`], with the variables `unset` removed from the child's environment.
+    pub fn spawn_unset<S: AsRef<OsStr>>(logs: &Path, args: &[S], env: &[(&str, &str)], unset: &[&str]) -> Proc {
         std::fs::create_dir_all(logs).expect("logs dir");
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let first = args
@@ -85,6 +90,9 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout log"))
             .stderr(std::fs::File::create(&stderr_path).expect("stderr log"));
+        for k in unset {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
