@@ -179,6 +179,9 @@ pub struct Reservation(Usage);
 struct Books {
     spent: Usage,
     reserved: Usage,
+    /// Reservations not settled yet (the sum above has a float part that need not come back to
+    /// exactly zero).
+    held: usize,
     /// The cap a reservation did not fit, once one did not.
     reached: Option<&'static str>,
 }
@@ -226,9 +229,10 @@ impl Ledger {
                 match would.over(&self.caps) {
                     None => {
                         b.reserved.add(&worst);
+                        b.held += 1;
                         return Some(Reservation(worst));
                     }
-                    Some(cap) if b.reserved == Usage::default() => {
+                    Some(cap) if b.held == 0 => {
                         b.reached = Some(cap);
                         drop(b);
                         // Everyone waiting learns it at once.
@@ -248,6 +252,10 @@ impl Ledger {
         {
             let mut b = self.books.lock().unwrap_or_else(|p| p.into_inner());
             b.reserved.sub(&r.0);
+            b.held = b.held.saturating_sub(1);
+            if b.held == 0 {
+                b.reserved = Usage::default();
+            }
             b.spent.add(&actual);
         }
         self.settled.notify_waiters();

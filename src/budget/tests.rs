@@ -140,3 +140,26 @@ fn cost_is_priced_per_million_and_checked() {
     assert_eq!(u.over(&caps), Some("cost"));
     assert_eq!(Usage::default().over(&caps), None);
 }
+
+#[tokio::test]
+async fn a_cost_cap_does_not_wait_forever_on_float_dust() {
+    // 0.1 + 0.2 - 0.1 - 0.2 is not 0.0 in floats: a ledger that waited for the held cost to come
+    // back to exactly zero would never learn it is reached.
+    let price = Some(Price {
+        input_per_million: 100_000.0,
+        output_per_million: 200_000.0,
+    });
+    let caps = Caps {
+        cost: Some(1.0),
+        ..Caps::default()
+    };
+    let l = std::sync::Arc::new(Ledger::new(caps, Usage::default()));
+    let a = l.reserve(Usage::of(Role::Inquirer, 1, 0, 1, price)).await.unwrap();
+    let b = l.reserve(Usage::of(Role::Inquirer, 0, 1, 1, price)).await.unwrap();
+    l.settle(a, Usage::of(Role::Inquirer, 1, 0, 1, price));
+    l.settle(b, Usage::of(Role::Inquirer, 0, 1, 1, price));
+    let big = Usage::of(Role::Inquirer, 10, 0, 1, price);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), l.reserve(big)).await;
+    assert_eq!(got.expect("answered, not waiting forever"), None);
+    assert_eq!(l.reached(), Some("cost"));
+}

@@ -182,6 +182,14 @@ async fn window(model: &Model, client: &dyn ChatModel) -> Option<ContextWindow> 
     })
 }
 
+/// Our estimate of a prompt's tokens (characters / 4, see `prompt::estimate_tokens`).
+fn estimate_of(prompt: &Prompt) -> u64 {
+    match prompt {
+        Prompt::Chat(m) => prompt::estimate_messages(m),
+        Prompt::Text(t) => prompt::estimate_tokens(t),
+    }
+}
+
 /// What a request spent: the server's usage (the worst case where it reported none), and the
 /// HTTP requests it took.
 fn spent(worst: &super::Spend, answer: &Result<Completion, crate::llm::CallError>) -> super::Spend {
@@ -339,6 +347,9 @@ struct Side<'a> {
     /// Pairs the latest call of this role left out: the history only grows, so the next request
     /// drops at least as many (a server that refused a longer prompt is not asked again).
     floor: usize,
+    /// The server's count against our estimate of this side's latest request, whatever its API
+    /// and window: what a budget reserves for the next prompt is scaled by it.
+    spend_calibration: Option<Calibration>,
 }
 
 impl<'a> Side<'a> {
@@ -357,6 +368,7 @@ impl<'a> Side<'a> {
             window,
             calibration: None,
             floor: 0,
+            spend_calibration: None,
         }
     }
 
@@ -433,6 +445,16 @@ impl<'a> Side<'a> {
             };
             let answer = self.client.complete(&request).await;
             journal.recorder.settle(admitted, &spent(&worst, &answer));
+            if let Ok(Completion {
+                prompt_tokens: Some(reported),
+                ..
+            }) = &answer
+            {
+                self.spend_calibration = Some(Calibration {
+                    estimated: estimate_of(&request.prompt),
+                    reported: u64::from(*reported),
+                });
+            }
             match answer {
                 Ok(completion) => {
                     requests.exchange(completion.attempts);
@@ -489,13 +511,13 @@ impl<'a> Side<'a> {
     fn worst_case(&self, request: &Request) -> super::Spend {
         let (estimate, bytes, messages) = match &request.prompt {
             Prompt::Chat(m) => (
-                prompt::estimate_messages(m),
+                estimate_of(&request.prompt),
                 m.iter().map(|m| m.content.len() as u64).sum::<u64>(),
                 m.len() as u64,
             ),
-            Prompt::Text(t) => (prompt::estimate_tokens(t), t.len() as u64, 1),
+            Prompt::Text(t) => (estimate_of(&request.prompt), t.len() as u64, 1),
         };
-        let prompt_tokens = match self.calibration {
+        let prompt_tokens = match self.calibration.or(self.spend_calibration) {
             Some(c) => c.scale(estimate) + c.scale(estimate) / 4,
             None => bytes,
         } + 8 * messages;

@@ -2,6 +2,7 @@
 //! instead of one per suite). Run one suite with `cargo test --test it SUITE::`, e.g.
 //! `cargo test --test it slurm_flow::`.
 
+mod budget;
 mod cli_plan;
 mod cli_try;
 mod common;

@@ -110,6 +110,12 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
         (state, Some(cause.reason()))
     } else if let Some(t) = latest {
         no_end_known(e, t, cx)
+    } else if let Some(w) = e.worker.as_ref().filter(|w| w.status == ShardStatus::Budget) {
+        // A local run (no task) stopped at the budget share.
+        (
+            State::Interrupted,
+            Some(EndCause::BudgetReached { cap: w.error.clone() }.reason()),
+        )
     } else if e.journal.done > 0 {
         (
             State::NotSubmitted,
@@ -122,7 +128,8 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
         (State::NotSubmitted, None)
     };
     // A shard stopped at its budget share would stop again at once: raising the budget re-plans.
-    let at_budget = matches!(latest_end, Some(EndCause::BudgetReached { .. }));
+    let at_budget = matches!(latest_end, Some(EndCause::BudgetReached { .. }))
+        || (e.tasks.is_empty() && e.worker.as_ref().is_some_and(|w| w.status == ShardStatus::Budget));
     v.resubmit = matches!(
         v.state,
         State::Interrupted | State::Lost | State::NotSubmitted | State::Failed
