@@ -12,6 +12,7 @@ pub mod experiment;
 pub mod llm;
 pub mod merge;
 pub mod plan;
+pub mod quality;
 pub mod report;
 pub mod rundir;
 pub mod simserver;
