@@ -18,6 +18,15 @@ pub mod try_one;
 pub mod validate;
 pub mod worker;
 
+/// An experiment file loaded and checked as every command that takes one checks it: resolution
+/// (every key and cross-field rule) and the `[slurm]` template file rendered once with sample
+/// values, so that no command accepts what `render` would refuse.
+pub fn load_experiment(file: &std::path::Path) -> crate::Result<crate::experiment::Loaded> {
+    let loaded = crate::experiment::load(file)?;
+    crate::slurm::render::check_template_of(&loaded)?;
+    Ok(loaded)
+}
+
 /// The async runtime for commands that talk to models: a multi-threaded tokio runtime.
 pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::rundir::plans::{self, Status};
 
 pub fn run(args: PlanArgs) -> Result<i32> {
-    let p = plans::plan_experiment(&args.file, args.run_dir.as_deref(), args.replan, args.dry_run)?;
+    let loaded = super::load_experiment(&args.file)?;
+    let p = plans::plan_experiment(loaded, args.run_dir.as_deref(), args.replan, args.dry_run)?;
     let summary = p.summary();
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&summary).expect("serialisable"));

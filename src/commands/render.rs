@@ -28,7 +28,7 @@ pub fn run(args: RenderArgs) -> Result<i32> {
     }
     eprintln!(
         "submit with `roleplay submit {}` (it renders again, the same way)",
-        crate::slurm::render::shell_quote(&args.run_dir.display().to_string())
+        crate::slurm::shell::quote(&args.run_dir.display().to_string())
     );
     Ok(0)
 }

@@ -4,7 +4,8 @@
 use crate::cli::ResumeArgs;
 use crate::error::{Result, exit};
 use crate::slurm::SlurmCli;
-use crate::slurm::render::{RunCtx, compact_ranges, shell_quote};
+use crate::slurm::render::{RunCtx, compact_ranges};
+use crate::slurm::shell::quote as shell_quote;
 use crate::slurm::status::StatusOptions;
 use crate::slurm::submit::{self, ResumeOptions, SubmitOptions};
 

@@ -16,7 +16,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let rd = if args.target.is_dir() {
         RunDir::new(&args.target)
     } else {
-        let planned = plans::plan_experiment(&args.target, args.run_dir.as_deref(), args.replan, false)?;
+        let loaded = super::load_experiment(&args.target)?;
+        let planned = plans::plan_experiment(loaded, args.run_dir.as_deref(), args.replan, false)?;
         if planned.status != Status::Unchanged {
             crate::outln!("{}", planned.summary());
         }

@@ -6,7 +6,8 @@ use crate::cli::StatusArgs;
 use crate::error::Result;
 use crate::slurm::SlurmCli;
 use crate::slurm::records::{Record, Submissions};
-use crate::slurm::render::{RunCtx, compact_ranges, shell_quote};
+use crate::slurm::render::{RunCtx, compact_ranges};
+use crate::slurm::shell::quote as shell_quote;
 use crate::slurm::status::{self, RunReport, State, StatusOptions};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -94,7 +95,7 @@ pub fn print_report(ctx: &RunCtx, r: &RunReport) {
                 format!("{}/{}", s.done, s.units),
                 s.submissions,
                 format!("{}/{}", s.failed_attempts, s.max_attempts),
-                s.job.as_deref().unwrap_or("-"),
+                s.job.map_or_else(|| "-".to_string(), |j| j.to_string()),
                 s.reason.as_deref().unwrap_or("")
             );
         }

@@ -4,7 +4,8 @@
 use crate::cli::SubmitArgs;
 use crate::error::Result;
 use crate::slurm::SlurmCli;
-use crate::slurm::render::{RunCtx, shell_quote};
+use crate::slurm::render::RunCtx;
+use crate::slurm::shell::quote as shell_quote;
 use crate::slurm::submit::{self, JobResult, SubmitOptions};
 
 pub fn run(args: SubmitArgs) -> Result<i32> {

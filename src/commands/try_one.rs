@@ -4,7 +4,7 @@
 use crate::cli::TryArgs;
 use crate::dialogue::{self, CallCache, CallEvent, DialogueInput, Recorder};
 use crate::error::{Error, Result, exit};
-use crate::experiment::{self, Experiment, Role};
+use crate::experiment::{Experiment, Role};
 
 /// Prints each call as it completes.
 struct Printer;
@@ -49,7 +49,7 @@ fn pick<'a, T>(items: &'a [T], wanted: Option<&str>, what: &str, id: impl Fn(&T)
 }
 
 pub fn run(args: TryArgs) -> Result<i32> {
-    let loaded = experiment::load(&args.file)?;
+    let loaded = super::load_experiment(&args.file)?;
     let exp: Experiment = loaded.experiment;
     let persona = pick(&exp.personas, args.persona.as_deref(), "persona", |p| p.id.as_str())?;
     let goal = pick(&exp.goals, args.goal.as_deref(), "goal", |g| g.id.as_str())?;
@@ -119,6 +119,9 @@ pub fn run(args: TryArgs) -> Result<i32> {
         };
         dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &CallCache::new(), &Printer).await
     })?;
+    let dialogue::Outcome::Finished(record) = record else {
+        return Err(crate::Error::runtime("the dialogue was stopped before its end"));
+    };
     let c = &record.counters;
     crate::outln!(
         "=== {} turns, ended: {}",
@@ -129,12 +132,15 @@ pub fn run(args: TryArgs) -> Result<i32> {
         crate::outln!("    {} {}: {}", e.role, e.kind.as_str(), e.message);
     }
     crate::outln!(
-        "    multiple prompts {}, regenerations {} (helped {}), self-reply cuts {}, retries {}, trimmed pairs {}",
+        "    multiple prompts {}, regenerations {} (helped {}), self-reply cuts {}, HTTP requests {} (retries {}, refused as too long {}, cut by the window {}), trimmed pairs {}",
         c.multiple_prompts,
         c.regenerations,
         c.regeneration_helped,
         c.self_reply_cuts,
+        c.http_attempts,
         c.retries,
+        c.overflow_refusals,
+        c.cut_replies,
         c.trimmed_pairs
     );
     Ok(if record.ending.reason.is_failure() {

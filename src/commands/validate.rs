@@ -2,10 +2,10 @@
 
 use crate::cli::ValidateArgs;
 use crate::error::Result;
-use crate::{experiment, plan};
+use crate::plan;
 
 pub fn run(args: ValidateArgs) -> Result<i32> {
-    let loaded = experiment::load(&args.file)?;
+    let loaded = super::load_experiment(&args.file)?;
     let e = &loaded.experiment;
     // Expanding catches what only the grid shows (pairs whose models behave identically).
     plan::expand(e).map_err(|x| x.for_file(&args.file))?;

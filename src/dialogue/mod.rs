@@ -36,12 +36,28 @@ pub type CallCache = HashMap<CallKey, Call>;
 /// Receives every new completed call before the engine goes on (the worker's journal).
 pub trait Recorder: Send + Sync {
     fn record(&self, event: &CallEvent) -> crate::Result<()>;
+
+    /// A stop was asked for: no new request may start (the dialogue then waits in the journal,
+    /// and a later run resumes it from its recorded calls).
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
-/// Run (or resume) one dialogue to its end. Backend failures end the dialogue with
-/// [`EndReason::BackendError`] (or [`EndReason::ContextOverflow`] when the server refused the prompt
-/// as too long); an `Err` means the recorder failed and the dialogue was abandoned unfinished, or
-/// that a model lacks the templates of the role it was given (which validation rules out).
+/// How a run of [`run_dialogue`] came out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The dialogue ended (by the method, or with a backend failure).
+    Finished(Box<DialogueRecord>),
+    /// A stop was asked for before its next request; its completed calls are recorded.
+    Stopped,
+}
+
+/// Run (or resume) one dialogue to its end, or until the recorder says a stop was asked for.
+/// Backend failures end the dialogue with [`EndReason::BackendError`] (or
+/// [`EndReason::ContextOverflow`] when the conversation no longer fits the context window); an
+/// `Err` means the recorder failed and the dialogue was abandoned unfinished, or that a model lacks
+/// the templates of the role it was given (which validation rules out).
 ///
 /// Calls found in `cache` are used instead of being made again; every new completed call is passed
 /// to `recorder` before the dialogue goes on.
@@ -51,6 +67,6 @@ pub async fn run_dialogue(
     responder: &dyn ChatModel,
     cache: &CallCache,
     recorder: &dyn Recorder,
-) -> crate::Result<DialogueRecord> {
+) -> crate::Result<Outcome> {
     engine::run(input, inquirer, responder, cache, recorder).await
 }

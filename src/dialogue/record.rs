@@ -21,8 +21,20 @@ pub struct Call {
     pub completion_tokens: Option<u32>,
     pub latency_ms: f64,
     pub finish_reason: Option<String>,
-    /// HTTP attempts (retries of transient faults included).
+    /// HTTP requests made for this call: the one answered, retries of transient faults, requests
+    /// refused as too long and requests whose reply was cut by the context window (each of the
+    /// last two asked again with fewer turns). `1 + transient_retries + overflow_refusals +
+    /// cut_replies` for calls recorded by this version.
     pub attempts: u32,
+    /// Requests that were retries of transient faults (429, 5xx, timeouts, resets).
+    #[serde(default)]
+    pub transient_retries: u32,
+    /// Requests the server refused as longer than its context window.
+    #[serde(default)]
+    pub overflow_refusals: u32,
+    /// Replies the server cut short because the context window was full (discarded and asked again).
+    #[serde(default)]
+    pub cut_replies: u32,
     /// The sampling settings sent (randomised on regeneration).
     pub sampling: Sampling,
     /// The output was cut at a self-reply marker.
@@ -31,6 +43,10 @@ pub struct Call {
     /// Oldest (user, assistant) pairs dropped to fit the context window (chat APIs).
     #[serde(default)]
     pub trimmed_pairs: u32,
+    /// The reply was cut short by a full context window and no older turn was left to drop: the
+    /// dialogue ended on it with [`EndReason::ContextOverflow`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut_by_window: bool,
 }
 
 /// One completed turn: the inquirer's prompt and the responder's reply.
@@ -63,7 +79,9 @@ pub enum EndReason {
     DegenerateResponder,
     EmptyInquirer,
     EmptyResponder,
-    /// The prompt no longer fits the context window.
+    /// The conversation no longer fits the context window: the server refused the prompt as too
+    /// long, or cut the reply short for want of room, and no older turn was left to drop (or the
+    /// model's API sends the whole text: `completions`).
     ContextOverflow,
     /// A backend failed for good; `Ending::error` says how.
     BackendError,
@@ -106,7 +124,20 @@ impl EndReason {
 pub struct BackendFailure {
     pub role: crate::experiment::Role,
     pub kind: ErrorKind,
+    /// Names the model and the endpoint; any key is cut out.
     pub message: String,
+    /// HTTP requests made for the failed call (0 when none could be sent, as for a missing key).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Of those, retries of transient faults.
+    #[serde(default)]
+    pub transient_retries: u32,
+    /// Of those, requests refused as too long (each asked again with fewer turns).
+    #[serde(default)]
+    pub overflow_refusals: u32,
+    /// Of those, replies cut by the context window (each asked again with fewer turns).
+    #[serde(default)]
+    pub cut_replies: u32,
 }
 
 /// How the dialogue ended, with the calls of the unfinished last turn (e.g. the `FINISH` output).
@@ -123,7 +154,8 @@ pub struct Ending {
     pub last_responder: Option<Call>,
 }
 
-/// Per-dialogue counters (the reference kept only run-wide ones).
+/// Per-dialogue counters (the reference kept only run-wide ones). README ("The dataset") defines
+/// each; the HTTP counts are what a proxy in front of the server would count for the dialogue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Turns whose inquirer output held several quoted prompts.
@@ -134,10 +166,47 @@ pub struct Counters {
     pub regeneration_helped: u32,
     /// Outputs cut at a self-reply marker.
     pub self_reply_cuts: u32,
-    /// HTTP retries of transient faults, both roles.
+    /// HTTP requests that were retries of transient faults (429, 5xx, timeouts, resets), both roles.
     pub retries: u32,
-    /// (user, assistant) pairs dropped to fit context windows.
+    /// The most (user, assistant) pairs any one request of the dialogue left out to fit a context
+    /// window (records before this version summed the drops of every call).
     pub trimmed_pairs: u32,
+    /// Requests refused as longer than the context window, both roles.
+    #[serde(default)]
+    pub overflow_refusals: u32,
+    /// Replies cut short by a full context window and asked again, both roles.
+    #[serde(default)]
+    pub cut_replies: u32,
+    /// Every HTTP request sent for the dialogue, both roles: answered, retried, refused, cut, and
+    /// the one that ended it with an error (0 in records before this version: see merge).
+    #[serde(default)]
+    pub http_attempts: u32,
+}
+
+/// Where a context window's size came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowSource {
+    /// The model's `context_length` in the experiment.
+    Experiment,
+    /// Asked of the server (llama.cpp `/props`, vLLM `/v1/models`), because the experiment sets none.
+    Server,
+}
+
+/// The context window a role's requests were fitted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextWindow {
+    pub tokens: u32,
+    pub source: WindowSource,
+}
+
+/// The context windows of both roles, where one was known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Windows {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inquirer: Option<ContextWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responder: Option<ContextWindow>,
 }
 
 /// A finished dialogue: everything merge needs for its rows.
@@ -147,6 +216,8 @@ pub struct DialogueRecord {
     pub turns: Vec<Turn>,
     pub ending: Ending,
     pub counters: Counters,
+    #[serde(default)]
+    pub windows: Windows,
 }
 
 /// A completed call that the journal records as soon as it returns, so that a restarted worker

@@ -4,17 +4,19 @@
 //! rest of the tool sees. An `Experiment` is also what the plan stores as its snapshot, so workers
 //! on other machines never need the original TOML or the persona and goal files.
 
+pub mod directives;
 pub mod raw;
 mod resolve;
 mod sources;
 pub mod template;
 
 pub use raw::Sampling;
-pub use resolve::{load, load_str};
+pub use resolve::{Loaded, load, load_str};
 pub use template::Template;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Experiment {
@@ -260,7 +262,7 @@ pub struct WorkerSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct SlurmSettings {
-    pub template: String,
+    pub template: TemplateSource,
     pub partition: Option<String>,
     pub account: Option<String>,
     pub qos: Option<String>,
@@ -272,6 +274,83 @@ pub struct SlurmSettings {
     pub signal_grace_secs: u32,
     pub extra_directives: Vec<String>,
     pub setup: Vec<String>,
+}
+
+/// Where `[slurm] template` takes the job script from, decided once when the experiment is loaded:
+/// a value with a `/` or ending in `.j2` is a template file, any other must name a built-in.
+///
+/// The plan stores it as one string, as before there was a type: the built-in's name, or the
+/// file's absolute path (so plan hashes do not depend on this type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    Builtin(Builtin),
+    /// A template file (minijinja), absolute: resolved against the experiment file's folder.
+    File(PathBuf),
+}
+
+/// The job scripts compiled into roleplay (`templates/*.sbatch.j2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// A CPU job whose worker calls a remote endpoint.
+    Api,
+    /// Starts `vllm serve` for the pair's models on loopback, then the worker.
+    Vllm,
+    /// Starts `roleplay sim-server` beside the worker (tests and demos).
+    Sim,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 3] = [Builtin::Api, Builtin::Vllm, Builtin::Sim];
+
+    /// The name `[slurm] template` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Api => "api",
+            Builtin::Vllm => "vllm",
+            Builtin::Sim => "sim",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether its jobs serve the models of their pair themselves (one array per pair).
+    pub fn serves_models(self) -> bool {
+        self == Builtin::Vllm
+    }
+}
+
+impl Default for TemplateSource {
+    fn default() -> Self {
+        TemplateSource::Builtin(Builtin::Api)
+    }
+}
+
+impl std::fmt::Display for TemplateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateSource::Builtin(b) => f.write_str(b.name()),
+            TemplateSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for TemplateSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TemplateSource {
+    /// A built-in's name, else a path (a resolved experiment holds only absolute ones).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match Builtin::from_name(&s) {
+            Some(b) => TemplateSource::Builtin(b),
+            None => TemplateSource::File(PathBuf::from(s)),
+        })
+    }
 }
 
 impl Experiment {

@@ -25,6 +25,8 @@ pub struct Loaded {
     pub source: PathBuf,
     /// The run directory, resolved against the experiment file's folder.
     pub run_dir: PathBuf,
+    /// The file as it was named, for messages.
+    pub shown: String,
 }
 
 /// Read, parse and validate an experiment file.
@@ -65,6 +67,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded> {
     );
     let experiment = cx.experiment(name, raw)?;
     Ok(Loaded {
+        shown: cx.file.clone(),
         experiment,
         source,
         run_dir,
@@ -136,6 +139,7 @@ impl Cx {
             slurm,
         };
         self.grid_size(&exp)?;
+        self.check_slurm(&exp)?;
         Ok(exp)
     }
 
@@ -838,26 +842,7 @@ impl Cx {
                 _ => Ok(v.clone()),
             }
         };
-        let template = raw.template.clone().unwrap_or_else(|| "api".into());
-        if template.is_empty() {
-            return Err(self
-                .err("slurm.template", "the template name is empty")
-                .with_hint("use `api`, `vllm`, `sim` or a path to your own template"));
-        }
-        let template = if template.contains('/') || template.ends_with(".j2") {
-            self.path(&template).display().to_string()
-        } else {
-            template
-        };
-        if let Some(lines) = &raw.extra_directives {
-            for l in lines {
-                if !l.starts_with("--") || l.contains('\n') {
-                    return Err(self
-                        .err("slurm.extra_directives", format!("`{l}` is not an sbatch option"))
-                        .with_hint("write each as `--option=value`, one per entry, e.g. `--constraint=a100`"));
-                }
-            }
-        }
+        let template = self.template_source(raw.template.as_deref())?;
         if let Some(lines) = &raw.setup
             && lines.iter().any(|l| l.contains('\n'))
         {
@@ -880,6 +865,64 @@ impl Cx {
                 .unwrap_or(120) as u32,
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
+        })
+    }
+
+    /// What sbatch requires of the experiment (the name in job names, `extra_directives`) and a
+    /// template file that can be read; whether the file renders a usable script is asked by the
+    /// commands that take an experiment file (`slurm::render::check_template_of`).
+    fn check_slurm(&self, exp: &Experiment) -> Result<()> {
+        let refused = |r: super::directives::Refusal| {
+            let e = self.err(r.key, &r.error.message);
+            match r.error.hint {
+                Some(hint) => e.with_hint(hint),
+                None => e,
+            }
+        };
+        super::directives::check_name(&exp.name).map_err(refused)?;
+        super::directives::check_extra_directives(&exp.slurm.extra_directives).map_err(refused)?;
+        if let TemplateSource::File(path) = &exp.slurm.template
+            && let Err(e) = std::fs::metadata(path).and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a file"))
+                }
+            })
+        {
+            return Err(self
+                .err(
+                    "slurm.template",
+                    format!("cannot read the sbatch template `{}`: {e}", path.display()),
+                )
+                .with_hint(
+                    "the path is relative to the experiment file; `templates/` holds the built-ins to start from",
+                ));
+        }
+        Ok(())
+    }
+
+    /// `[slurm] template`: a value with a `/` or ending in `.j2` is a file (relative to the
+    /// experiment file), any other a built-in's name.
+    fn template_source(&self, value: Option<&str>) -> Result<TemplateSource> {
+        let names = Builtin::ALL.map(|b| format!("`{}`", b.name())).join(", ");
+        let Some(value) = value else {
+            return Ok(TemplateSource::default());
+        };
+        if value.is_empty() {
+            return Err(self
+                .err("slurm.template", "the template name is empty")
+                .with_hint(format!("use {names} or a path to your own template")));
+        }
+        if value.contains('/') || value.ends_with(".j2") {
+            return Ok(TemplateSource::File(self.path(value)));
+        }
+        Builtin::from_name(value).map(TemplateSource::Builtin).ok_or_else(|| {
+            self.err("slurm.template", format!("`{value}` is not a built-in template"))
+                .with_hint(format!(
+                    "use {names}, or the path of your own template: a value with a `/` or ending in `.j2` \
+                     is a file relative to the experiment file (e.g. `./{value}.sbatch.j2`)"
+                ))
         })
     }
 

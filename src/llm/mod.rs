@@ -135,6 +135,13 @@ pub trait ChatModel: Send + Sync {
     /// The model's configured name (for messages).
     fn name(&self) -> &str;
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>>;
+
+    /// The context window in tokens as the server reports it, for models whose experiment sets no
+    /// `context_length`; asked at most once per process. `None` when the backend has no server or
+    /// the server does not say.
+    fn server_window(&self) -> BoxFuture<'_, Option<u32>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The backend of a configured model, ready to share across dialogues.

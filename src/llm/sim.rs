@@ -30,18 +30,21 @@ pub struct SimOutput {
 }
 
 impl SimOutput {
-    /// Cut the output to at most `max_tokens` (the request's `max_tokens`), as a server would.
+    /// Cut the output to at most `max_tokens` (the request's `max_tokens`), as a server would: a
+    /// generation stopped for `length` used every token it was allowed (a degenerate one too,
+    /// which runs on until the limit).
     pub fn limit(mut self, max_tokens: Option<i64>) -> SimOutput {
-        let Some(max) = max_tokens.and_then(|m| u64::try_from(m).ok()) else {
+        let Some(max) = max_tokens.and_then(|m| u32::try_from(m).ok()) else {
             return self;
         };
-        if u64::from(self.completion_tokens) <= max {
-            return self;
+        if self.completion_tokens > max {
+            let keep = usize::try_from(u64::from(max).saturating_mul(3) / 4).unwrap_or(usize::MAX);
+            self.text = self.text.split_whitespace().take(keep).collect::<Vec<_>>().join(" ");
+            self.finish_reason = "length";
         }
-        let keep = usize::try_from(max.saturating_mul(3) / 4).unwrap_or(usize::MAX);
-        self.text = self.text.split_whitespace().take(keep).collect::<Vec<_>>().join(" ");
-        self.completion_tokens = tokens(&self.text);
-        self.finish_reason = "length";
+        if self.finish_reason == "length" {
+            self.completion_tokens = max;
+        }
         self
     }
 }

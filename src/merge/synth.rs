@@ -92,6 +92,7 @@ fn words(rng: &mut ChaCha8Rng, vocab: &[String], range: [u32; 2]) -> String {
 
 fn call(rng: &mut ChaCha8Rng, output: String, prompt_tokens: u32) -> Call {
     let completion = (output.split(' ').count() as f64 * 1.3) as u32;
+    let attempts = if rng.random_ratio(1, 20) { 2 } else { 1 };
     Call {
         output,
         raw_output: None,
@@ -99,10 +100,14 @@ fn call(rng: &mut ChaCha8Rng, output: String, prompt_tokens: u32) -> Call {
         completion_tokens: Some(completion),
         latency_ms: rng.random_range(80.0..2500.0_f64).round(),
         finish_reason: Some("stop".into()),
-        attempts: if rng.random_ratio(1, 20) { 2 } else { 1 },
+        attempts,
+        transient_retries: attempts - 1,
+        overflow_refusals: 0,
+        cut_replies: 0,
         sampling: Sampling::default(),
         self_reply_cut: false,
         trimmed_pairs: 0,
+        cut_by_window: false,
     }
 }
 
@@ -149,7 +154,8 @@ fn record_with(
         let reply = words(&mut rng, vocab, opts.words);
         let responder = call(&mut rng, reply, context);
         context += responder.completion_tokens.unwrap_or(0);
-        counters.retries += inquirer.attempts - 1 + responder.attempts - 1;
+        counters.retries += inquirer.transient_retries + responder.transient_retries;
+        counters.http_attempts += inquirer.attempts + responder.attempts;
         turns.push(Turn {
             index,
             inquirer,
@@ -166,6 +172,10 @@ fn record_with(
                 role: Role::Responder,
                 kind: ErrorKind::RetriesExhausted,
                 message: "503 Service Unavailable after 5 retries".into(),
+                attempts: 6,
+                transient_retries: 5,
+                overflow_refusals: 0,
+                cut_replies: 0,
             }),
             last_inquirer: Vec::new(),
             last_responder: None,
@@ -188,6 +198,8 @@ fn record_with(
             _ => (EndReason::Stop, stop_token.to_string()),
         };
         let last = call(&mut rng, out, context);
+        counters.retries += last.transient_retries;
+        counters.http_attempts += last.attempts;
         Ending {
             reason,
             error: None,
@@ -195,11 +207,16 @@ fn record_with(
             last_responder: None,
         }
     };
+    if let Some(e) = &ending.error {
+        counters.retries += e.transient_retries;
+        counters.http_attempts += e.attempts;
+    }
     DialogueRecord {
         unit: unit.id,
         turns,
         ending,
         counters,
+        windows: Default::default(),
     }
 }
 

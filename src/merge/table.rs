@@ -117,6 +117,7 @@ impl Layout {
             text("end_reason"),
             textn("error_role"),
             textn("error_kind"),
+            textn("error_message"),
             u32c("num_turns"),
             u32c("multiple_prompts"),
             u32c("regenerations"),
@@ -124,6 +125,8 @@ impl Layout {
             u32c("self_reply_cuts"),
             u32c("retries"),
             u32c("trimmed_pairs"),
+            u32c("overflow_refusals"),
+            u32c("cut_replies"),
             u32c("inquirer_calls"),
             u32c("responder_calls"),
             u64n("inquirer_prompt_tokens"),
@@ -133,6 +136,10 @@ impl Layout {
             f64c("inquirer_latency_ms"),
             f64c("responder_latency_ms"),
             u32c("http_attempts"),
+            Field::new("inquirer_context_length", DataType::UInt32, true),
+            textn("inquirer_context_source"),
+            Field::new("responder_context_length", DataType::UInt32, true),
+            textn("responder_context_source"),
             u32c("worker_attempt"),
             textn("last_inquirer_output"),
             textn("last_responder_output"),
@@ -338,11 +345,14 @@ struct DialogueColumns {
     end_reason: StringBuilder,
     error_role: StringBuilder,
     error_kind: StringBuilder,
-    /// num_turns, the six counters, inquirer_calls, responder_calls.
-    counts: [UInt32Builder; 9],
+    error_message: StringBuilder,
+    /// num_turns, the eight counters, inquirer_calls, responder_calls.
+    counts: [UInt32Builder; 11],
     tokens: [UInt64Builder; 4],
     latency: [Float64Builder; 2],
     http_attempts: UInt32Builder,
+    /// (context length, where it came from) of the inquirer, then of the responder.
+    windows: [(UInt32Builder, StringBuilder); 2],
     worker_attempt: UInt32Builder,
     last_inquirer_output: StringBuilder,
     last_responder_output: StringBuilder,
@@ -366,10 +376,12 @@ impl DialogueColumns {
             end_reason: s(10),
             error_role: s(0),
             error_kind: s(0),
+            error_message: s(0),
             counts: std::array::from_fn(|_| u()),
             tokens: std::array::from_fn(|_| u64b()),
             latency: [Float64Builder::with_capacity(n), Float64Builder::with_capacity(n)],
             http_attempts: u(),
+            windows: [(u(), s(0)), (u(), s(0))],
             worker_attempt: u(),
             last_inquirer_output: s(32),
             last_responder_output: s(0),
@@ -402,10 +414,12 @@ impl DialogueColumns {
             Some(e) => {
                 self.error_role.append_value(e.role.to_string());
                 self.error_kind.append_value(enum_name(&e.kind));
+                self.error_message.append_value(&e.message);
             }
             None => {
                 self.error_role.append_null();
                 self.error_kind.append_null();
+                self.error_message.append_null();
             }
         }
         let c = &r.counters;
@@ -418,6 +432,8 @@ impl DialogueColumns {
             c.self_reply_cuts,
             c.retries,
             c.trimmed_pairs,
+            c.overflow_refusals,
+            c.cut_replies,
             inq.calls,
             resp.calls,
         ];
@@ -435,7 +451,11 @@ impl DialogueColumns {
         }
         self.latency[0].append_value(inq.latency_ms);
         self.latency[1].append_value(resp.latency_ms);
-        self.http_attempts.append_value(inq.attempts + resp.attempts);
+        self.http_attempts.append_value(http_attempts(r, &inq, &resp));
+        for ((len, source), w) in self.windows.iter_mut().zip([r.windows.inquirer, r.windows.responder]) {
+            len.append_option(w.map(|w| w.tokens));
+            source.append_option(w.map(|w| enum_name(&w.source)));
+        }
         self.worker_attempt.append_value(f.worker_attempt);
         self.last_inquirer_output
             .append_option(r.ending.last_inquirer.last().map(|c| c.output.as_str()));
@@ -462,6 +482,7 @@ impl DialogueColumns {
         out.push(Arc::new(self.end_reason.finish()));
         out.push(Arc::new(self.error_role.finish()));
         out.push(Arc::new(self.error_kind.finish()));
+        out.push(Arc::new(self.error_message.finish()));
         for b in &mut self.counts {
             out.push(Arc::new(b.finish()));
         }
@@ -472,10 +493,25 @@ impl DialogueColumns {
             out.push(Arc::new(b.finish()));
         }
         out.push(Arc::new(self.http_attempts.finish()));
+        for (len, source) in &mut self.windows {
+            out.push(Arc::new(len.finish()));
+            out.push(Arc::new(source.finish()));
+        }
         out.push(Arc::new(self.worker_attempt.finish()));
         out.push(Arc::new(self.last_inquirer_output.finish()));
         out.push(Arc::new(self.last_responder_output.finish()));
         out
+    }
+}
+
+/// Every HTTP request of the dialogue: the engine's own count; records written before it kept one
+/// (`http_attempts` 0 although calls were made) get the sum over their calls, which leaves out
+/// the requests of a failed last call.
+fn http_attempts(r: &crate::dialogue::DialogueRecord, inq: &RoleTotals, resp: &RoleTotals) -> u32 {
+    if r.counters.http_attempts > 0 || inq.calls + resp.calls == 0 {
+        r.counters.http_attempts
+    } else {
+        inq.attempts + resp.attempts
     }
 }
 

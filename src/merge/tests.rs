@@ -73,7 +73,7 @@ pub(crate) fn planned(toml: &str) -> (tempfile::TempDir, RunDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exp.toml");
     std::fs::write(&file, toml).unwrap();
-    let p = crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
+    let p = crate::rundir::plans::plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
     let rd = RunDir::new(p.run_dir);
     (dir, rd)
 }
@@ -240,7 +240,7 @@ fn an_empty_run_merges_to_empty_files() {
     assert_eq!(s.exit_code(), exit::FAILURES);
     let (batches, meta) = read_all(&s.dialogues_path);
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
-    assert_eq!(meta.file_metadata().schema_descr().root_schema().get_fields().len(), 36);
+    assert_eq!(meta.file_metadata().schema_descr().root_schema().get_fields().len(), 43);
 }
 
 #[test]

@@ -45,7 +45,7 @@ units_per_shard = 7
 "#,
     )
     .unwrap();
-    let p = crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
+    let p = crate::rundir::plans::plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
     let rd = RunDir::new(p.run_dir);
     let w = synth::synthesize(
         &rd,

@@ -279,6 +279,10 @@ mod tests {
                 sampling: Default::default(),
                 self_reply_cut: false,
                 trimmed_pairs: 0,
+                transient_retries: 0,
+                overflow_refusals: 0,
+                cut_replies: 0,
+                cut_by_window: false,
             },
         };
         j.append_call(&event).unwrap();

@@ -3,7 +3,7 @@
 
 use super::{Lock, PLAN_FILE, RunDir, journal, sync_dir, write_atomic};
 use crate::error::{Error, Result};
-use crate::experiment::{self, Experiment};
+use crate::experiment::{Experiment, Loaded};
 use crate::plan::{self, Expansion, PLAN_FORMAT, PLAN_VERSION, Plan, UnitId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,13 +34,12 @@ pub struct Planned {
     pub expansion: Expansion,
 }
 
-/// Load, expand and (unless `dry_run`) write an experiment's plan into `run_dir` (by default the
-/// one the experiment names).
-pub fn plan_experiment(file: &Path, run_dir: Option<&Path>, replan: bool, dry_run: bool) -> Result<Planned> {
-    let loaded = experiment::load(file)?;
+/// Expand a loaded experiment and (unless `dry_run`) write its plan into `run_dir` (by default
+/// the one the experiment names).
+pub fn plan_experiment(loaded: Loaded, run_dir: Option<&Path>, replan: bool, dry_run: bool) -> Result<Planned> {
     let run_dir = run_dir.map(Path::to_path_buf).unwrap_or(loaded.run_dir.clone());
     let exp = loaded.experiment;
-    let expansion = plan::expand(&exp).map_err(|x| x.for_file(file))?;
+    let expansion = plan::expand(&exp).map_err(|x| x.for_file(Path::new(&loaded.shown)))?;
     let mut units_tsv = Vec::with_capacity(expansion.units.len() * 48);
     plan::write_units(&mut units_tsv, &expansion.units).expect("writing to memory");
     let plan = Plan::new(exp, &expansion, loaded.source.display().to_string(), &units_tsv);

@@ -1,6 +1,7 @@
 //! Running Slurm's client commands: a bounded wait, captured output, and failures turned into
 //! [`Error`]s that name the command, show its stderr and give a hint.
 
+use super::shell;
 use crate::error::{Error, Result, SchedulerFailure};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,19 +40,10 @@ impl Invocation {
 
     /// `sbatch --parsable -J 'my job' run.sh`: quoted where a shell would need it.
     pub fn display(&self) -> String {
-        let mut s = self.program.display().to_string();
+        let mut s = shell::quote(&self.program.display().to_string());
         for a in &self.args {
             s.push(' ');
-            if !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_=,.:/%@+[]".contains(&b))
-            {
-                s.push_str(a);
-            } else {
-                s.push('\'');
-                s.push_str(&a.replace('\'', r"'\''"));
-                s.push('\'');
-            }
+            s.push_str(&shell::quote(a));
         }
         s
     }
@@ -221,4 +213,29 @@ fn classify(program: &str, stderr: &str) -> (SchedulerFailure, String) {
         format!("run the command by hand to see more; `{program} --help` lists its options")
     };
     (SchedulerFailure::Refused, hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_shown_quoted_as_a_shell_would_need() {
+        let inv = Invocation::new(
+            Some(Path::new("/opt/slurm dir/bin")),
+            "squeue",
+            vec![
+                "--jobs=12_[1-3]".into(),
+                "--name=a b".into(),
+                String::new(),
+                "--me".into(),
+            ],
+        );
+        assert_eq!(
+            inv.display(),
+            "'/opt/slurm dir/bin/squeue' '--jobs=12_[1-3]' '--name=a b' '' --me"
+        );
+        let plain = Invocation::new(None, "scontrol", vec!["show".into(), "config".into()]);
+        assert_eq!(plain.display(), "scontrol show config");
+    }
 }

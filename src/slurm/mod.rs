@@ -6,21 +6,20 @@
 //! and may be disabled, and sbatch can fail although it submitted (see shared/reference/slurm.md).
 //! Parsing lives in [`parse`], pure and tested on captured output. On top of the trait: [`render`]
 //! (sbatch scripts and array maps from templates), [`submit`] (idempotent submit, resume, cancel),
-//! [`status`] (what each shard is doing) and [`records`] (the run's submissions journal).
+//! [`status`] (what each shard is doing), [`records`] (the run's submissions journal) and [`shell`]
+//! (the one shell quoter).
 
 mod cmd;
 mod fake;
 pub mod parse;
 pub mod records;
 pub mod render;
+pub mod shell;
 pub mod status;
 pub mod submit;
 
 pub use fake::FakeScheduler;
-pub use parse::{
-    AccountingRecord, ArrayTask, ExitCode, FailureClass, JobRef, JobState, Limits, Outcome, QueueRecord, StepSummary,
-    Submitted,
-};
+pub use parse::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, Limits, QueueRecord, StepSummary, Submitted};
 
 use crate::error::Result;
 use cmd::{Invocation, Output};

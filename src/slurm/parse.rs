@@ -1,5 +1,6 @@
 //! Pure parsers for what Slurm's commands print: `sbatch --parsable`, `squeue` in [`SQUEUE_FORMAT`],
-//! `sacct -P -n` in [`SACCT_FORMAT`] and `scontrol show config`; the job states and their meaning.
+//! `sacct -P -n` in [`SACCT_FORMAT`] and `scontrol show config`; the job states and which of them are
+//! final. What a final state means for a shard is decided in one place, `status::job_end`.
 //!
 //! Nothing here runs a command or panics: every parser returns a [`ParseError`] for text it cannot
 //! read. The unit tests run on real output captured in `tests/fixtures/slurm/` (see its README).
@@ -68,6 +69,21 @@ impl fmt::Display for JobRef {
             JobRef::Job(id) => write!(f, "{id}"),
             JobRef::Task(t) => write!(f, "{}_{}", t.array_job_id, t.task_id),
         }
+    }
+}
+
+/// Written as Slurm prints it (`123`, `123_4`), in the submissions journal and `status --json`.
+impl serde::Serialize for JobRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Read from Slurm's spelling (`123`, `123_4`); anything else is an error, never a panic.
+impl<'de> serde::Deserialize<'de> for JobRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JobRef, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -186,56 +202,12 @@ impl JobState {
                 | JobState::Revoked
         )
     }
-
-    /// How a job in this final state ended, given its exit code; `None` while it is not final.
-    pub fn outcome(&self, exit: Option<ExitCode>) -> Option<Outcome> {
-        let exit = exit.unwrap_or_default();
-        let failure = match self {
-            JobState::Completed => return Some(Outcome::Completed),
-            JobState::Preempted | JobState::NodeFail | JobState::BootFail => FailureClass::Interrupted,
-            JobState::Timeout | JobState::Deadline => FailureClass::Timeout,
-            JobState::OutOfMemory => FailureClass::OutOfMemory,
-            JobState::Cancelled | JobState::Revoked => FailureClass::Cancelled,
-            JobState::Failed if exit.signal == 0 && exit.code == INTERRUPTED_EXIT_CODE => FailureClass::Interrupted,
-            JobState::Failed => FailureClass::Exit(exit),
-            _ => return None,
-        };
-        Some(Outcome::Failed(failure))
-    }
 }
 
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// roleplay's exit code for "stopped on a signal after checkpointing" (EX_TEMPFAIL).
-const INTERRUPTED_EXIT_CODE: u32 = crate::error::exit::INTERRUPTED as u32;
-
-/// How a job that reached a final state ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    Failed(FailureClass),
-}
-
-/// Why a job did not complete: decides whether running it again is the fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    /// Preemption, node failure or boot failure: not the work's fault, so run it again (with a cap
-    /// of its own, since clusters that requeue can loop). Also a job that FAILED with roleplay's
-    /// exit code 75, which the worker uses when it stops on a signal (such as the warning before
-    /// its time limit) after checkpointing.
-    Interrupted,
-    /// The time limit (or a deadline) was reached: more time, or smaller shards.
-    Timeout,
-    /// The kernel or Slurm killed it for its memory.
-    OutOfMemory,
-    /// The batch script failed: its exit code, or the signal that killed it (`rc:signal`).
-    Exit(ExitCode),
-    /// Cancelled by a user or an administrator (`scancel`).
-    Cancelled,
 }
 
 /// Slurm's `rc:signal` exit code.
@@ -497,11 +469,6 @@ impl AccountingRecord {
             (None, b) => b,
             (e, _) => e,
         }
-    }
-
-    /// How it ended; `None` while the job is not in a final state.
-    pub fn outcome(&self) -> Option<Outcome> {
-        self.effective_state().outcome(self.effective_exit_code())
     }
 }
 

@@ -9,10 +9,12 @@
 //! forgets finished jobs after MinJobAge and sacct may not exist: once seen, how an attempt ended is
 //! never lost, which is what the attempt budget counts.
 
+use super::{ArrayTask, JobRef};
 use crate::error::Result;
 use crate::rundir::RunDir;
 use crate::rundir::log::{self, Format, Log};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 pub const FORMAT: Format = Format {
     name: "roleplay-submissions",
@@ -102,12 +104,17 @@ pub struct Refused {
 /// `roleplay cancel` asked the scheduler to cancel these jobs (array job ids or `A_i`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelled {
-    pub jobs: Vec<String>,
+    pub jobs: Vec<JobRef>,
     pub at: u64,
 }
 
 /// How one attempt (an array task) ended, as learnt by `status` or `resume`.
+///
+/// Written with the cause's class, reason and budget count beside the typed cause (so that readers
+/// of the plain fields keep working); records of versions before the cause was typed hold only
+/// those three and are read as [`EndCause::Legacy`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OutcomeFields", into = "OutcomeFields")]
 pub struct TaskOutcome {
     pub plan_hash: String,
     pub round: u32,
@@ -115,12 +122,70 @@ pub struct TaskOutcome {
     pub index: u32,
     pub shard: u32,
     /// `ARRAYJOB_INDEX`.
-    pub job: String,
-    pub class: EndClass,
-    pub reason: String,
-    /// Counts against the shard's attempt budget (`worker.max_attempts`).
-    pub counts: bool,
+    pub job: JobRef,
+    pub cause: EndCause,
     pub at: u64,
+}
+
+/// A [`TaskOutcome`] as the journal holds it.
+#[derive(Serialize, Deserialize)]
+struct OutcomeFields {
+    plan_hash: String,
+    round: u32,
+    array: u32,
+    index: u32,
+    shard: u32,
+    job: JobRef,
+    class: EndClass,
+    reason: String,
+    counts: bool,
+    /// Kept as plain JSON until read: a cause this version does not know falls back to the fields
+    /// above instead of making the record unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cause: Option<serde_json::Value>,
+    at: u64,
+}
+
+impl From<OutcomeFields> for TaskOutcome {
+    fn from(f: OutcomeFields) -> TaskOutcome {
+        let cause = f
+            .cause
+            .and_then(|c| serde_json::from_value::<EndCause>(c).ok())
+            .unwrap_or(EndCause::Legacy {
+                class: f.class,
+                reason: f.reason,
+                counts: f.counts,
+            });
+        TaskOutcome {
+            plan_hash: f.plan_hash,
+            round: f.round,
+            array: f.array,
+            index: f.index,
+            shard: f.shard,
+            job: f.job,
+            cause,
+            at: f.at,
+        }
+    }
+}
+
+impl From<TaskOutcome> for OutcomeFields {
+    fn from(o: TaskOutcome) -> OutcomeFields {
+        let typed = !matches!(o.cause, EndCause::Legacy { .. });
+        OutcomeFields {
+            plan_hash: o.plan_hash,
+            round: o.round,
+            array: o.array,
+            index: o.index,
+            shard: o.shard,
+            job: o.job,
+            class: o.cause.class(),
+            reason: o.cause.reason(),
+            counts: o.cause.counts(),
+            cause: typed.then(|| serde_json::to_value(&o.cause).unwrap_or_default()),
+            at: o.at,
+        }
+    }
 }
 
 /// How an attempt ended, as far as running it again is concerned.
@@ -133,6 +198,190 @@ pub enum EndClass {
     Failed,
     /// Was running, stopped answering and left the queue, with no word on how it ended.
     Lost,
+}
+
+/// Why an attempt (an array task) ended: the one type of an outcome, learnt now from the scheduler
+/// and the worker's records or read back from the submissions journal. Its [`class`](Self::class),
+/// whether it [`counts`](Self::counts) against the attempt budget and the [`reason`](Self::reason)
+/// people read are derived from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EndCause {
+    /// PREEMPTED.
+    Preempted,
+    /// NODE_FAIL.
+    NodeFail,
+    /// BOOT_FAIL.
+    BootFail,
+    /// CANCELLED (or REVOKED) in the scheduler, by a user or an administrator.
+    Cancelled,
+    /// Gone from the queue after `roleplay cancel` named it, with no other word on how it ended.
+    CancelledByRoleplay,
+    /// TIMEOUT (or DEADLINE, `deadline`) after the worker checkpointed on the warning signal.
+    TimeoutAfterCheckpoint { deadline: bool },
+    /// TIMEOUT (or DEADLINE, `deadline`) without a checkpoint.
+    Timeout { deadline: bool },
+    /// OUT_OF_MEMORY (the job's or one of its steps').
+    OutOfMemory,
+    /// The job COMPLETED, yet the shard's journal is incomplete.
+    CompletedButIncomplete,
+    /// The worker stopped on a signal after checkpointing: exit 75, or its state file says so.
+    Checkpointed,
+    /// The batch script exited with this code, no signal.
+    Exit { code: u32 },
+    /// A signal ended the batch script (Slurm's `rc:signal`).
+    Signal { code: u32, signal: u32 },
+    /// The worker's own error (its state file), with the job's exit code when the scheduler told it.
+    WorkerError { exit: Option<u32>, message: Option<String> },
+    /// FAILED with no exit code (squeue tells none) and no word from the worker; squeue's reason.
+    FailedNoExitCode { reason: Option<String> },
+    /// The worker's state says running but its heartbeat is `age_secs` old; `queue_read`: its job
+    /// was seen gone from the queue (else the queue was not read and this is a guess).
+    NoHeartbeat { age_secs: u64, queue_read: bool },
+    /// The worker's state says finished, yet the journal is incomplete.
+    FinishedButIncomplete,
+    /// Gone from the queue without a record from its worker; `latest`: the shard's latest task.
+    LeftQueueWithoutRecord { latest: bool },
+    /// An outcome recorded by a version before causes were typed: its fields as written.
+    Legacy {
+        class: EndClass,
+        reason: String,
+        counts: bool,
+    },
+}
+
+impl EndCause {
+    /// Interrupted, failed or lost.
+    pub fn class(&self) -> EndClass {
+        match self {
+            EndCause::Preempted
+            | EndCause::NodeFail
+            | EndCause::BootFail
+            | EndCause::Cancelled
+            | EndCause::CancelledByRoleplay
+            | EndCause::TimeoutAfterCheckpoint { .. }
+            | EndCause::Checkpointed => EndClass::Interrupted,
+            EndCause::Timeout { .. }
+            | EndCause::OutOfMemory
+            | EndCause::CompletedButIncomplete
+            | EndCause::Exit { .. }
+            | EndCause::Signal { .. }
+            | EndCause::WorkerError { .. }
+            | EndCause::FailedNoExitCode { .. } => EndClass::Failed,
+            EndCause::NoHeartbeat { .. }
+            | EndCause::FinishedButIncomplete
+            | EndCause::LeftQueueWithoutRecord { .. } => EndClass::Lost,
+            EndCause::Legacy { class, .. } => *class,
+        }
+    }
+
+    /// Counts against the shard's attempt budget (`worker.max_attempts`): failed and lost attempts
+    /// do, interruptions do not.
+    pub fn counts(&self) -> bool {
+        match self {
+            EndCause::Legacy { counts, .. } => *counts,
+            cause => cause.class() != EndClass::Interrupted,
+        }
+    }
+
+    /// The reason `status` shows.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+
+    /// Backed by the scheduler or the worker's own record, so worth recording; not a guess.
+    pub fn is_definitive(&self) -> bool {
+        !matches!(self, EndCause::NoHeartbeat { queue_read: false, .. })
+    }
+
+    /// The same outcome: equal causes, or, where one was recorded as text only, the same class,
+    /// budget count and reason.
+    pub fn is_same(&self, other: &EndCause) -> bool {
+        match (self, other) {
+            (EndCause::Legacy { .. }, _) | (_, EndCause::Legacy { .. }) => {
+                self.class() == other.class() && self.counts() == other.counts() && self.reason() == other.reason()
+            }
+            _ => self == other,
+        }
+    }
+}
+
+impl std::fmt::Display for EndCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use EndCause as C;
+        let limit = |deadline: bool| if deadline { "DEADLINE" } else { "TIMEOUT" };
+        match self {
+            C::Preempted => f.write_str("PREEMPTED"),
+            C::NodeFail => f.write_str("NODE_FAIL"),
+            C::BootFail => f.write_str("BOOT_FAIL"),
+            C::Cancelled => f.write_str("CANCELLED"),
+            C::CancelledByRoleplay => f.write_str("CANCELLED by `roleplay cancel`"),
+            C::TimeoutAfterCheckpoint { deadline } => write!(f, "{} after a checkpoint", limit(*deadline)),
+            C::Timeout { deadline } => f.write_str(limit(*deadline)),
+            C::OutOfMemory => f.write_str("OUT_OF_MEMORY"),
+            C::CompletedButIncomplete => {
+                f.write_str("the job COMPLETED but the shard's journal is incomplete: see the log")
+            }
+            C::Checkpointed => f.write_str("stopped on a signal after checkpointing (exit 75)"),
+            C::Exit { code: 2 } => f.write_str("configuration error (exit 2): see the log"),
+            C::Exit { code } if *code > 128 => write!(f, "exit {code} (killed by {})", signal_name(code - 128)),
+            // A batch script that exits 128+N (its worker killed by signal N) shows as exit N in
+            // Slurm 22.05; roleplay itself never exits with these.
+            C::Exit {
+                code: c @ (6 | 9 | 11 | 15),
+            } => write!(f, "exit {c} (the worker was killed by {}?)", signal_name(*c)),
+            C::Exit { code } => write!(f, "exit {code}"),
+            C::Signal { code, signal } => write!(f, "killed by {} ({code}:{signal})", signal_name(*signal)),
+            C::WorkerError {
+                exit: Some(code),
+                message,
+            } => write!(f, "worker error (exit {code}): {}", or_log(message)),
+            C::WorkerError { exit: None, message } => write!(f, "worker error: {}", or_log(message)),
+            C::FailedNoExitCode { reason } => write!(f, "FAILED ({})", reason.as_deref().unwrap_or("no reason given")),
+            C::NoHeartbeat {
+                age_secs,
+                queue_read: true,
+            } => write!(f, "no heartbeat for {age_secs} s and gone from the queue"),
+            C::NoHeartbeat {
+                age_secs,
+                queue_read: false,
+            } => write!(f, "no heartbeat for {age_secs} s (the queue was not read)"),
+            C::FinishedButIncomplete => f.write_str("the worker's state says finished but the journal is incomplete"),
+            C::LeftQueueWithoutRecord { latest: true } => {
+                f.write_str("left the queue without a record from the worker: see its log")
+            }
+            C::LeftQueueWithoutRecord { latest: false } => f.write_str("ended without a record"),
+            C::Legacy { reason, .. } => f.write_str(reason),
+        }
+    }
+}
+
+/// The worker's message, or where to look instead.
+fn or_log(message: &Option<String>) -> &str {
+    message.as_deref().unwrap_or("see the log")
+}
+
+fn signal_name(sig: u32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// The jobs `roleplay cancel` named (array job ids and tasks), from [`Submissions::cancel_marks`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelMarks(HashSet<JobRef>);
+
+impl CancelMarks {
+    /// Whether a cancel named this task or its whole array.
+    pub fn cover(&self, task: ArrayTask) -> bool {
+        self.0.contains(&JobRef::Job(task.array_job_id)) || self.0.contains(&JobRef::Task(task))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,19 +525,32 @@ impl Submissions {
 
     /// Whether `roleplay cancel` named this task or its whole array.
     pub fn was_cancelled(&self, array_job_id: u64, index: u32) -> bool {
-        let (array, task) = (array_job_id.to_string(), format!("{array_job_id}_{index}"));
-        self.records.iter().any(|r| match r {
-            Record::Cancelled(c) => c.jobs.iter().any(|j| *j == array || *j == task),
-            _ => false,
+        self.cancel_marks().cover(ArrayTask {
+            array_job_id,
+            task_id: index,
         })
     }
 
-    /// The latest recorded outcome of each task, by (array job id, index).
-    pub fn outcomes(&self) -> std::collections::HashMap<String, &TaskOutcome> {
+    /// Every job `roleplay cancel` named, to ask about many tasks.
+    pub fn cancel_marks(&self) -> CancelMarks {
+        CancelMarks(
+            self.records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Cancelled(c) => Some(c.jobs.iter().copied()),
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+        )
+    }
+
+    /// The latest recorded outcome of each task, by its `ARRAYJOB_INDEX`.
+    pub fn outcomes(&self) -> std::collections::HashMap<JobRef, &TaskOutcome> {
         let mut m = std::collections::HashMap::new();
         for r in &self.records {
             if let Record::Outcome(o) = r {
-                m.insert(o.job.clone(), o);
+                m.insert(o.job, o);
             }
         }
         m
@@ -406,11 +668,91 @@ mod tests {
         assert_eq!(s.unresolved().len(), 1);
     }
 
+    /// An outcome line as the version before typed causes wrote it.
+    const LEGACY_OUTCOME: &str = r#"{"event":"outcome","plan_hash":"p","round":0,"array":0,"index":2,"shard":2,"job":"500_2","class":"failed","reason":"OUT_OF_MEMORY","counts":true,"at":7}"#;
+
+    #[test]
+    fn outcomes_of_the_previous_version_are_read_from_their_text_fields() {
+        let Record::Outcome(o) = serde_json::from_str::<Record>(LEGACY_OUTCOME).unwrap() else {
+            panic!("not an outcome");
+        };
+        assert_eq!(o.job, "500_2".parse().unwrap());
+        let legacy = EndCause::Legacy {
+            class: EndClass::Failed,
+            reason: "OUT_OF_MEMORY".into(),
+            counts: true,
+        };
+        assert_eq!(o.cause, legacy);
+        assert_eq!(
+            (o.cause.class(), o.cause.reason(), o.cause.counts()),
+            (EndClass::Failed, "OUT_OF_MEMORY".to_string(), true)
+        );
+        // The typed cause it stands for is the same outcome (not learnt again); another is not.
+        assert!(o.cause.is_same(&EndCause::OutOfMemory) && EndCause::OutOfMemory.is_same(&o.cause));
+        assert!(!o.cause.is_same(&EndCause::Timeout { deadline: false }));
+        // Written back, it stays in the old shape.
+        let back = serde_json::to_value(Record::Outcome(o)).unwrap();
+        assert_eq!(back, serde_json::from_str::<serde_json::Value>(LEGACY_OUTCOME).unwrap());
+    }
+
+    #[test]
+    fn typed_outcomes_keep_the_text_fields_and_an_unknown_cause_falls_back_to_them() {
+        let o = TaskOutcome {
+            plan_hash: "p".into(),
+            round: 1,
+            array: 0,
+            index: 3,
+            shard: 9,
+            job: "501_3".parse().unwrap(),
+            cause: EndCause::WorkerError {
+                exit: Some(1),
+                message: Some("disk full".into()),
+            },
+            at: 8,
+        };
+        let json = serde_json::to_value(Record::Outcome(o.clone())).unwrap();
+        assert_eq!(json["job"], "501_3");
+        assert_eq!(json["class"], "failed");
+        assert_eq!(json["reason"], "worker error (exit 1): disk full");
+        assert_eq!(json["counts"], true);
+        assert_eq!(json["cause"]["kind"], "worker_error");
+        assert_eq!(
+            serde_json::from_value::<Record>(json.clone()).unwrap(),
+            Record::Outcome(o)
+        );
+        // A cause this version does not know (a later one's): the text fields, not a damaged line.
+        let mut newer = json;
+        newer["cause"] = serde_json::json!({"kind": "solar_flare"});
+        let Record::Outcome(read) = serde_json::from_value::<Record>(newer).unwrap() else {
+            panic!("not an outcome");
+        };
+        assert_eq!(read.cause.reason(), "worker error (exit 1): disk full");
+        assert_eq!(read.cause.class(), EndClass::Failed);
+    }
+
+    #[test]
+    fn through_the_journal_the_latest_outcome_of_a_task_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path());
+        std::fs::create_dir_all(rd.slurm_dir()).unwrap();
+        std::fs::write(rd.legacy_submissions_path(), format!("{LEGACY_OUTCOME}\n")).unwrap();
+        let Record::Outcome(mut newer) = serde_json::from_str::<Record>(LEGACY_OUTCOME).unwrap() else {
+            panic!("not an outcome");
+        };
+        newer.cause = EndCause::Preempted;
+        Submissions::append(&rd, &[Record::Outcome(newer)]).unwrap();
+        let s = Submissions::read(&rd).unwrap();
+        assert!(s.damaged_lines.is_empty());
+        let outcomes = s.outcomes();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[&"500_2".parse().unwrap()].cause, EndCause::Preempted);
+    }
+
     #[test]
     fn cancellations_name_arrays_and_tasks() {
         let s = Submissions {
             records: vec![Record::Cancelled(Cancelled {
-                jobs: vec!["17".into(), "20_3".into()],
+                jobs: vec!["17".parse().unwrap(), "20_3".parse().unwrap()],
                 at: 1,
             })],
             damaged_lines: vec![],

@@ -8,7 +8,8 @@
 //! duplicated; a submit of a run already submitted does nothing.
 
 use super::records::{Accepted, Cancelled, Intent, JobKind, Record, Refused, Submissions, Via};
-use super::render::{self, ArrayLimits, RenderOptions, Rendered, RunCtx, shell_quote};
+use super::render::{self, ArrayLimits, RenderOptions, Rendered, RunCtx};
+use super::shell;
 use super::status::{self, RunReport, StatusOptions};
 use super::{JobRef, QueueFilter, Scheduler};
 use crate::error::{Error, Result};
@@ -134,8 +135,8 @@ fn accepted_of(r: &Rendered, job_id: u64, cluster: Option<String>, via: Via, uni
 /// The sbatch command line, as a user would type it.
 fn command_line(ctx: &RunCtx, r: &Rendered, args: &[String]) -> String {
     let mut words = vec!["sbatch".to_string(), "--parsable".to_string()];
-    words.extend(args.iter().map(|a| shell_quote(a)));
-    words.push(shell_quote(&ctx.relative(&r.script_path)));
+    words.extend(args.iter().map(|a| shell::quote(a)));
+    words.push(shell::quote(&ctx.relative(&r.script_path)));
     words.join(" ")
 }
 
@@ -569,11 +570,12 @@ pub fn cancel(ctx: &RunCtx, sched: &dyn Scheduler) -> Result<Vec<u64>> {
     if live.is_empty() {
         return Ok(live);
     }
-    sched.cancel(&live.iter().map(|&id| JobRef::Job(id)).collect::<Vec<_>>())?;
+    let jobs: Vec<JobRef> = live.iter().map(|&id| JobRef::Job(id)).collect();
+    sched.cancel(&jobs)?;
     subs.push(
         &ctx.rd,
         Record::Cancelled(Cancelled {
-            jobs: live.iter().map(u64::to_string).collect(),
+            jobs,
             at: super::records::now(),
         }),
     )?;

@@ -124,6 +124,7 @@ pub struct ShardOutcome {
 struct JournalRecorder {
     journal: Arc<Journal>,
     progress: Arc<Progress>,
+    cancel: Cancel,
 }
 
 impl Recorder for JournalRecorder {
@@ -131,6 +132,11 @@ impl Recorder for JournalRecorder {
         self.journal.append_call(event)?;
         self.progress.calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// After the stop signal no new request starts: in-flight ones may finish within the grace.
+    fn stopping(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 }
 
@@ -399,14 +405,16 @@ async fn drive(
     todo: Vec<Unit>,
     counts: Arc<Mutex<ShardCounts>>,
 ) -> Result<bool> {
-    let mut set: JoinSet<Result<DialogueRecord>> = JoinSet::new();
+    let mut set: JoinSet<Result<dialogue::Outcome>> = JoinSet::new();
     let mut cancel = shared.cancel.clone();
     let mut interrupted = false;
     let mut first_error: Option<Error> = None;
     let mut pending = todo.into_iter();
-    let on_done = |res: std::result::Result<Result<DialogueRecord>, tokio::task::JoinError>,
+    let on_done = |res: std::result::Result<Result<dialogue::Outcome>, tokio::task::JoinError>,
                    first_error: &mut Option<Error>| match res {
-        Ok(Ok(rec)) => {
+        // Stopped before its next request: it waits in the journal for the next attempt.
+        Ok(Ok(dialogue::Outcome::Stopped)) => {}
+        Ok(Ok(dialogue::Outcome::Finished(rec))) => {
             if rec.ending.reason.is_failure() && shared.cancel.is_cancelled() {
                 // After a stop signal the endpoint often dies with us (scancel, preemption and
                 // requeue signal every process of the job): a call failing now says nothing
@@ -414,12 +422,15 @@ async fn drive(
                 // next attempt resumes it.
                 return;
             }
-            if let Err(e) = journal.append(&Entry::Done(Box::new(rec.clone()))) {
+            let (reason, entry) = (rec.ending.reason, Entry::Done(rec));
+            if let Err(e) = journal.append(&entry) {
                 first_error.get_or_insert(e);
                 return;
             }
-            shared.progress.finish(&rec);
-            counts.lock().unwrap_or_else(|p| p.into_inner()).add(rec.ending.reason);
+            if let Entry::Done(rec) = &entry {
+                shared.progress.finish(rec);
+            }
+            counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
         }
         Ok(Err(e)) => {
             first_error.get_or_insert(e);
@@ -453,6 +464,7 @@ async fn drive(
         let recorder = JournalRecorder {
             journal: journal.clone(),
             progress: shared.progress.clone(),
+            cancel: shared.cancel.clone(),
         };
         set.spawn(async move {
             let _permit = permit;

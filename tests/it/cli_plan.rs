@@ -944,6 +944,40 @@ const BAD_INPUTS: &[Bad] = &[
         "slurm_partition_injection.toml",
         &["`slurm.partition`", "gpu --wrap=evil"],
     ),
+    // What rendering would refuse, refused when the experiment is loaded.
+    bad(
+        "slurm_directive_sets_array.toml",
+        &["`slurm.extra_directives`", "`--array=0-5`", "roleplay sets itself"],
+    ),
+    bad(
+        "slurm_directive_sets_job_name.toml",
+        &["`slurm.extra_directives`", "`--job-name`", "roleplay sets itself"],
+    ),
+    bad(
+        "slurm_directive_not_an_option.toml",
+        &["`slurm.extra_directives`", "`constraint=a100`", "not an sbatch option"],
+    ),
+    bad(
+        "slurm_directive_with_space.toml",
+        &["`slurm.extra_directives`", "cannot stand in an #SBATCH line"],
+    ),
+    bad(
+        "slurm_template_missing.toml",
+        &["`slurm.template`", "no_such.sbatch.j2", "No such file"],
+    ),
+    bad(
+        "slurm_template_without_directives.toml",
+        &[
+            "`slurm.template`",
+            "no_directives.sbatch.j2",
+            "#SBATCH --job-name=",
+            "directives.j2",
+        ],
+    ),
+    bad(
+        "slurm_template_unknown_builtin.toml",
+        &["`slurm.template`", "`vlm` is not a built-in template", "`vllm`"],
+    ),
 ];
 
 fn check_bad(case: &Bad) -> Vec<String> {

@@ -153,14 +153,22 @@ fn run_with_faults(name: &str, faults: &[(&str, f64)], dir: &Path) -> Outcome {
                     "{name}: unit {unit}: a transient fault gave up after {n} attempts: {}",
                     e.message
                 );
-                failed_attempts_total += u64::from(n);
+                assert_eq!(
+                    e.attempts,
+                    n + e.overflow_refusals,
+                    "{name}: unit {unit}: the failed call's requests are its last exchange and the refusals before it"
+                );
+                failed_attempts_total += u64::from(e.attempts);
             }
             EndReason::ContextOverflow => {
                 assert!(context, "{name}: unit {unit} ended with a context overflow");
                 let e = r.ending.error.as_ref().expect("the server's refusal is recorded");
                 assert_eq!(e.kind, ErrorKind::ContextOverflow);
-                // Attempts before the final refusal are not recorded: count the refusal only.
-                failed_attempts_total += 1;
+                assert!(
+                    e.overflow_refusals >= 1,
+                    "{name}: unit {unit}: the final refusal is counted"
+                );
+                failed_attempts_total += u64::from(e.attempts);
             }
             _ => assert!(
                 r.ending.error.is_none(),
@@ -188,9 +196,21 @@ fn run_with_faults(name: &str, faults: &[(&str, f64)], dir: &Path) -> Outcome {
                     c.latency_ms
                 );
             }
-            retries += c.attempts - 1;
+            assert_eq!(
+                c.attempts,
+                1 + c.transient_retries + c.overflow_refusals + c.cut_replies,
+                "{name}: unit {unit}: a call's requests are the answered one and those it retried, had refused or cut"
+            );
+            retries += c.transient_retries;
         }
+        retries += r.ending.error.as_ref().map_or(0, |e| e.transient_retries);
         assert_eq!(r.counters.retries, retries, "{name}: unit {unit}: retries counter");
+        if !context {
+            assert_eq!(
+                r.counters.overflow_refusals, 0,
+                "{name}: unit {unit}: refusals without the fault"
+            );
+        }
     }
 
     // The books against the server's.
@@ -239,15 +259,22 @@ fn run_with_faults(name: &str, faults: &[(&str, f64)], dir: &Path) -> Outcome {
         injected_total,
         "{name}: every request not answered with a completion was an injected fault"
     );
-    if context {
-        assert!(requests >= attempts_journaled + failed_attempts_total);
-    } else {
-        assert_eq!(
-            requests,
-            attempts_journaled + failed_attempts_total,
-            "{name}: the server's request count is not the attempts the journal accounts for"
-        );
-    }
+    let counted: u64 = records.values().map(|r| u64::from(r.counters.http_attempts)).sum();
+    assert_eq!(
+        requests, counted,
+        "{name}: the server's request count is not the dialogues' `http_attempts`"
+    );
+    assert_eq!(
+        requests,
+        attempts_journaled + failed_attempts_total,
+        "{name}: the server's request count is not the attempts the journal accounts for"
+    );
+    let refused: u64 = records.values().map(|r| u64::from(r.counters.overflow_refusals)).sum();
+    assert_eq!(
+        refused,
+        stats["faults"]["context_error"].as_u64().unwrap(),
+        "{name}: `overflow_refusals` is not the server's count of context-length refusals"
+    );
 
     // The report shows the same counts.
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();

@@ -2,15 +2,22 @@
 //! `scripts/slurm-cluster up`: submit, queue, accounting, config, cancel and requeue.
 //!
 //! They need the cluster and fail (never skip) without it. They share it, so each test holds one
-//! lock for its whole length; run them alone with `cargo test --test slurm_cluster` (2-3 minutes:
+//! lock for its whole length; run them alone with `cargo test --test it slurm_cluster::` (2-3 minutes:
 //! most of it is waiting for squeue to forget finished jobs and for a requeued job to rerun).
 
+use roleplay::slurm::records::EndCause;
+use roleplay::slurm::status::job_end;
 use roleplay::slurm::{
-    ExitCode, FailureClass, JobRef, JobState, Limits, Outcome, QueueFilter, QueueRecord, Scheduler, SlurmCli,
+    AccountingRecord, ExitCode, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, SlurmCli,
 };
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How `status` reads an accounting record (its one job-end classifier), with no worker state file.
+fn end(r: &AccountingRecord) -> Option<EndCause> {
+    job_end(&r.effective_state(), r.effective_exit_code(), r.reason.as_deref(), None)
+}
 
 /// Takes the cluster for one test (see `common::take_cluster`).
 fn cluster() -> (MutexGuard<'static, ()>, SlurmCli) {
@@ -160,12 +167,9 @@ fn an_array_job_runs_leaves_the_queue_and_sacct_tells_each_tasks_exit() {
         if task.task_id == 3 {
             assert_eq!(r.state, JobState::Failed);
             assert_eq!(r.exit_code, Some(ExitCode { code: 3, signal: 0 }));
-            assert_eq!(
-                r.outcome(),
-                Some(Outcome::Failed(FailureClass::Exit(ExitCode { code: 3, signal: 0 })))
-            );
+            assert_eq!(end(r), Some(EndCause::Exit { code: 3 }));
         } else {
-            assert_eq!(r.outcome(), Some(Outcome::Completed), "task {}", task.task_id);
+            assert_eq!(end(r), Some(EndCause::CompletedButIncomplete), "task {}", task.task_id);
         }
     }
     // One task alone, by array index.
@@ -233,7 +237,7 @@ fn a_cancelled_job_and_a_requeued_job() {
         r.into_iter().find(|r| r.state == JobState::Cancelled)
     });
     assert_eq!(cancelled.cancelled_by, Some(0), "cancelled by root");
-    assert_eq!(cancelled.outcome(), Some(Outcome::Failed(FailureClass::Cancelled)));
+    assert_eq!(end(&cancelled), Some(EndCause::Cancelled));
     cli.cancel(&[JobRef::Job(to_cancel)])
         .expect("cancelling a job that already ended is not an error");
 

@@ -21,8 +21,7 @@ fn repo() -> PathBuf {
 
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
 fn cluster() -> MutexGuard<'static, ()> {
-    let guard = crate::common::take_cluster();
-    guard
+    crate::common::take_cluster()
 }
 
 /// The cluster reconfigured by `scripts/slurm-cluster up ARGS`; a plain `up` restores it on drop.

@@ -95,8 +95,9 @@ for r in got:
         failures.append(f"pyarrow: unexpected unit {r['unit_id']}")
         continue
     for k in ["persona_id", "persona_text", "goal_id", "goal_text", "inquirer", "inquirer_model", "responder",
-              "responder_model", "seed", "end_reason", "num_turns", "error_kind", "worker_attempt",
-              "inquirer_completion_tokens", "responder_prompt_tokens", "last_inquirer_output"]:
+              "responder_model", "seed", "end_reason", "num_turns", "error_kind", "error_message", "worker_attempt",
+              "http_attempts", "overflow_refusals", "inquirer_completion_tokens", "responder_prompt_tokens",
+              "last_inquirer_output"]:
         check(r[k] == e[k], f"pyarrow: {r['unit_id']}.{k}: {r[k]!r} != {e[k]!r}")
     for k in ["inquirer_latency_ms", "responder_latency_ms"]:
         check(close(r[k], e[k]), f"pyarrow: {r['unit_id']}.{k}: {r[k]} != {e[k]}")

@@ -3,6 +3,8 @@
 //! plus hand-written lines for states a single-node cluster cannot produce, marked as such.
 
 use super::*;
+use crate::slurm::records::{EndCause, EndClass};
+use crate::slurm::status::job_end;
 
 fn fixture(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,6 +15,11 @@ fn fixture(name: &str) -> String {
 
 fn submitted(name: &str) -> u64 {
     parse_sbatch_parsable(&fixture(name)).unwrap().job_id
+}
+
+/// How `status` reads a record (its one job-end classifier), with no state file of the worker.
+fn end(r: &AccountingRecord) -> Option<EndCause> {
+    job_end(&r.effective_state(), r.effective_exit_code(), r.reason.as_deref(), None)
 }
 
 fn by_name<'a>(records: &'a [AccountingRecord], name: &str) -> &'a AccountingRecord {
@@ -208,13 +215,10 @@ fn sacct_of_an_array_with_a_failed_task() {
             assert_eq!(r.state, JobState::Failed);
             assert_eq!(r.exit_code, Some(ExitCode { code: 3, signal: 0 }));
             assert_eq!(batch.state, JobState::Failed);
-            assert_eq!(
-                r.outcome(),
-                Some(Outcome::Failed(FailureClass::Exit(ExitCode { code: 3, signal: 0 })))
-            );
+            assert_eq!(end(r), Some(EndCause::Exit { code: 3 }));
         } else {
             assert_eq!(r.state, JobState::Completed);
-            assert_eq!(r.outcome(), Some(Outcome::Completed));
+            assert_eq!(end(r), Some(EndCause::CompletedButIncomplete));
         }
         assert!(r.elapsed_secs >= 5 && r.start.is_some() && r.end.is_some());
     }
@@ -223,13 +227,13 @@ fn sacct_of_an_array_with_a_failed_task() {
 }
 
 #[test]
-fn sacct_states_map_to_failure_classes() {
+fn sacct_states_map_to_end_causes() {
     let records = parse_sacct(&fixture("sacct-states.txt")).unwrap();
     assert_eq!(records.len(), 6);
 
     let plain = by_name(&records, "rp-plain");
     assert_eq!(plain.job_id, submitted("sbatch-parsable.txt"));
-    assert_eq!(plain.outcome(), Some(Outcome::Completed));
+    assert_eq!(end(plain), Some(EndCause::CompletedButIncomplete));
 
     let timeout = by_name(&records, "rp-timeout");
     assert_eq!(timeout.state, JobState::Timeout);
@@ -241,7 +245,7 @@ fn sacct_states_map_to_failure_classes() {
         }),
         "the batch step says CANCELLED: the allocation's state is the one that tells"
     );
-    assert_eq!(timeout.outcome(), Some(Outcome::Failed(FailureClass::Timeout)));
+    assert_eq!(end(timeout), Some(EndCause::Timeout { deadline: false }));
     assert!(timeout.elapsed_secs >= 60);
 
     let cancel = by_name(&records, "rp-cancel");
@@ -249,27 +253,21 @@ fn sacct_states_map_to_failure_classes() {
         (cancel.state.clone(), cancel.cancelled_by),
         (JobState::Cancelled, Some(0))
     );
-    assert_eq!(cancel.outcome(), Some(Outcome::Failed(FailureClass::Cancelled)));
+    assert_eq!(end(cancel), Some(EndCause::Cancelled));
 
     let signal = by_name(&records, "rp-signal");
     assert_eq!(signal.exit_code, Some(ExitCode { code: 0, signal: 9 }));
-    assert_eq!(
-        signal.outcome(),
-        Some(Outcome::Failed(FailureClass::Exit(ExitCode { code: 0, signal: 9 })))
-    );
+    assert_eq!(end(signal), Some(EndCause::Signal { code: 0, signal: 9 }));
 
     let fail = by_name(&records, "rp-fail");
-    assert_eq!(
-        fail.outcome(),
-        Some(Outcome::Failed(FailureClass::Exit(ExitCode { code: 3, signal: 0 })))
-    );
+    assert_eq!(end(fail), Some(EndCause::Exit { code: 3 }));
 }
 
 #[test]
 fn sacct_of_a_requeued_job() {
     let now = parse_sacct(&fixture("sacct-requeued.txt")).unwrap();
     assert_eq!(now.len(), 1);
-    assert_eq!(now[0].outcome(), Some(Outcome::Completed));
+    assert_eq!(end(&now[0]), Some(EndCause::CompletedButIncomplete));
     assert_eq!(now[0].reason.as_deref(), Some("BeginTime"));
 
     let runs = parse_sacct(&fixture("sacct-requeued-duplicates.txt")).unwrap();
@@ -277,7 +275,7 @@ fn sacct_of_a_requeued_job() {
     assert_eq!(runs[0].job_id, runs[1].job_id);
     assert_eq!(runs[0].state, JobState::Requeued);
     assert!(!runs[0].state.is_final());
-    assert_eq!(runs[0].outcome(), None);
+    assert_eq!(end(&runs[0]), None);
     assert_eq!(
         runs[0].batch,
         Some(StepSummary {
@@ -357,26 +355,28 @@ fn sacct_states_that_one_node_cannot_produce() {
                 58|58|REQUEUE_HOLD|0:0|0:0|00:00:00|None|None|None assigned|JobHeldAdmin|rp\n\
                 59|59|BRAND_NEW_STATE|0:0|0:0|00:00:00|None|None|None assigned|None|rp|with|pipes\n";
     let r = parse_sacct(text).unwrap();
-    let class = |i: usize| r[i].outcome();
-    let failed = |c| Some(Outcome::Failed(c));
-    assert_eq!(class(0), failed(FailureClass::Interrupted));
-    assert_eq!(class(1), failed(FailureClass::Interrupted));
+    let cause = |i: usize| end(&r[i]);
+    let interrupted = |i: usize| cause(i).is_some_and(|c| c.class() == EndClass::Interrupted);
+    assert_eq!(cause(0), Some(EndCause::Preempted));
+    assert_eq!(cause(1), Some(EndCause::NodeFail));
+    assert!(interrupted(0) && interrupted(1));
     assert_eq!(r[1].elapsed_secs, 86_400 + 2 * 3600 + 3 * 60 + 4);
     assert_eq!(r[2].effective_state(), JobState::OutOfMemory);
-    assert_eq!(class(2), failed(FailureClass::OutOfMemory));
-    assert_eq!(class(3), failed(FailureClass::OutOfMemory));
+    assert_eq!(cause(2), Some(EndCause::OutOfMemory));
+    assert_eq!(cause(3), Some(EndCause::OutOfMemory));
     assert_eq!(
-        class(4),
-        failed(FailureClass::Interrupted),
+        cause(4),
+        Some(EndCause::Checkpointed),
         "roleplay's exit 75: checkpointed and stopped"
     );
-    assert_eq!(class(5), failed(FailureClass::Interrupted));
-    assert_eq!(class(6), failed(FailureClass::Timeout));
-    assert_eq!(class(7), failed(FailureClass::Cancelled));
+    assert_eq!(cause(5), Some(EndCause::BootFail));
+    assert!(interrupted(4) && interrupted(5));
+    assert_eq!(cause(6), Some(EndCause::Timeout { deadline: true }));
+    assert_eq!(cause(7), Some(EndCause::Cancelled));
     assert_eq!(r[7].cancelled_by, None);
-    assert_eq!(class(8), None, "held: not final");
+    assert_eq!(cause(8), None, "held: not final");
     assert_eq!(r[9].state, JobState::Unknown("BRAND_NEW_STATE".into()));
-    assert_eq!(class(9), None);
+    assert_eq!(cause(9), None);
     assert_eq!(r[9].name, "rp|with|pipes");
 }
 
@@ -403,11 +403,11 @@ fn sacct_garbage_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn states_round_trip_and_only_final_ones_have_an_outcome() {
+fn states_round_trip_and_only_final_ones_have_an_end() {
     for (name, state) in JobState::NAMES.iter() {
         assert_eq!(JobState::parse(name), *state);
         assert_eq!(state.as_str(), *name);
-        assert_eq!(state.outcome(None).is_some(), state.is_final(), "{name}");
+        assert_eq!(job_end(state, None, None, None).is_some(), state.is_final(), "{name}");
     }
     assert_eq!(parse_state("CANCELLED by 1234"), (JobState::Cancelled, Some(1234)));
     assert_eq!(JobState::parse("running"), JobState::Running);
@@ -489,4 +489,11 @@ fn job_refs_print_and_parse_as_slurm_takes_them() {
     assert_eq!("12".parse::<JobRef>().unwrap(), JobRef::Job(12));
     assert!("12_".parse::<JobRef>().is_err());
     assert!("a".parse::<JobRef>().is_err());
+    // In JSON (the submissions journal, `status --json`) as the same strings.
+    assert_eq!(serde_json::to_string(&t).unwrap(), r#""12_3""#);
+    assert_eq!(serde_json::from_str::<JobRef>(r#""12""#).unwrap(), JobRef::Job(12));
+    assert_eq!(serde_json::from_str::<JobRef>(r#""12_3""#).unwrap(), t);
+    for bad in [r#""12_x""#, r#""""#, "12", "null"] {
+        assert!(serde_json::from_str::<JobRef>(bad).is_err(), "{bad}");
+    }
 }

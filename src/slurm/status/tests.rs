@@ -1,9 +1,11 @@
 //! Unit tests of `status` on a FakeScheduler, and the planned-run fixture the submit tests share.
 
 use super::*;
-use crate::dialogue::{Counters, DialogueRecord, Ending};
+use crate::dialogue::{Counters, DialogueRecord, EndReason, Ending};
 use crate::rundir::journal::{Entry, Journal};
+use crate::rundir::state::{self, ShardState as WorkerState};
 use crate::slurm::records::{Accepted, JobKind, Record, Slot, Via};
+use crate::slurm::{AccountingRecord, ArrayTask, ExitCode, JobState, QueueFilter, QueueRecord};
 use crate::slurm::{FakeScheduler, Limits};
 
 const EXPERIMENT: &str = r#"
@@ -46,7 +48,7 @@ pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("experiment.toml");
     std::fs::write(&file, EXPERIMENT).unwrap();
-    crate::rundir::plans::plan_experiment(&file, None, false, false).unwrap();
+    crate::rundir::plans::plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
     let ctx = RunCtx::open(&dir.path().join("run"))
         .unwrap()
         .with_exe("/opt/roleplay/bin/roleplay");
@@ -74,6 +76,7 @@ pub(crate) fn finish(ctx: &RunCtx, shard: u32, done: usize, failed: usize) {
                 last_responder: None,
             },
             counters: Counters::default(),
+            windows: Default::default(),
         })))
         .unwrap();
     }
@@ -209,7 +212,7 @@ fn queued_and_running_tasks_and_the_journal_wins_over_the_queue() {
     );
     assert_eq!(r.shards[1].reason.as_deref(), Some("JobArrayTaskLimit"));
     assert_eq!(r.shards[2].reason.as_deref(), Some("requeued (BeginTime)"));
-    assert_eq!(r.shards[0].job.as_deref(), Some("50_0"));
+    assert_eq!(r.shards[0].job.map(|j| j.to_string()).as_deref(), Some("50_0"));
     assert!(!r.finished);
     assert_eq!(r.exit_code(), 75);
     assert_eq!(r.live_jobs, vec![50]);
@@ -298,7 +301,7 @@ fn without_sacct_after_squeue_forgot_the_workers_records_decide() {
     subs.push(
         &f.ctx.rd,
         Record::Cancelled(crate::slurm::records::Cancelled {
-            jobs: vec!["80".into()],
+            jobs: vec![JobRef::Job(80)],
             at: 1,
         }),
     )
@@ -419,4 +422,29 @@ fn an_unreadable_queue_is_reported_not_guessed() {
     assert!(r.queue.starts_with("unavailable"));
     assert!(r.warnings.iter().any(|w| w.contains("queue could not be read")));
     assert_eq!(states(&r), vec![State::Pending; 4]);
+}
+
+#[test]
+fn json_spells_each_state_one_way_and_jobs_as_slurm_does() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, 120, vec![0, 1]);
+    let fake = FakeScheduler::new();
+    fake.set_queue(vec![
+        queued(120, 0, JobState::Running, None),
+        queued(120, 1, JobState::Running, None),
+    ]);
+    let r = look(&f, &fake, &subs);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["states"], serde_json::json!({"not_submitted": 2, "running": 2}));
+    assert_eq!(json["shards"][3]["state"], "not_submitted");
+    assert_eq!(json["shards"][1]["state"], "running");
+    assert_eq!(json["shards"][1]["job"], "120_1");
+    assert!(json["shards"][3]["job"].is_null());
+    // People read the other spelling.
+    assert_eq!(r.states.get("not submitted"), Some(&2));
+    assert_eq!(State::NotSubmitted.as_str(), "not submitted");
+    for s in State::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.json_name());
+    }
 }

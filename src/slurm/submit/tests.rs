@@ -356,8 +356,12 @@ fn resume_resubmits_only_what_is_neither_done_nor_queued_within_budget() {
     assert_eq!(fake.submissions().len(), 1);
     let journal = Submissions::read(&f.ctx.rd).unwrap();
     let outcomes = journal.outcomes();
-    assert_eq!(outcomes["500_2"].class, crate::slurm::records::EndClass::Interrupted);
-    assert!(outcomes["502_0"].counts);
+    let job = |text: &str| text.parse::<JobRef>().unwrap();
+    assert_eq!(
+        outcomes[&job("500_2")].cause.class(),
+        crate::slurm::records::EndClass::Interrupted
+    );
+    assert!(outcomes[&job("502_0")].cause.counts());
     // With --retry-failed, shards whose units failed go again, with the flag in their script.
     finish(&f.ctx, 1, 2, 1);
     fake.set_queue(vec![]);
