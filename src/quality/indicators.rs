@@ -7,7 +7,7 @@
 //! are then matched on the word hashes, Markdown on the lines, goal leakage on turn 1 alone. The
 //! thresholds are in [`super::thresholds`]; README ("Fidelity indicators") gives every formula.
 
-use super::text::{self, WordSet, fmix, fold, stop_words};
+use super::text::{self, WordSet, fold, stop_words};
 use super::thresholds::*;
 use crate::dialogue::EndReason;
 use std::sync::LazyLock;
@@ -169,7 +169,7 @@ pub struct DialogueIndicators {
 /// suffix automaton of its case-folded characters.
 #[derive(Debug, Clone)]
 pub struct GoalProfile {
-    content: Vec<u64>,
+    content: WordSet,
     automaton: Lcs,
 }
 
@@ -183,10 +183,8 @@ impl GoalProfile {
                 content.push(w.hash);
             }
         });
-        content.sort_unstable();
-        content.dedup();
         GoalProfile {
-            content,
+            content: WordSet::of_hashes(content),
             automaton: Lcs::new(first),
         }
     }
@@ -197,19 +195,23 @@ impl GoalProfile {
 
     /// Goal leakage of a first turn's prompt.
     pub fn leakage(&self, prompt_words: &[u64], prompt: &str) -> GoalLeakage {
-        let mut words: Vec<u64> = prompt_words.to_vec();
-        words.sort_unstable();
-        let found = self.content.iter().filter(|h| words.binary_search(h).is_ok()).count();
-        let word_share = (!self.content.is_empty()).then(|| found as f64 / self.content.len() as f64);
+        let n = self.content.len();
+        let mut found = vec![false; n];
+        for h in prompt_words {
+            if let Some(i) = self.content.position(*h) {
+                found[i] = true;
+            }
+        }
+        let found = found.iter().filter(|f| **f).count();
+        let word_share = (n > 0).then(|| found as f64 / n as f64);
         let lcs = self.automaton.longest_common(prompt) as u32;
         let lcs_share = (self.automaton.chars > 0).then(|| lcs as f64 / self.automaton.chars as f64);
         GoalLeakage {
-            content_words: self.content.len() as u32,
+            content_words: n as u32,
             word_share,
             lcs_chars: Some(lcs),
             lcs_share,
-            leak: (self.content.len() >= GOAL_LEAK_MIN_CONTENT_WORDS
-                && word_share.is_some_and(|s| s >= GOAL_LEAK_WORD_SHARE))
+            leak: (n >= GOAL_LEAK_MIN_CONTENT_WORDS && word_share.is_some_and(|s| s >= GOAL_LEAK_WORD_SHARE))
                 || lcs_share.is_some_and(|s| s >= GOAL_LEAK_LCS_SHARE),
         }
     }
@@ -325,13 +327,23 @@ impl Lcs {
 
     /// The length in characters of the longest substring of `t` (case-folded) in the fixed text.
     fn longest_common(&self, t: &str) -> usize {
+        if t.is_ascii() {
+            return self.walk(t.bytes().map(|b| self.ascii[b.to_ascii_lowercase() as usize]));
+        }
+        self.walk(t.chars().map(|c| self.index(fold(c)).map_or(NO_CHAR, |x| x as u8)))
+    }
+
+    /// Walk the automaton with alphabet indices (`NO_CHAR` for a character the text lacks).
+    #[inline]
+    fn walk(&self, indices: impl Iterator<Item = u8>) -> usize {
         let (mut v, mut l, mut best) = (0u32, 0u32, 0u32);
-        for c in t.chars() {
-            let Some(x) = self.index(fold(c)) else {
+        for x in indices {
+            if x == NO_CHAR {
                 v = 0;
                 l = 0;
                 continue;
-            };
+            }
+            let x = x as usize;
             while v != 0 && self.next[v as usize * self.k + x] == NONE {
                 v = self.link[v as usize];
                 l = self.len[v as usize];
@@ -348,7 +360,7 @@ impl Lcs {
 }
 
 /// One-permutation MinHash (Li, Owen and Zhang, 2012) of a set of hashed character n-grams: the
-/// hash's top bits pick one of `MINHASH_BINS` bins, which keeps the smallest of its low 32 bits.
+/// hash's top bits pick one of `MINHASH_BINS` bins, which keeps the smallest of the next 31 bits.
 /// The Jaccard similarity of two sets is estimated as the share of equal bins among the bins that
 /// are filled in either: exact while no bin holds two n-grams (short texts), a standard error of
 /// about `sqrt(J (1 - J) / MINHASH_BINS)` beyond.
@@ -364,13 +376,14 @@ impl Default for Sketch {
 }
 
 impl Sketch {
+    /// The hash's top bits pick the bin; the 31 bits below them are the value (never `EMPTY_BIN`).
     #[inline]
     pub fn add(&mut self, h: u64) {
-        let bin = (h >> (64 - MINHASH_BINS.trailing_zeros())) as usize;
-        let v = (h as u32).min(EMPTY_BIN - 1);
-        if v < self.0[bin] {
-            self.0[bin] = v;
-        }
+        const SHIFT: u32 = 64 - MINHASH_BINS.trailing_zeros();
+        let bin = (h >> SHIFT) as usize;
+        let v = ((h >> (SHIFT - 31)) as u32) & 0x7fff_ffff;
+        let slot = &mut self.0[bin];
+        *slot = (*slot).min(v);
     }
 
     /// The estimated Jaccard similarity; two empty sets are identical (1).
@@ -396,13 +409,26 @@ impl Sketch {
 
 /// Character n-grams (`NGRAM_CHARS`) of a text, lower-cased, with whitespace runs read as one
 /// space and leading and trailing whitespace left out, fed to a [`Sketch`]. A text shorter than
-/// one n-gram is one n-gram of its own.
+/// one n-gram is one n-gram of its own. The last n characters are packed 21 bits each (a code
+/// point's width) into one word.
 #[derive(Debug, Default)]
 struct Grams {
-    window: [u32; NGRAM_CHARS],
+    window: u64,
     seen: usize,
     space: bool,
     sketch: Sketch,
+}
+
+const _: () = assert!(NGRAM_CHARS >= 1 && NGRAM_CHARS <= 3, "n-grams are packed into 63 bits");
+const GRAM_MASK: u64 = u64::MAX >> (64 - 21 * NGRAM_CHARS as u32);
+
+/// A shift-xor and one multiplication: the top bits pick the bin, the next 31 the value;
+/// independent from one character to the next (no dependency chain). (The multiplication alone
+/// maps n-grams that differ by a constant, such as `abc`, `bcd`, `cde`, to an arithmetic
+/// progression: the shift-xor breaks that.)
+#[inline]
+fn gram_hash(w: u64) -> u64 {
+    (w ^ (w >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Grams {
@@ -414,34 +440,23 @@ impl Grams {
         }
         if self.space {
             self.space = false;
-            self.shift(' ' as u32);
+            self.shift(' ' as u64);
         }
-        self.shift(c as u32);
+        self.shift(c as u64);
     }
 
     #[inline]
-    fn shift(&mut self, c: u32) {
-        self.window.rotate_left(1);
-        self.window[NGRAM_CHARS - 1] = c;
+    fn shift(&mut self, c: u64) {
+        self.window = ((self.window << 21) | c) & GRAM_MASK;
         self.seen += 1;
         if self.seen >= NGRAM_CHARS {
-            self.sketch.add(self.hash(NGRAM_CHARS));
+            self.sketch.add(gram_hash(self.window));
         }
-    }
-
-    #[inline]
-    fn hash(&self, n: usize) -> u64 {
-        let mut h = n as u64;
-        for c in &self.window[NGRAM_CHARS - n..] {
-            h = (h << 21) ^ *c as u64;
-        }
-        fmix(h)
     }
 
     fn finish(mut self) -> Sketch {
         if (1..NGRAM_CHARS).contains(&self.seen) {
-            let n = self.seen;
-            self.sketch.add(self.hash(n));
+            self.sketch.add(gram_hash(self.window | 1 << 63));
         }
         self.sketch
     }
@@ -616,7 +631,7 @@ static LISTS: LazyLock<Lists> = LazyLock::new(|| {
 });
 
 /// What one pass over a turn's text counted.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Scan {
     chars: usize,
     words: u32,
@@ -753,59 +768,191 @@ pub fn dialogue<'a>(goal_text: &str, turns: impl IntoIterator<Item = (&'a str, &
 }
 
 /// One pass over a turn: words (their hashes into `words`), contractions, sentences, questions,
-/// formality markers, characters and the n-gram sketch.
+/// formality markers, characters and the n-gram sketch. ASCII text goes byte by byte.
 fn scan(t: &str, words: &mut Vec<u64>, lists: &Lists) -> Scan {
+    if t.is_ascii() {
+        scan_ascii(t.as_bytes(), words, lists)
+    } else {
+        scan_chars(t, words, lists)
+    }
+}
+
+#[inline]
+fn count_word(s: &mut Scan, words: &mut Vec<u64>, lists: &Lists, word: text::Word) {
+    s.words += 1;
+    s.contractions += word.contraction as u32;
+    words.push(word.hash);
+    if lists.any.may_contain(word.hash) {
+        if lists.formal.contains(word.hash) {
+            s.formal += 1;
+        } else if lists.informal.contains(word.hash) {
+            s.informal += 1;
+        }
+    }
+}
+
+/// Sentences: a run of `.`, `!`, `?` (closing quotes and brackets may follow) ended by whitespace
+/// or by the end of the text closes one if a word came since the last; it is a question when the
+/// run holds a `?`. Text after the last run is one more sentence.
+#[derive(Default)]
+struct Sentences {
+    in_run: bool,
+    question: bool,
+    content: bool,
+}
+
+impl Sentences {
+    #[inline]
+    fn terminator(&mut self, question: bool) {
+        self.in_run = true;
+        self.question |= question;
+    }
+
+    #[inline]
+    fn space(&mut self, s: &mut Scan) {
+        if self.in_run && self.content {
+            s.sentences += 1;
+            s.questions += self.question as u32;
+            self.content = false;
+        }
+    }
+
+    #[inline]
+    fn other(&mut self, closer: bool, word: bool) {
+        if !closer {
+            self.in_run = false;
+            self.question = false;
+        }
+        self.content |= word;
+    }
+
+    fn finish(&self, s: &mut Scan) {
+        if self.content {
+            s.sentences += 1;
+            s.questions += (self.in_run && self.question) as u32;
+        }
+    }
+}
+
+/// The byte-wise scan of ASCII text, a word at a time (the inner loop over a word's bytes is the
+/// hot path and branches only at the word's end); the n-grams are rolled in the same pass.
+fn scan_ascii(b: &[u8], words: &mut Vec<u64>, lists: &Lists) -> Scan {
+    use text::{APOSTROPHE, CLASS, CLOSER, SPACE, TERMINATOR, WORD};
+    let mut s = Scan {
+        chars: b.len(),
+        ..Scan::default()
+    };
+    let mut sentences = Sentences::default();
+    // N-grams: lower-cased, whitespace runs as one space, none at either end.
+    let mut window = 0u64;
+    let mut seen = 0u32;
+    let mut space = false;
+    let mut sketch = Sketch::default();
+    macro_rules! gram {
+        ($c:expr) => {{
+            window = ((window << 21) | $c as u64) & GRAM_MASK;
+            seen += 1;
+            if seen >= NGRAM_CHARS as u32 {
+                sketch.add(gram_hash(window));
+            }
+        }};
+    }
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        let c = b[i];
+        let cls = CLASS[c as usize];
+        if cls & WORD != 0 {
+            if space {
+                space = false;
+                gram!(b' ');
+            }
+            let start = i;
+            let mut apostrophe = false;
+            loop {
+                gram!(b[i] | 0x20);
+                i += 1;
+                let Some(&next) = b.get(i) else { break };
+                let next = CLASS[next as usize];
+                if next & WORD != 0 {
+                    continue;
+                }
+                if next & APOSTROPHE == 0 {
+                    break;
+                }
+                // Apostrophes join the word only when a word character follows them.
+                let mut j = i;
+                while j < n && b[j] == b'\'' {
+                    j += 1;
+                }
+                if j == n || CLASS[b[j] as usize] & WORD == 0 {
+                    break;
+                }
+                apostrophe = true;
+                while i < j {
+                    gram!(b'\'');
+                    i += 1;
+                }
+            }
+            let word = text::Word {
+                hash: text::ascii_word_hash_in(b, start, i, apostrophe),
+                contraction: apostrophe,
+                start,
+                end: i,
+            };
+            count_word(&mut s, words, lists, word);
+            sentences.other(false, true);
+            continue;
+        }
+        if cls & SPACE != 0 {
+            space = seen > 0;
+            sentences.space(&mut s);
+        } else {
+            if space {
+                space = false;
+                gram!(b' ');
+            }
+            gram!(c.to_ascii_lowercase());
+            if cls & TERMINATOR != 0 {
+                sentences.terminator(c == b'?');
+            } else {
+                sentences.other(cls & CLOSER != 0, false);
+            }
+        }
+        i += 1;
+    }
+    sentences.finish(&mut s);
+    if (1..NGRAM_CHARS as u32).contains(&seen) {
+        sketch.add(gram_hash(window | 1 << 63));
+    }
+    s.sketch = sketch;
+    s
+}
+
+fn scan_chars(t: &str, words: &mut Vec<u64>, lists: &Lists) -> Scan {
     let mut s = Scan::default();
     let mut w = text::Words::default();
     let mut grams = Grams::default();
-    // Sentences: a run of `.`, `!`, `?` followed by whitespace (or the end) closes one, if a word
-    // came since the last; it is a question when the run holds a `?`.
-    let (mut in_run, mut run_q, mut content) = (false, false, false);
-    let mut on_word = |word: text::Word, s: &mut Scan| {
-        s.words += 1;
-        s.contractions += word.contraction as u32;
-        words.push(word.hash);
-        if lists.any.may_contain(word.hash) {
-            if lists.formal.contains(word.hash) {
-                s.formal += 1;
-            } else if lists.informal.contains(word.hash) {
-                s.informal += 1;
-            }
-        }
-    };
+    let mut sentences = Sentences::default();
     for (pos, raw) in t.char_indices() {
         s.chars += 1;
         let c = fold(raw);
         if let Some(word) = w.step(c, pos, raw.len_utf8()) {
-            on_word(word, &mut s);
+            count_word(&mut s, words, lists, word);
         }
         grams.push(c);
-        match c {
-            '.' | '!' | '?' => {
-                in_run = true;
-                run_q |= c == '?';
-            }
-            _ => {
-                if in_run && c.is_whitespace() && content {
-                    s.sentences += 1;
-                    s.questions += run_q as u32;
-                    content = false;
-                }
-                if !c.is_whitespace() && c != '"' && c != '\'' && c != ')' {
-                    in_run = false;
-                    run_q = false;
-                }
-                content |= text::is_word_char(c);
-            }
+        if c.is_whitespace() {
+            sentences.space(&mut s);
+        } else if matches!(c, '.' | '!' | '?') {
+            sentences.terminator(c == '?');
+        } else {
+            sentences.other(matches!(c, '"' | '\'' | ')'), text::is_word_char(c));
         }
     }
     if let Some(word) = w.finish() {
-        on_word(word, &mut s);
+        count_word(&mut s, words, lists, word);
     }
-    if content {
-        s.sentences += 1;
-        s.questions += (in_run && run_q) as u32;
-    }
+    sentences.finish(&mut s);
     s.sketch = grams.finish();
     s
 }

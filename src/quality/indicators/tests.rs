@@ -155,6 +155,17 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn the_ascii_scan_and_the_char_scan_agree(t in "[a-zA-Z0-9' .,!?\"()\n\t-]{0,80}") {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let fast = scan_ascii(t.as_bytes(), &mut a, &LISTS);
+        let slow = scan_chars(&t, &mut b, &LISTS);
+        prop_assert_eq!(fast, slow);
+        prop_assert_eq!(a, b);
+    }
+}
+
 #[test]
 fn stopping_from_the_end_reason() {
     let s = stopping(EndReason::Stop, 3, 8);
