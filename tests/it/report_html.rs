@@ -208,8 +208,9 @@ fn json_and_csv_agree_with_the_run() {
     assert_eq!(all[col("grouping")], "all");
     assert_eq!(all[col("dialogues")].parse::<u64>().unwrap(), w.finished);
     assert_eq!(all[col("end_backend_error")].parse::<u64>().unwrap(), w.failed);
-    // all, 2 pairs, 2 inquirers, 3 + 2 feature values, 3 goals.
-    assert_eq!(csv.lines().count(), 1 + 1 + 2 + 2 + 5 + 3);
+    // all, 2 pairs, 2 inquirers, 3 + 2 feature values, 3 goals, then the quality section's cells
+    // ((3 + 2 feature values) x 2 pairs).
+    assert_eq!(csv.lines().count(), 1 + 1 + 2 + 2 + 5 + 3 + 10);
 
     // The terminal table, and one format at a time.
     let out = Command::new(BIN)
