@@ -14,8 +14,8 @@
 //! distribution in the bins `0, 1, 2-3, 4-7, ..., 128-255, 256+`); distinct-1 and distinct-2 of the
 //! user turns on a sample of `DIVERSITY_SAMPLE` turns (keyed by the turn's words and how often the
 //! same words came before, so equal sets of dialogues give equal samples); the indicators: role
-//! flips, near-duplicate (loop) and restart turns per user turn, goal leakage per dialogue that
-//! has a goal, and the mean style shift.
+//! flips per user turn, near-duplicate (loop) and restart turns per user turn after the first,
+//! goal leakage per dialogue that has a goal, and the mean style shift.
 //!
 //! **Distances** (generated minus reference for means, rates and distinct-n): total variation
 //! distance `1/2 Σ|p - q|` of the turn-count and user-word distributions, the Wasserstein-1
@@ -170,8 +170,8 @@ impl SideAcc {
             distinct_1: distinct_n(&sample, 1),
             distinct_2: distinct_n(&sample, 2),
             role_flip_rate: ratio(self.role_flips as f64, self.user_turns),
-            loop_rate: ratio(self.loops as f64, self.user_turns),
-            restart_rate: ratio(self.restarts as f64, self.user_turns),
+            loop_rate: ratio(self.loops as f64, self.user_turns - self.dialogues),
+            restart_rate: ratio(self.restarts as f64, self.user_turns - self.dialogues),
             goal_leak_share: ratio(self.goal_leaks as f64, self.goal_dialogues),
             style_shift_mean: ratio(self.shift_sum, self.shift_dialogues),
         }
@@ -195,9 +195,9 @@ pub struct SideStats {
     pub distinct_2: Option<f64>,
     /// Role-flip turns over user turns.
     pub role_flip_rate: Option<f64>,
-    /// Near-duplicate turns over user turns.
+    /// Near-duplicate turns over user turns after the first.
     pub loop_rate: Option<f64>,
-    /// Restart turns over user turns.
+    /// Restart turns over user turns after the first.
     pub restart_rate: Option<f64>,
     /// Dialogues that leak their goal over dialogues that have one.
     pub goal_leak_share: Option<f64>,
@@ -519,7 +519,8 @@ pub fn text(c: &Comparison) -> String {
         "run {} (plan {}): {} generated dialogues compared ({} failed and {} without turns left out; {} of {} planned missing)\n\
          reference `{}`: {} dialogues ({}; {} without a user message left out){}\n\
          g/r: generated / reference; Δ: generated - reference; TV: total variation distance; W1: earth mover's distance;\n\
-         JSD: Jensen-Shannon divergence (bits) of the user turns' words; rates are per user turn, goal leak per dialogue\n\n",
+         JSD: Jensen-Shannon divergence (bits) of the user turns' words; role flips per user turn, loops and restarts\n\
+         per user turn after the first, goal leak per dialogue with a goal\n\n",
         c.experiment,
         &c.plan_hash[..c.plan_hash.len().min(12)],
         c.generated_dialogues,
