@@ -492,6 +492,16 @@ struct IndicatorsChart {
     legend: Vec<Key>,
 }
 
+/// `25%`, `12.5%`: a tick label with a decimal only where it needs one.
+fn percent_label(t: f64) -> String {
+    let p = t * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
 fn indicators_chart(title: impl Into<String>, groups: &[&Group]) -> IndicatorsChart {
     let bar = 7.0;
     let row = bar * INDICATOR_COLOURS.len() as f64 + 12.0;
@@ -514,7 +524,7 @@ fn indicators_chart(title: impl Into<String>, groups: &[&Group]) -> IndicatorsCh
             let t = xmax * i as f64 / 4.0;
             Tick {
                 at: px(left + t / xmax * pw),
-                label: Text::at(left + t / xmax * pw, bottom + 16.0, format!("{:.0}%", t * 100.0)),
+                label: Text::at(left + t / xmax * pw, bottom + 16.0, percent_label(t)),
             }
         })
         .collect();

@@ -135,8 +135,9 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(
         page.matches("<svg").count(),
-        5,
-        "turns, end reasons, one chart per feature (2) and one for the goals"
+        5 + 3,
+        "turns, end reasons, one chart per feature (2) and one for the goals; the quality section's \
+         indicator charts per pair and per feature (2)"
     );
     for external in ["http://", "https://", "<script", "src=", "url("] {
         assert!(
