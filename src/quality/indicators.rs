@@ -360,7 +360,7 @@ impl Lcs {
 }
 
 /// One-permutation MinHash (Li, Owen and Zhang, 2012) of a set of hashed character n-grams: the
-/// hash's top bits pick one of `MINHASH_BINS` bins, which keeps the smallest of the next 31 bits.
+/// hash's top bits pick one of `MINHASH_BINS` bins, which keeps the smallest of its top 31 bits.
 /// The Jaccard similarity of two sets is estimated as the share of equal bins among the bins that
 /// are filled in either: exact while no bin holds two n-grams (short texts), a standard error of
 /// about `sqrt(J (1 - J) / MINHASH_BINS)` beyond.
@@ -376,12 +376,13 @@ impl Default for Sketch {
 }
 
 impl Sketch {
-    /// The hash's top bits pick the bin; the 31 bits below them are the value (never `EMPTY_BIN`).
+    /// The hash's top bits pick the bin; its top 31 bits are the value (never `EMPTY_BIN`).
     #[inline]
     pub fn add(&mut self, h: u64) {
         const SHIFT: u32 = 64 - MINHASH_BINS.trailing_zeros();
         let bin = (h >> SHIFT) as usize;
-        let v = ((h >> (SHIFT - 31)) as u32) & 0x7fff_ffff;
+        // The top 31 bits (the bin's among them: constant within a bin, so harmless).
+        let v = (h >> 33) as u32;
         let slot = &mut self.0[bin];
         *slot = (*slot).min(v);
     }
@@ -869,15 +870,37 @@ fn scan_ascii(b: &[u8], words: &mut Vec<u64>, lists: &Lists) -> Scan {
             }
             let start = i;
             let mut apostrophe = false;
+            let mut c = c;
             loop {
-                gram!(b[i] | 0x20);
-                i += 1;
-                let Some(&next) = b.get(i) else { break };
-                let next = CLASS[next as usize];
-                if next & WORD != 0 {
-                    continue;
+                if seen + 1 >= NGRAM_CHARS as u32 {
+                    // The window is full: every byte of the run makes an n-gram.
+                    loop {
+                        window = ((window << 21) | (c | 0x20) as u64) & GRAM_MASK;
+                        sketch.add(gram_hash(window));
+                        seen += 1;
+                        i += 1;
+                        if i == n {
+                            break;
+                        }
+                        c = b[i];
+                        if CLASS[c as usize] & WORD == 0 {
+                            break;
+                        }
+                    }
+                } else {
+                    gram!(c | 0x20);
+                    i += 1;
+                    if i < n {
+                        c = b[i];
+                        if CLASS[c as usize] & WORD != 0 {
+                            continue;
+                        }
+                    }
                 }
-                if next & APOSTROPHE == 0 {
+                if i == n {
+                    break;
+                }
+                if CLASS[c as usize] & APOSTROPHE == 0 {
                     break;
                 }
                 // Apostrophes join the word only when a word character follows them.
@@ -893,6 +916,7 @@ fn scan_ascii(b: &[u8], words: &mut Vec<u64>, lists: &Lists) -> Scan {
                     gram!(b'\'');
                     i += 1;
                 }
+                c = b[i];
             }
             let word = text::Word {
                 hash: text::ascii_word_hash_in(b, start, i, apostrophe),
