@@ -192,7 +192,8 @@ struct ReplayRun {
 }
 
 static REPLAY_RUN: LazyLock<ReplayRun> = LazyLock::new(|| {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("quality-replay");
+    // One directory per test process (CI and a developer may share a target directory).
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("quality-replay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut toml = format!(
