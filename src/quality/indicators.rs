@@ -230,6 +230,10 @@ struct Lcs {
     next: Vec<u32>,
     link: Vec<u32>,
     len: Vec<u32>,
+    /// The automaton as the walk reads it: per state a row of `k + 2` words, the transitions (as
+    /// row offsets), the suffix link's row offset and the state's length; no multiplication and
+    /// one array per step.
+    rows: Vec<u32>,
     chars: usize,
 }
 
@@ -238,7 +242,10 @@ const NO_CHAR: u8 = u8::MAX;
 
 impl Lcs {
     fn new(s: &str) -> Lcs {
-        let folded: Vec<char> = s.chars().map(fold).collect();
+        // A goal line is a sentence or two; one longer than this is read up to here (the rows
+        // stay small and their offsets within 32 bits).
+        const MAX_CHARS: usize = 20_000;
+        let folded: Vec<char> = s.chars().take(MAX_CHARS).map(fold).collect();
         let mut alphabet: Vec<char> = folded.clone();
         alphabet.sort_unstable();
         alphabet.dedup();
@@ -252,6 +259,7 @@ impl Lcs {
             next: Vec::new(),
             link: vec![NONE],
             len: vec![0],
+            rows: Vec::new(),
             chars: folded.len(),
         };
         for (i, c) in alphabet.iter().enumerate() {
@@ -267,6 +275,21 @@ impl Lcs {
             let Some(x) = a.index(c) else { continue };
             last = a.extend(last, x);
         }
+        let (k, w) = (a.k, a.k + 2);
+        a.rows = Vec::with_capacity(a.len.len() * w);
+        for q in 0..a.len.len() {
+            a.rows.extend(
+                a.next[q * k..(q + 1) * k]
+                    .iter()
+                    .map(|t| if *t == NONE { NONE } else { t * w as u32 }),
+            );
+            let link = a.link[q];
+            a.rows.push(if link == NONE { NONE } else { link * w as u32 });
+            a.rows.push(a.len[q]);
+        }
+        a.next = Vec::new();
+        a.link = Vec::new();
+        a.len = Vec::new();
         a
     }
 
@@ -336,7 +359,9 @@ impl Lcs {
     /// Walk the automaton with alphabet indices (`NO_CHAR` for a character the text lacks).
     #[inline]
     fn walk(&self, indices: impl Iterator<Item = u8>) -> usize {
-        let (mut v, mut l, mut best) = (0u32, 0u32, 0u32);
+        let (k, rows) = (self.k, &self.rows);
+        // `v` is the current state's row offset; at the root (0) the matched length is 0.
+        let (mut v, mut l, mut best) = (0usize, 0u32, 0u32);
         for x in indices {
             if x == NO_CHAR {
                 v = 0;
@@ -344,14 +369,19 @@ impl Lcs {
                 continue;
             }
             let x = x as usize;
-            while v != 0 && self.next[v as usize * self.k + x] == NONE {
-                v = self.link[v as usize];
-                l = self.len[v as usize];
-            }
-            let n = self.next[v as usize * self.k + x];
-            if n != NONE {
-                v = n;
-                l += 1;
+            loop {
+                let t = rows[v + x];
+                if t != NONE {
+                    v = t as usize;
+                    l += 1;
+                    break;
+                }
+                if v == 0 {
+                    l = 0;
+                    break;
+                }
+                v = rows[v + k] as usize;
+                l = rows[v + k + 1];
             }
             best = best.max(l);
         }
