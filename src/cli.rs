@@ -66,6 +66,14 @@ pub enum Command {
     /// Write a run's dialogues as JSON lines for other tools (the reference implementation's
     /// records, or chat messages for fine-tuning). Dialogues that failed are left out.
     Export(ExportArgs),
+    /// Compare a run's dialogues with human dialogues, per pair and persona feature value: turns
+    /// per dialogue, user turn length, distinct-n, unigram Jensen-Shannon divergence and the
+    /// fidelity indicators' rates, with the distances between the two.
+    ///
+    /// The reference is JSON lines in either layout `roleplay export` writes (`messages-jsonl`,
+    /// or `roleplay-jsonl`); a `conversation` list reads like `messages`. Persona features in the
+    /// reference (`persona_features`) add cells per feature value. Runs offline; writes nothing.
+    Compare(CompareArgs),
     /// Render a planned run's Slurm batch scripts into RUN_DIR/slurm/, without submitting them.
     ///
     /// The shards are cut into job arrays that respect the cluster's MaxArraySize and
@@ -325,6 +333,18 @@ pub struct ExportArgs {
     /// Exit 0 even if some planned units are missing or failed.
     #[arg(long)]
     pub allow_partial: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Human dialogues as JSON lines (`messages` or `dialog` records, one dialogue per line).
+    #[arg(long, value_name = "FILE")]
+    pub reference: PathBuf,
+    /// Print the comparison as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod llm;
 pub mod merge;
 pub mod plan;
+pub mod quality;
 pub mod report;
 pub mod rundir;
 pub mod simserver;
@@ -38,6 +39,7 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Merge(a) => commands::merge::run(a),
         Command::Report(a) => commands::report::run(a),
         Command::Export(a) => commands::export::run(a),
+        Command::Compare(a) => commands::compare::run(a),
         Command::Render(a) => commands::render::run(a),
         Command::Submit(a) => commands::submit::run(a),
         Command::Status(a) => commands::status::run(a),

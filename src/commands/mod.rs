@@ -2,6 +2,7 @@
 //! `slurm_ui` holds what the Slurm commands share; no command calls another.
 
 pub mod cancel;
+pub mod compare;
 pub mod export;
 pub mod init;
 pub mod merge;

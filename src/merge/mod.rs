@@ -45,6 +45,7 @@
 //! So the incremental scheme is not worth its cost; merging after a resume rewrites both files.
 
 pub mod export;
+pub mod indicators;
 pub mod meta;
 pub mod scan;
 pub mod synth;
@@ -70,7 +71,8 @@ pub const DIALOGUES_FILE: &str = "dialogues.parquet";
 pub const TURNS_FILE: &str = "turns.parquet";
 pub const MANIFEST_FILE: &str = ".merge.json";
 /// Bumped when the tables' layout changes: a manifest of another version means a rewrite.
-pub const MERGE_VERSION: u32 = 1;
+/// 2: the fidelity indicator columns (`indicators`).
+pub const MERGE_VERSION: u32 = 2;
 /// Cap on a row group's encoded size (the writer buffers one row group per file in memory).
 pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// Dialogues per Arrow batch handed to the writers.

@@ -91,7 +91,7 @@ impl Layout {
                 (f.clone(), col)
             })
             .collect();
-        let turn_struct = Fields::from(turn_fields());
+        let turn_struct = Fields::from(turn_fields_with_indicators());
         let mut d = vec![
             Field::new("unit_id", DataType::Utf8, false),
             Field::new("shard", DataType::UInt32, false),
@@ -153,8 +153,9 @@ impl Layout {
                 false,
             ),
         ]);
+        d.extend(super::indicators::dialogue_fields());
         let mut t = vec![Field::new("unit_id", DataType::Utf8, false)];
-        t.extend(turn_fields());
+        t.extend(turn_fields_with_indicators());
         Layout {
             features,
             dialogues: Arc::new(Schema::new(d)),
@@ -167,6 +168,7 @@ impl Layout {
     pub fn batches(&self, exp: &Experiment, rows: &[Finished]) -> Result<(RecordBatch, RecordBatch), String> {
         let n_turns: usize = rows.iter().map(|f| f.record.turns.len()).sum();
         let mut t = TurnColumns::with_capacity(n_turns);
+        let mut q = super::indicators::Columns::new(rows.len(), n_turns);
         let mut turn_unit = StringBuilder::with_capacity(n_turns, n_turns * 20);
         let mut d = DialogueColumns::new(rows.len(), self.features.len());
         for f in rows {
@@ -176,8 +178,10 @@ impl Layout {
                 t.push(turn);
             }
             d.push(exp, &self.features, f, &id);
+            q.push(exp, f);
         }
-        let turn_arrays = t.finish();
+        let mut turn_arrays = t.finish();
+        turn_arrays.extend(q.finish_turns());
         let values =
             StructArray::try_new(self.turn_struct.clone(), turn_arrays.clone(), None).map_err(|e| e.to_string())?;
         let offsets = OffsetBuffer::<i32>::from_lengths(rows.iter().map(|f| f.record.turns.len()));
@@ -188,6 +192,7 @@ impl Layout {
         let list = ListArray::try_new(list_field, offsets, Arc::new(values), None).map_err(|e| e.to_string())?;
         let mut dcols = d.finish();
         dcols.push(Arc::new(list));
+        dcols.extend(q.finish_dialogues());
         let dialogues = RecordBatch::try_new(self.dialogues.clone(), dcols).map_err(|e| e.to_string())?;
         let mut tcols: Vec<ArrayRef> = vec![Arc::new(turn_unit.finish())];
         tcols.extend(turn_arrays);
@@ -521,4 +526,13 @@ pub fn enum_name<T: serde::Serialize>(v: &T) -> String {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
     }
+}
+
+// ---- Fidelity indicators (`merge::indicators`): appended after the table's own columns. ----
+
+/// The turn fields followed by the per-turn indicator fields.
+fn turn_fields_with_indicators() -> Vec<Field> {
+    let mut v = turn_fields();
+    v.extend(super::indicators::turn_fields());
+    v
 }

@@ -240,7 +240,10 @@ fn an_empty_run_merges_to_empty_files() {
     assert_eq!(s.exit_code(), exit::FAILURES);
     let (batches, meta) = read_all(&s.dialogues_path);
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
-    assert_eq!(meta.file_metadata().schema_descr().root_schema().get_fields().len(), 43);
+    assert_eq!(
+        meta.file_metadata().schema_descr().root_schema().get_fields().len(),
+        43 + super::indicators::dialogue_fields().len()
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! already formatted and every chart's geometry already computed here, so the template only places
 //! elements.
 
-use super::{Group, Report, RoleStats};
+use super::{Group, Report, RoleStats, quality};
 use crate::dialogue::EndReason;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
@@ -464,6 +464,207 @@ struct FeatureCharts {
     chart: FinishedChart,
 }
 
+// ---- The quality section (`report::quality`): its chart and tables. ----
+
+/// Colours of the indicator bars (Okabe-Ito, in `quality::rates` order).
+const INDICATOR_COLOURS: [&str; 7] = [
+    "#D55E00", "#E69F00", "#CC79A7", "#0072B2", "#009E73", "#56B4E9", "#8C6D1F",
+];
+
+/// One group of the indicators chart: its label and one bar per indicator.
+#[derive(Serialize)]
+struct IndicatorRow {
+    label: Text,
+    bars: Vec<Rect>,
+}
+
+/// Horizontal grouped bars: per group, the share of each fidelity indicator.
+#[derive(Serialize)]
+struct IndicatorsChart {
+    title: String,
+    w: u32,
+    h: u32,
+    empty: bool,
+    y1: String,
+    y2: String,
+    ticks: Vec<Tick>,
+    rows: Vec<IndicatorRow>,
+    legend: Vec<Key>,
+}
+
+/// `25%`, `12.5%`: a tick label with a decimal only where it needs one.
+fn percent_label(t: f64) -> String {
+    let p = t * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+fn indicators_chart(title: impl Into<String>, groups: &[&Group]) -> IndicatorsChart {
+    let bar = 7.0;
+    let row = bar * INDICATOR_COLOURS.len() as f64 + 12.0;
+    let (left, right, top) = (230.0, 60.0, 6.0);
+    let empty = groups.iter().all(|g| g.quality.dialogues_with_turns == 0);
+    let bottom = top + row * groups.len() as f64;
+    let h = (bottom + 56.0) as u32;
+    let pw = WIDTH - left - right;
+    // A round axis maximum: the highest share shown, up to 100%.
+    let top_share = groups
+        .iter()
+        .flat_map(|g| quality::rates(&g.quality).map(|(_, v)| v.unwrap_or(0.0)))
+        .fold(0.0, f64::max);
+    let xmax = [0.05, 0.1, 0.25, 0.5, 1.0]
+        .into_iter()
+        .find(|m| top_share <= *m)
+        .unwrap_or(1.0);
+    let ticks = (0..=4)
+        .map(|i| {
+            let t = xmax * i as f64 / 4.0;
+            Tick {
+                at: px(left + t / xmax * pw),
+                label: Text::at(left + t / xmax * pw, bottom + 16.0, percent_label(t)),
+            }
+        })
+        .collect();
+    let rows = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let y = top + i as f64 * row;
+            IndicatorRow {
+                label: Text::at(left - 8.0, y + row / 2.0 + 4.0, clip(&g.key, 34)),
+                bars: quality::rates(&g.quality)
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (name, v))| Rect {
+                        x: px(left),
+                        y: px(y + 6.0 + k as f64 * bar),
+                        w: px(v.map_or(0.0, |v| (v / xmax * pw).max(if v > 0.0 { 1.0 } else { 0.0 }))),
+                        h: px(bar - 1.0),
+                        fill: INDICATOR_COLOURS[k],
+                        title: format!("{}: {name} {}", g.key, pct(*v)),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let mut legend = Vec::new();
+    let mut lx = left;
+    for (k, (name, _)) in quality::rates(
+        &groups
+            .first()
+            .map_or_else(|| quality::QualityAcc::new(false).finish(), |g| g.quality.clone()),
+    )
+    .iter()
+    .enumerate()
+    {
+        legend.push(Key {
+            x: px(lx),
+            y: px(bottom + 30.0),
+            fill: INDICATOR_COLOURS[k],
+            text: Text::at(lx + 16.0, bottom + 40.0, *name),
+        });
+        lx += 30.0 + name.len() as f64 * 6.6;
+    }
+    IndicatorsChart {
+        title: title.into(),
+        w: WIDTH as u32,
+        h,
+        empty,
+        y1: px(top),
+        y2: px(bottom),
+        ticks,
+        rows,
+        legend,
+    }
+}
+
+/// One group's quality row, every cell formatted.
+#[derive(Serialize)]
+struct QualityRow {
+    key: String,
+    dialogues: u64,
+    rates: Vec<String>,
+    drift: String,
+    distinct: String,
+    mtld: String,
+    self_bleu: String,
+}
+
+impl QualityRow {
+    fn of(g: &Group) -> QualityRow {
+        let q = &g.quality;
+        let both = |f: &dyn Fn(&crate::quality::diversity::Diversity) -> Option<f64>, d: usize| {
+            q.diversity
+                .as_ref()
+                .map(|p| format!("{} / {}", num(f(&p.first_turns), d), num(f(&p.all_turns), d)))
+                .unwrap_or_else(|| "–".into())
+        };
+        QualityRow {
+            key: g.key.clone(),
+            dialogues: g.dialogues,
+            rates: quality::rates(q).iter().map(|(_, v)| pct(*v)).collect(),
+            drift: format!("{} / {}", num(q.style.drift_mean, 3), num(q.style.shift_mean, 3)),
+            distinct: both(&|d| d.distinct_2, 3),
+            mtld: both(&|d| d.mtld, 1),
+            self_bleu: both(&|d| d.self_bleu, 3),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct QualityTable {
+    title: String,
+    key: String,
+    columns: Vec<&'static str>,
+    rows: Vec<QualityRow>,
+}
+
+fn quality_table(title: impl Into<String>, key: &str, groups: &[&Group]) -> QualityTable {
+    QualityTable {
+        title: title.into(),
+        key: key.to_string(),
+        columns: quality::rates(&quality::QualityAcc::new(false).finish())
+            .iter()
+            .map(|(n, _)| *n)
+            .collect(),
+        rows: groups.iter().map(|g| QualityRow::of(g)).collect(),
+    }
+}
+
+/// The quality section: a chart per pair set and per feature, and the tables.
+#[derive(Serialize)]
+struct QualitySection {
+    charts: Vec<IndicatorsChart>,
+    tables: Vec<QualityTable>,
+}
+
+fn quality_section(r: &Report) -> QualitySection {
+    let pairs: Vec<&Group> = std::iter::once(&r.all).chain(&r.pairs).collect();
+    let mut charts = vec![indicators_chart("by pair (inquirer -> responder)", &pairs)];
+    let mut tables = vec![quality_table("By pair (inquirer -> responder)", "pair", &pairs)];
+    for f in &r.features {
+        let values: Vec<&Group> = f.values.iter().collect();
+        charts.push(indicators_chart(format!("by persona feature {}", f.name), &values));
+        tables.push(quality_table(
+            format!("By persona feature {}", f.name),
+            &f.name,
+            &values,
+        ));
+    }
+    for f in &r.cells {
+        let cells: Vec<&Group> = f.values.iter().collect();
+        tables.push(quality_table(
+            format!("By cell ({} value, pair)", f.name),
+            "cell",
+            &cells,
+        ));
+    }
+    QualitySection { charts, tables }
+}
+
 /// What the template gets.
 #[derive(Serialize)]
 struct Page<'a> {
@@ -477,6 +678,7 @@ struct Page<'a> {
     features: Vec<FeatureCharts>,
     goals: FinishedChart,
     tables: Vec<Table>,
+    quality: QualitySection,
     version: &'static str,
 }
 
@@ -542,6 +744,7 @@ fn page(r: &Report) -> Page<'_> {
             .collect(),
         goals: finished_chart("finished share by goal", &r.goals),
         tables,
+        quality: quality_section(r),
         version: env!("CARGO_PKG_VERSION"),
     }
 }

@@ -10,9 +10,10 @@
 //! [`html`] (one offline page with SVG charts).
 
 pub mod html;
+pub mod quality;
 pub mod text;
 
-use crate::dialogue::{DialogueRecord, EndReason};
+use crate::dialogue::EndReason;
 use crate::error::{Error, Result};
 use crate::merge::scan::{self, ScanStats};
 use crate::merge::table::role_totals;
@@ -35,6 +36,7 @@ struct Acc {
     token_dialogues: [u64; 4],
     latency_ms: [f64; 2],
     end_reasons: [u64; EndReason::ALL.len()],
+    quality: quality::QualityAcc,
 }
 
 impl Acc {
@@ -48,10 +50,19 @@ impl Acc {
             token_dialogues: [0; 4],
             latency_ms: [0.0; 2],
             end_reasons: [0; EndReason::ALL.len()],
+            quality: quality::QualityAcc::new(false),
         }
     }
 
-    fn add(&mut self, r: &DialogueRecord) {
+    /// With the quality section's diversity figures (pairs, feature values, cells).
+    fn diverse(mut self) -> Acc {
+        self.quality = quality::QualityAcc::new(true);
+        self
+    }
+
+    fn add(&mut self, a: &quality::Assessed) {
+        self.quality.add(a);
+        let r = a.record;
         self.dialogues += 1;
         if r.ending.reason == EndReason::Stop {
             self.stop += 1;
@@ -142,6 +153,7 @@ impl Acc {
                 .filter(|(_, c)| *c > 0)
                 .map(|(e, c)| (e.as_str().to_string(), c))
                 .collect(),
+            quality: self.quality.finish(),
         }
     }
 }
@@ -184,6 +196,8 @@ pub struct Group {
     pub responder: RoleStats,
     /// Dialogues per end reason (reasons that occurred).
     pub end_reasons: BTreeMap<String, u64>,
+    /// Fidelity indicators and diversity (`quality`).
+    pub quality: quality::Quality,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -207,6 +221,8 @@ pub struct Report {
     pub inquirers: Vec<Group>,
     pub features: Vec<Feature>,
     pub goals: Vec<Group>,
+    /// Grid cells: one persona feature's values within each pair (`name` is the feature).
+    pub cells: Vec<Feature>,
     #[serde(skip)]
     pub stats: ScanStats,
 }
@@ -219,8 +235,8 @@ fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
 pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
     let exp = &plan.experiment;
     let max_turns = exp.dialogue.max_turns;
-    let mut all = Acc::new(max_turns);
-    let mut pairs = vec![Acc::new(max_turns); exp.pairs.len()];
+    let mut all = Acc::new(max_turns).diverse();
+    let mut pairs = vec![Acc::new(max_turns).diverse(); exp.pairs.len()];
     let mut goals = vec![Acc::new(max_turns); exp.goals.len()];
     let inquirer_names: Vec<&str> = {
         let mut v: Vec<&str> = exp.pairs.iter().map(|p| p.inquirer.as_str()).collect();
@@ -244,7 +260,7 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
             let idx = match values.iter().position(|(v, _)| *v == value.as_str()) {
                 Some(i) => i,
                 None => {
-                    values.push((value.as_str(), Acc::new(max_turns)));
+                    values.push((value.as_str(), Acc::new(max_turns).diverse()));
                     values.len() - 1
                 }
             };
@@ -252,9 +268,30 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
         }
         persona_slots.push(slots);
     }
+    // Cells: feature name -> value index -> pair -> accumulator (made when first needed).
+    let mut cells: BTreeMap<&str, Vec<Vec<Option<Acc>>>> = features
+        .iter()
+        .map(|(name, values)| (*name, vec![vec![None; exp.pairs.len()]; values.len()]))
+        .collect();
+    let mut analyzer = crate::quality::Analyzer::new();
+    let mut goal_profiles: Vec<Option<crate::quality::GoalProfile>> = vec![None; exp.goals.len()];
     let stats = scan::scan(rd, plan, |batch| {
         for f in &batch.dialogues {
             let r = &f.record;
+            let profile = goal_profiles
+                .get_mut(f.unit.goal as usize)
+                .ok_or_else(|| Error::config("the units file points outside its plan"))?
+                .get_or_insert_with(|| crate::quality::GoalProfile::new(&exp.goals[f.unit.goal as usize].text));
+            let indicators = analyzer.dialogue(
+                profile,
+                r.turns.iter().map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+            );
+            let r = &quality::Assessed {
+                record: r,
+                unit_id: f.unit.id.0,
+                indicators,
+                stopping: crate::quality::stopping(r.ending.reason, r.turns.len(), max_turns),
+            };
             all.add(r);
             let (pair, goal, persona) = (f.unit.pair as usize, f.unit.goal as usize, f.unit.persona as usize);
             let bad =
@@ -266,10 +303,41 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
                 if let Some(values) = features.get_mut(name) {
                     values[*idx].1.add(r);
                 }
+                if let Some(cell) = cells.get_mut(name).and_then(|c| c[*idx].get_mut(pair)) {
+                    cell.get_or_insert_with(|| Acc::new(max_turns).diverse()).add(r);
+                }
             }
         }
         Ok(())
     })?;
+    let pair_name = |p: &crate::experiment::Pair| format!("{} -> {}", p.inquirer, p.responder);
+    let mut sorted_cells: Vec<Feature> = cells
+        .into_iter()
+        .map(|(name, values)| {
+            let mut groups = Vec::new();
+            for (vi, per_pair) in values.into_iter().enumerate() {
+                let value = features[name][vi].0;
+                for (acc, p) in per_pair.into_iter().zip(&exp.pairs) {
+                    let Some(acc) = acc else { continue };
+                    groups.push(acc.finish(
+                        format!("{value}, {}", pair_name(p)),
+                        labels(&[
+                            ("feature", name),
+                            ("value", value),
+                            ("inquirer", &p.inquirer),
+                            ("responder", &p.responder),
+                        ]),
+                    ));
+                }
+            }
+            groups.sort_by(|a, b| a.key.cmp(&b.key));
+            Feature {
+                name: name.to_string(),
+                values: groups,
+            }
+        })
+        .collect();
+    sorted_cells.sort_by(|a, b| a.name.cmp(&b.name));
     let mut sorted_features: Vec<Feature> = features
         .into_iter()
         .map(|(name, values)| {
@@ -318,6 +386,7 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
             .zip(&goals)
             .map(|(g, acc)| acc.finish(g.id.clone(), labels(&[("goal_id", &g.id)])))
             .collect(),
+        cells: sorted_cells,
         stats,
     })
 }
@@ -332,6 +401,9 @@ impl Report {
             out.extend(f.values.iter().map(|g| (format!("feature:{}", f.name), g)));
         }
         out.extend(self.goals.iter().map(|g| ("goal".to_string(), g)));
+        for f in &self.cells {
+            out.extend(f.values.iter().map(|g| (format!("cell:{}", f.name), g)));
+        }
         out
     }
 
@@ -369,6 +441,7 @@ impl Report {
         .collect();
         header.extend(EndReason::ALL.iter().map(|e| format!("end_{}", e.as_str())));
         header.extend((0..width).map(|k| format!("turns_{k}")));
+        header.extend(quality_csv_header());
         w.write_record(&header).map_err(err)?;
         let f = |v: Option<f64>| v.map(|x| format!("{}", (x * 1e4).round() / 1e4)).unwrap_or_default();
         let u = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -398,12 +471,81 @@ impl Report {
                     .map(|e| g.end_reasons.get(e.as_str()).copied().unwrap_or(0).to_string()),
             );
             row.extend((0..width).map(|k| g.turns.distribution.get(k).copied().unwrap_or(0).to_string()));
+            row.extend(quality_csv_row(&g.quality));
             w.write_record(&row).map_err(err)?;
         }
         w.flush()
             .map_err(|e| Error::runtime(format!("cannot write the CSV report: {e}")))?;
         Ok(())
     }
+}
+
+// ---- The quality section in the CSV: appended after the turns_K columns. ----
+
+/// The quality columns of the CSV report (`q_` prefix): indicator shares and means, then diversity
+/// of the first turns and of all inquirer turns (empty for inquirers and goals).
+fn quality_csv_header() -> Vec<String> {
+    let mut h: Vec<String> = [
+        "q_role_flip_turn_rate",
+        "q_role_flip_dialogue_share",
+        "q_goal_leak_share",
+        "q_goal_word_share_mean",
+        "q_goal_lcs_share_mean",
+        "q_stop_at_first_turn_share",
+        "q_max_turns_without_stop_share",
+        "q_loop_turn_rate",
+        "q_loop_dialogue_share",
+        "q_restart_turn_rate",
+        "q_restart_dialogue_share",
+        "q_style_drift_mean",
+        "q_style_shift_mean",
+        "q_style_shifted_share",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for kind in ["first", "all"] {
+        for m in ["sampled", "distinct_1", "distinct_2", "mtld", "self_bleu"] {
+            h.push(format!("q_{kind}_{m}"));
+        }
+    }
+    h
+}
+
+fn quality_csv_row(q: &quality::Quality) -> Vec<String> {
+    let f = |v: Option<f64>| v.map(|x| format!("{}", (x * 1e4).round() / 1e4)).unwrap_or_default();
+    let mut row: Vec<String> = [
+        q.role_flip.turn_rate,
+        q.role_flip.dialogue_share,
+        q.goal_leak.share,
+        q.goal_leak.word_share_mean,
+        q.goal_leak.lcs_share_mean,
+        q.stopping.stop_at_first_turn_share,
+        q.stopping.max_turns_without_stop_share,
+        q.loops.turn_rate,
+        q.loops.dialogue_share,
+        q.loops.restart_turn_rate,
+        q.loops.restart_dialogue_share,
+        q.style.drift_mean,
+        q.style.shift_mean,
+        q.style.shifted_share,
+    ]
+    .into_iter()
+    .map(f)
+    .collect();
+    for kind in [
+        q.diversity.as_ref().map(|d| &d.first_turns),
+        q.diversity.as_ref().map(|d| &d.all_turns),
+    ] {
+        match kind {
+            Some(d) => {
+                row.push(d.sampled.to_string());
+                row.extend([d.distinct_1, d.distinct_2, d.mtld, d.self_bleu].map(f));
+            }
+            None => row.extend(std::iter::repeat_n(String::new(), 5)),
+        }
+    }
+    row
 }
 
 #[cfg(test)]

@@ -137,5 +137,112 @@ pub fn render(r: &Report) -> String {
     out.push('\n');
     let goals: Vec<&Group> = r.goals.iter().collect();
     out.push_str(&table("by goal", "goal", &goals));
+    out.push_str(&quality_section(r));
+    out
+}
+
+// ---- The quality section (`report::quality`). ----
+
+/// Fidelity indicator rates and diversity per pair, per persona feature value and per cell.
+fn quality_section(r: &Report) -> String {
+    let mut out = String::from(
+        "\nquality: fidelity indicators (README, \"Fidelity indicators\"); rates per inquirer turn (role flip; loops and \
+         restarts after turn 1) or per dialogue; diversity of the first turns (first) and of all inquirer turns (all) on \
+         samples of at most 200 turns\n\n",
+    );
+    let mut pairs: Vec<&Group> = vec![&r.all];
+    pairs.extend(r.pairs.iter());
+    out.push_str(&quality_table("quality by pair", "pair", &pairs));
+    for f in &r.features {
+        out.push('\n');
+        let groups: Vec<&Group> = f.values.iter().collect();
+        out.push_str(&quality_table(
+            &format!("quality by persona feature `{}`", f.name),
+            &f.name,
+            &groups,
+        ));
+    }
+    for f in &r.cells {
+        out.push('\n');
+        let groups: Vec<&Group> = f.values.iter().collect();
+        out.push_str(&quality_table(
+            &format!("quality by cell (`{}` value, pair)", f.name),
+            "cell",
+            &groups,
+        ));
+    }
+    out
+}
+
+fn quality_table(title: &str, key_header: &str, groups: &[&Group]) -> String {
+    let header = [
+        key_header,
+        "dialogues",
+        "role flip",
+        "goal leak",
+        "stop@1",
+        "max no stop",
+        "loops",
+        "restarts",
+        "style shift",
+        "distinct-2 first/all",
+        "MTLD all",
+        "self-BLEU first/all",
+    ];
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            let q = &g.quality;
+            let div = |f: &dyn Fn(&crate::quality::diversity::Diversity) -> Option<f64>, d: usize| match &q.diversity {
+                Some(p) => format!("{}/{}", num(f(&p.first_turns), d), num(f(&p.all_turns), d)),
+                None => "-".into(),
+            };
+            vec![
+                g.key.clone(),
+                g.dialogues.to_string(),
+                pct(q.role_flip.turn_rate),
+                pct(q.goal_leak.share),
+                pct(q.stopping.stop_at_first_turn_share),
+                pct(q.stopping.max_turns_without_stop_share),
+                pct(q.loops.turn_rate),
+                pct(q.loops.restart_turn_rate),
+                pct(q.style.shifted_share),
+                div(&|d| d.distinct_2, 3),
+                q.diversity
+                    .as_ref()
+                    .map(|p| num(p.all_turns.mtld, 1))
+                    .unwrap_or_else(|| "-".into()),
+                div(&|d| d.self_bleu, 3),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = " ".repeat(w.saturating_sub(c.chars().count()));
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&pad);
+            } else {
+                s.push_str("  ");
+                s.push_str(&pad);
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = format!("{title}\n");
+    out.push_str(&line(&header.map(String::from)));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
     out
 }

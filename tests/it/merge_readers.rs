@@ -255,7 +255,8 @@ fn expectation(rd: &RunDir, plan: &Plan) -> Value {
     ] {
         dschema.push((c.to_string(), k));
     }
-    let tschema: Vec<(&str, &str)> = vec![
+    dschema.extend(INDICATOR_DIALOGUE_SCHEMA.iter().map(|(c, k)| (c.to_string(), *k)));
+    let mut tschema: Vec<(&str, &str)> = vec![
         ("unit_id", text),
         ("turn", "uint32"),
         ("inquirer_text", text),
@@ -278,6 +279,7 @@ fn expectation(rd: &RunDir, plan: &Plan) -> Value {
         ("inquirer_self_reply_cut", "bool"),
         ("responder_self_reply_cut", "bool"),
     ];
+    tschema.extend(INDICATOR_TURN_SCHEMA.iter().copied());
     json!({
         "plan_hash": plan.plan_hash,
         "tool_version": env!("CARGO_PKG_VERSION"),
@@ -289,7 +291,90 @@ fn expectation(rd: &RunDir, plan: &Plan) -> Value {
         "end_reasons": end_reasons,
         "responder_completion_tokens": responder_completion_tokens,
         "dialogues": dialogues,
+        "indicators": indicator_expectations(plan, &units, &done),
     })
+}
+
+// ---- Fidelity indicators: the columns merge appends, and their values from the library. ----
+
+const INDICATOR_DIALOGUE_SCHEMA: &[(&str, &str)] = &[
+    ("role_flip_turns", "uint32"),
+    ("role_flip_rate", "float64"),
+    ("goal_content_words", "uint32"),
+    ("goal_word_share", "float64"),
+    ("goal_lcs_chars", "uint32"),
+    ("goal_lcs_share", "float64"),
+    ("goal_leak", "bool"),
+    ("stop_token_used", "bool"),
+    ("stop_turn", "uint32"),
+    ("stop_at_first_turn", "bool"),
+    ("max_turns_without_stop", "bool"),
+    ("loop_turns", "uint32"),
+    ("restart_turns", "uint32"),
+    ("style_drift", "float64"),
+    ("style_shift", "float64"),
+    ("style_shifted", "bool"),
+];
+
+const INDICATOR_TURN_SCHEMA: &[(&str, &str)] = &[
+    ("inquirer_words", "uint32"),
+    ("question_ratio", "float64"),
+    ("contraction_rate", "float64"),
+    ("formality", "float64"),
+    ("role_flip", "bool"),
+    ("role_flip_signals", "list<utf8>"),
+    ("repeat_jaccard", "float64"),
+    ("near_duplicate", "bool"),
+    ("restart", "bool"),
+];
+
+/// Per unit id: the indicators `roleplay::quality` computes from the journal's record.
+fn indicator_expectations(
+    plan: &Plan,
+    units: &[plan::Unit],
+    done: &HashMap<plan::UnitId, (DialogueRecord, u32)>,
+) -> Value {
+    use roleplay::quality::{indicators, stopping};
+    let exp = &plan.experiment;
+    let mut out = serde_json::Map::new();
+    for u in units {
+        let Some((r, _)) = done.get(&u.id) else { continue };
+        let goal = &exp.goals[u.goal as usize].text;
+        let ind = indicators::dialogue(
+            goal,
+            r.turns.iter().map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+        );
+        let s = stopping(r.ending.reason, r.turns.len(), exp.dialogue.max_turns);
+        let turns: Vec<Value> = ind
+            .turns
+            .iter()
+            .map(|t| {
+                json!({
+                    "inquirer_words": t.style.words,
+                    "formality": t.style.formality,
+                    "role_flip": t.role_flip,
+                    "role_flip_signals": t.signals.names().collect::<Vec<_>>(),
+                    "repeat_jaccard": t.repeat_jaccard,
+                    "restart": t.restart,
+                })
+            })
+            .collect();
+        out.insert(
+            u.id.to_string(),
+            json!({
+                "role_flip_turns": ind.role_flip_turns,
+                "goal_leak": ind.goal.leak,
+                "goal_word_share": ind.goal.word_share,
+                "goal_lcs_chars": ind.goal.lcs_chars,
+                "stop_turn": s.stop_turn,
+                "max_turns_without_stop": s.max_turns_without_stop,
+                "loop_turns": ind.loop_turns,
+                "style_shift": ind.style_shift,
+                "turns": turns,
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 fn python_check(expected: &Path, dialogues: &Path, turns: &Path) {

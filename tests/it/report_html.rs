@@ -135,8 +135,9 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(
         page.matches("<svg").count(),
-        5,
-        "turns, end reasons, one chart per feature (2) and one for the goals"
+        5 + 3,
+        "turns, end reasons, one chart per feature (2) and one for the goals; the quality section's \
+         indicator charts per pair and per feature (2)"
     );
     for external in ["http://", "https://", "<script", "src=", "url("] {
         assert!(
@@ -208,8 +209,9 @@ fn json_and_csv_agree_with_the_run() {
     assert_eq!(all[col("grouping")], "all");
     assert_eq!(all[col("dialogues")].parse::<u64>().unwrap(), w.finished);
     assert_eq!(all[col("end_backend_error")].parse::<u64>().unwrap(), w.failed);
-    // all, 2 pairs, 2 inquirers, 3 + 2 feature values, 3 goals.
-    assert_eq!(csv.lines().count(), 1 + 1 + 2 + 2 + 5 + 3);
+    // all, 2 pairs, 2 inquirers, 3 + 2 feature values, 3 goals, then the quality section's cells
+    // ((3 + 2 feature values) x 2 pairs).
+    assert_eq!(csv.lines().count(), 1 + 1 + 2 + 2 + 5 + 3 + 10);
 
     // The terminal table, and one format at a time.
     let out = Command::new(BIN)

@@ -75,6 +75,9 @@ for name, path, schema in [
         if kind == "list<struct>":
             t = f.schema_arrow.field(col).type
             check(pa.types.is_list(t) and pa.types.is_struct(t.value_type), f"pyarrow: {name}.{col}: {t}")
+        elif kind == "list<utf8>":
+            t = f.schema_arrow.field(col).type
+            check(pa.types.is_list(t) and t.value_type in ARROW["utf8"], f"pyarrow: {name}.{col}: {t}")
         elif col in names:
             t = f.schema_arrow.field(col).type
             check(t in ARROW[kind], f"pyarrow: {name}.{col}: {t} is not {kind}")
@@ -173,6 +176,44 @@ plan_hash = plan_hash.decode() if isinstance(plan_hash, bytes) else plan_hash
 check(plan_hash == exp["plan_hash"], f"duckdb: plan hash {plan_hash!r}")
 for uid, text in q(f"SELECT unit_id, turns[1].responder_text FROM '{dp}' WHERE num_turns > 0 ORDER BY unit_id LIMIT 50"):
     check(text == rows[uid]["turns"][0]["responder_text"], f"duckdb: {uid} first reply differs")
+
+# ---------------------------------------------------------------- fidelity indicators
+# Values against what roleplay::quality computes from the journals' records; every reader.
+ind = exp.get("indicators", {})
+for r in got:
+    e = ind.get(r["unit_id"])
+    if e is None:
+        failures.append(f"pyarrow: no indicator expectation for {r['unit_id']}")
+        continue
+    for k in ["role_flip_turns", "goal_leak", "goal_lcs_chars", "stop_turn", "max_turns_without_stop", "loop_turns"]:
+        check(r[k] == e[k], f"pyarrow: {r['unit_id']}.{k}: {r[k]!r} != {e[k]!r}")
+    for k in ["goal_word_share", "style_shift"]:
+        check(close(r[k], e[k]), f"pyarrow: {r['unit_id']}.{k}: {r[k]!r} != {e[k]!r}")
+    for nt, et in zip(r["turns"], e["turns"]):
+        for k in ["inquirer_words", "role_flip", "role_flip_signals", "restart"]:
+            check(nt[k] == et[k], f"pyarrow: {r['unit_id']} turn {nt['turn']}.{k}: {nt[k]!r} != {et[k]!r}")
+        for k in ["formality", "repeat_jaccard"]:
+            check(close(nt[k], et[k]), f"pyarrow: {r['unit_id']} turn {nt['turn']}.{k}: {nt[k]!r} != {et[k]!r}")
+flat = pq.read_table(turns_path, columns=["unit_id", "turn", "role_flip_signals", "repeat_jaccard"]).to_pylist()
+for ft in flat:
+    e = ind.get(ft["unit_id"])
+    if e is not None and ft["turn"] < len(e["turns"]):
+        check(ft["role_flip_signals"] == e["turns"][ft["turn"]]["role_flip_signals"],
+              f"pyarrow: turns.parquet {ft['unit_id']}/{ft['turn']} signals")
+want_flips = sum(e["role_flip_turns"] for e in ind.values())
+want_leaks = sum(1 for e in ind.values() if e["goal_leak"])
+want_signals = sum(len(t["role_flip_signals"]) for e in ind.values() for t in e["turns"])
+check(int(d["role_flip_turns"].sum() or 0) == want_flips, "polars: role_flip_turns does not add up")
+check(int(d["goal_leak"].cast(pl.Int64).sum() or 0) == want_leaks, "polars: goal_leak does not add up")
+check(t["role_flip_signals"].list.len().sum() == want_signals, "polars: turns.role_flip_signals do not add up")
+nested = d.select("turns").explode("turns").drop_nulls("turns").unnest("turns")
+check(int(nested["role_flip"].cast(pl.Int64).sum() or 0) == want_flips, "polars: nested role_flip does not add up")
+(flips, leaks), = q(f"SELECT coalesce(sum(role_flip_turns), 0), coalesce(sum(goal_leak::INT), 0) FROM '{dp}'")
+check((int(flips), int(leaks)) == (want_flips, want_leaks), f"duckdb: flips/leaks {flips}/{leaks}")
+(sig,), = q(f"SELECT coalesce(sum(len(role_flip_signals)), 0) FROM '{tp}'")
+check(int(sig) == want_signals, f"duckdb: {sig} signals, expected {want_signals}")
+(ttype,), = q(f"SELECT column_type FROM (DESCRIBE SELECT role_flip_signals FROM '{tp}')")
+check(ttype == "VARCHAR[]", f"duckdb: turns.role_flip_signals is {ttype}")
 
 if failures:
     print(f"{len(failures)} mismatch(es):", file=sys.stderr)

@@ -34,6 +34,7 @@ fn group(key: &str, reasons: &[(&str, u64)], latency_ms_total: f64) -> Group {
         inquirer: role.clone(),
         responder: role,
         end_reasons: reasons.iter().map(|(r, c)| (r.to_string(), *c)).collect(),
+        quality: crate::report::quality::QualityAcc::new(true).finish(),
     }
 }
 
@@ -69,6 +70,7 @@ fn report() -> Report {
                 group("calm", &[("stop", 1), ("max_turns", 1), ("no_prompt", 1)], 0.0),
             ],
         }],
+        cells: Vec::new(),
         goals: vec![
             group("g\"&'1", &[("max_turns", 2), ("no_prompt", 1)], 900.0),
             group("g2", &[("stop", 2), ("max_turns", 1)], 600.0),
