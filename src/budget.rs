@@ -135,6 +135,38 @@ fn exact_share(caps: &Caps, plan: &Plan, shard: u32, among: impl Fn(&crate::plan
     }
 }
 
+/// `1,234 of 2,000 tokens, 12 requests, 0.42 of 1.00 cost`: each dimension spent, with its cap.
+pub fn describe(u: &Usage, caps: &Caps) -> String {
+    let of = |v: u64, cap: Option<u64>, what: &str| match cap {
+        Some(c) => format!("{v} of {c} {what}"),
+        None => format!("{v} {what}"),
+    };
+    let mut parts = vec![
+        of(u.tokens(), caps.tokens, "tokens"),
+        of(u.requests, caps.requests, "requests"),
+    ];
+    for (v, cap, what) in [
+        (u.prompt_tokens, caps.prompt_tokens, "prompt tokens"),
+        (u.completion_tokens, caps.completion_tokens, "completion tokens"),
+        (u.inquirer_tokens, caps.inquirer_tokens, "inquirer tokens"),
+        (u.responder_tokens, caps.responder_tokens, "responder tokens"),
+    ] {
+        if cap.is_some() {
+            parts.push(of(v, cap, what));
+        }
+    }
+    if let Some(c) = caps.cost {
+        parts.push(format!("{:.4} of {c:.4} cost", u.cost));
+    }
+    parts.join(", ")
+}
+
+/// The prices of a pair's (inquirer, responder), in that order.
+pub fn prices(exp: &Experiment, pair: &crate::experiment::Pair) -> [Option<Price>; 2] {
+    let price = |name: &str| exp.model(name).and_then(|m| m.transport.price);
+    [price(&pair.inquirer), price(&pair.responder)]
+}
+
 /// Caps added up, dimension by dimension (a dimension any of them leaves uncapped is uncapped).
 pub fn sum_caps(all: &[Caps]) -> Caps {
     fn sum<T: Copy + std::ops::Add<Output = T>>(xs: impl Iterator<Item = Option<T>>) -> Option<T> {

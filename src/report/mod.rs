@@ -223,8 +223,74 @@ pub struct Report {
     pub goals: Vec<Group>,
     /// Grid cells: one persona feature's values within each pair (`name` is the feature).
     pub cells: Vec<Feature>,
+    /// Spent against the budget, when the experiment has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetReport>,
     #[serde(skip)]
     pub stats: ScanStats,
+}
+
+/// What a run spent against its caps: in all, and per pair.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetReport {
+    pub run: Spending,
+    pub pairs: Vec<Spending>,
+}
+
+/// One group's spending and caps (the sum of its shards' shares).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Spending {
+    pub name: String,
+    pub spent: crate::budget::Usage,
+    pub caps: crate::experiment::Caps,
+    /// Shards stopped at their share.
+    pub shards_at_budget: u64,
+}
+
+/// Every shard's spending, from its journal (calls of unfinished dialogues included), summed per
+/// pair and for the run.
+fn budget_report(rd: &RunDir, plan: &Plan) -> Result<Option<BudgetReport>> {
+    let exp = &plan.experiment;
+    if exp.budget.is_empty() {
+        return Ok(None);
+    }
+    let mut per_pair: Vec<(crate::budget::Usage, Vec<crate::experiment::Caps>, u64)> =
+        vec![Default::default(); exp.pairs.len()];
+    for shard in &plan.shards {
+        let pair = &exp.pairs[shard.pair as usize];
+        let entries = crate::rundir::journal::read(&rd.journal_path(shard.index))?
+            .map(|c| c.entries)
+            .unwrap_or_default();
+        let spent = crate::rundir::journal::spent(&entries, &crate::budget::prices(exp, pair));
+        let slot = &mut per_pair[shard.pair as usize];
+        slot.0.add(&spent);
+        slot.1.push(crate::budget::shard_caps(exp, plan, shard.index));
+        let at_budget = crate::rundir::state::read(rd, shard.index)
+            .is_some_and(|s| s.plan_hash == plan.plan_hash && s.status == crate::rundir::state::ShardStatus::Budget);
+        slot.2 += u64::from(at_budget);
+    }
+    let mut run = Spending {
+        name: "all".into(),
+        spent: Default::default(),
+        caps: exp.budget.run,
+        shards_at_budget: 0,
+    };
+    let pairs = exp
+        .pairs
+        .iter()
+        .zip(per_pair)
+        .map(|(p, (spent, caps, at))| {
+            run.spent.add(&spent);
+            run.shards_at_budget += at;
+            Spending {
+                name: format!("{} -> {}", p.inquirer, p.responder),
+                spent,
+                caps: crate::budget::sum_caps(&caps),
+                shards_at_budget: at,
+            }
+        })
+        .collect();
+    Ok(Some(BudgetReport { run, pairs }))
 }
 
 fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -353,7 +419,9 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
         })
         .collect();
     sorted_features.sort_by(|a, b| a.name.cmp(&b.name));
+    let budget = budget_report(rd, plan)?;
     Ok(Report {
+        budget,
         experiment: exp.name.clone(),
         plan_hash: plan.plan_hash.clone(),
         stop_token: exp.dialogue.stop_token.clone(),

@@ -138,6 +138,21 @@ pub fn render(r: &Report) -> String {
     let goals: Vec<&Group> = r.goals.iter().collect();
     out.push_str(&table("by goal", "goal", &goals));
     out.push_str(&quality_section(r));
+    if let Some(b) = &r.budget {
+        out.push_str("\nbudget: spent (the servers' usage, from the journals) against the caps\n");
+        for s in std::iter::once(&b.run).chain(&b.pairs) {
+            out.push_str(&format!(
+                "  {}: {}{}\n",
+                s.name,
+                crate::budget::describe(&s.spent, &s.caps),
+                if s.shards_at_budget > 0 {
+                    format!("; {} shards stopped at their share", s.shards_at_budget)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
     out
 }
 

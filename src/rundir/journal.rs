@@ -154,6 +154,41 @@ impl Journal {
     }
 }
 
+/// What a journal records as spent: every recorded call's tokens (those of the replies it cut and
+/// asked again included) and requests, and the requests of the calls that failed.
+pub fn spent(entries: &[Entry], prices: &[Option<crate::experiment::Price>; 2]) -> crate::budget::Usage {
+    use crate::experiment::Role;
+    let price = |role: Role| prices[usize::from(role == Role::Responder)];
+    let mut total = crate::budget::Usage::default();
+    for e in entries {
+        match e {
+            Entry::Call(c) => {
+                let (role, call) = (c.key.role, &c.call);
+                total.add(&crate::budget::Usage::of(
+                    role,
+                    u64::from(call.prompt_tokens.unwrap_or(0) + call.discarded_prompt_tokens),
+                    u64::from(call.completion_tokens.unwrap_or(0) + call.discarded_completion_tokens),
+                    u64::from(call.attempts),
+                    price(role),
+                ));
+            }
+            Entry::Done(d) => {
+                if let Some(f) = &d.ending.error {
+                    total.add(&crate::budget::Usage::of(
+                        f.role,
+                        0,
+                        0,
+                        u64::from(f.attempts),
+                        price(f.role),
+                    ));
+                }
+            }
+            Entry::Attempt(_) => {}
+        }
+    }
+    total
+}
+
 /// What a journal says about each unit of its shard.
 #[derive(Debug, Default)]
 pub struct Replay {

@@ -93,7 +93,7 @@ pub fn print_budget_stops(stops: &[(u32, &crate::worker::BudgetStop)]) {
             eprintln!(
                 "budget: shard {shard} stopped at its share of `budget.{}`: spent {}",
                 b.cap,
-                describe_spend(&b.spent, &b.caps)
+                crate::budget::describe(&b.spent, &b.caps)
             );
         }
     } else {
@@ -112,37 +112,11 @@ pub fn print_budget_stops(stops: &[(u32, &crate::worker::BudgetStop)]) {
             "budget: {} shards stopped at their share of `budget.{}`: together they spent {}",
             stops.len(),
             keys.join("`, `budget."),
-            describe_spend(&spent, &sum)
+            crate::budget::describe(&spent, &sum)
         );
     }
     eprintln!(
         "hint: raise the caps in `[budget]` and run again with `--replan` (`roleplay run FILE --replan`): \
          every finished call and dialogue is kept"
     );
-}
-
-/// `1,234 of 2,000 tokens, 12 requests, 0.42 of 1.00 cost`: each dimension spent, with its cap.
-pub fn describe_spend(u: &crate::budget::Usage, caps: &crate::experiment::Caps) -> String {
-    let of = |v: u64, cap: Option<u64>, what: &str| match cap {
-        Some(c) => format!("{v} of {c} {what}"),
-        None => format!("{v} {what}"),
-    };
-    let mut parts = vec![
-        of(u.tokens(), caps.tokens, "tokens"),
-        of(u.requests, caps.requests, "requests"),
-    ];
-    for (v, cap, what) in [
-        (u.prompt_tokens, caps.prompt_tokens, "prompt tokens"),
-        (u.completion_tokens, caps.completion_tokens, "completion tokens"),
-        (u.inquirer_tokens, caps.inquirer_tokens, "inquirer tokens"),
-        (u.responder_tokens, caps.responder_tokens, "responder tokens"),
-    ] {
-        if cap.is_some() {
-            parts.push(of(v, cap, what));
-        }
-    }
-    if let Some(c) = caps.cost {
-        parts.push(format!("{:.4} of {c:.4} cost", u.cost));
-    }
-    parts.join(", ")
 }

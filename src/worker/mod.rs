@@ -285,7 +285,7 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
         let pair = &plan.experiment.pairs[plan.shards[shard as usize].pair as usize];
         Arc::new(crate::budget::Ledger::new(
             caps,
-            spent_in(&contents.entries, &prices(&plan.experiment, pair)),
+            journal::spent(&contents.entries, &crate::budget::prices(&plan.experiment, pair)),
         ))
     });
     let mut replay = Replay::from_entries(contents.entries);
@@ -308,50 +308,6 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
         prior_state: state::read(rd, shard),
         ledger,
     })
-}
-
-/// The prices of a pair's (inquirer, responder).
-fn prices(
-    exp: &crate::experiment::Experiment,
-    pair: &crate::experiment::Pair,
-) -> [Option<crate::experiment::Price>; 2] {
-    let price = |name: &str| exp.model(name).and_then(|m| m.transport.price);
-    [price(&pair.inquirer), price(&pair.responder)]
-}
-
-/// What a journal records as spent: every recorded call's tokens (those of the replies it cut and
-/// asked again included) and requests, and the requests of the calls that failed.
-fn spent_in(entries: &[Entry], prices: &[Option<crate::experiment::Price>; 2]) -> crate::budget::Usage {
-    use crate::experiment::Role;
-    let price = |role: Role| prices[usize::from(role == Role::Responder)];
-    let mut total = crate::budget::Usage::default();
-    for e in entries {
-        match e {
-            Entry::Call(c) => {
-                let (role, call) = (c.key.role, &c.call);
-                total.add(&crate::budget::Usage::of(
-                    role,
-                    u64::from(call.prompt_tokens.unwrap_or(0) + call.discarded_prompt_tokens),
-                    u64::from(call.completion_tokens.unwrap_or(0) + call.discarded_completion_tokens),
-                    u64::from(call.attempts),
-                    price(role),
-                ));
-            }
-            Entry::Done(d) => {
-                if let Some(f) = &d.ending.error {
-                    total.add(&crate::budget::Usage::of(
-                        f.role,
-                        0,
-                        0,
-                        u64::from(f.attempts),
-                        price(f.role),
-                    ));
-                }
-            }
-            Entry::Attempt(_) => {}
-        }
-    }
-    total
 }
 
 /// Run one shard to completion, or until the stop signal.
@@ -609,7 +565,7 @@ async fn drive(
         Some(u) => shared.plan.experiment.pairs[u.pair as usize].clone(),
         None => return Ok(Driven::default()),
     };
-    let prices = prices(&shared.plan.experiment, &pair);
+    let prices = crate::budget::prices(&shared.plan.experiment, &pair);
     let at_budget = || ledger.as_ref().and_then(|l| l.reached()).is_some();
     let mut pending = todo.into_iter();
     let on_done = |res: std::result::Result<Result<dialogue::Outcome>, tokio::task::JoinError>,

@@ -133,6 +133,23 @@ fn every_shard_stays_within_its_share_and_a_larger_budget_finishes_the_run_once(
         }
     }
 
+    // The report shows the same spending against the caps.
+    let rep = roleplay(
+        &logs,
+        &["report", run.to_str().unwrap(), "--json"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let rep: serde_json::Value = serde_json::from_str(&rep.stdout).expect("report JSON");
+    let b = &rep["budget"]["run"];
+    assert_eq!(
+        b["spent"]["prompt_tokens"].as_u64().unwrap() + b["spent"]["completion_tokens"].as_u64().unwrap(),
+        total.tokens()
+    );
+    assert_eq!(b["spent"]["requests"].as_u64(), Some(total.requests));
+    assert_eq!(b["caps"]["tokens"].as_u64(), Some(12_000));
+    assert_eq!(b["shards_at_budget"].as_u64(), Some(stopped));
+
     // A larger budget: re-plan (unit ids do not change, every recorded call is carried over).
     let before = journaled_calls(&run);
     let text = std::fs::read_to_string(&file)

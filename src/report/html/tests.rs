@@ -43,6 +43,7 @@ fn report() -> Report {
     let ask_a = group("ask-a", &[("max_turns", 3)], 1500.0);
     let ask_b = group("ask-b", &[("stop", 2), ("no_prompt", 1)], 0.0);
     Report {
+        budget: None,
         experiment: "exp <i>one</i>".into(),
         plan_hash: "0123456789abcdef".into(),
         stop_token: "<END>".into(),
