@@ -76,8 +76,16 @@ fn table(title: &str, key_header: &str, groups: &[&Group]) -> String {
             ]
         })
         .collect();
+    // Text columns left-aligned, numbers right-aligned.
+    let text_columns = [0, 5, header.len() - 1];
+    layout(title, &header, &rows, |i| text_columns.contains(&i))
+}
+
+/// A titled table: a header row and the rows, columns as wide as their widest cell, the columns
+/// `left` says are text left-aligned and the others (numbers) right-aligned, two spaces apart.
+fn layout(title: &str, header: &[&str], rows: &[Vec<String>], left: impl Fn(usize) -> bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -85,25 +93,24 @@ fn table(title: &str, key_header: &str, groups: &[&Group]) -> String {
     let line = |cells: &[String]| -> String {
         let mut s = String::new();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            let pad = w.saturating_sub(c.chars().count());
-            // Text columns left-aligned, numbers right-aligned.
-            if i == 0 || i == 5 || i == cells.len() - 1 {
-                s.push_str(c);
-                s.push_str(&" ".repeat(pad));
-            } else {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(c);
-            }
-            if i + 1 < cells.len() {
+            let pad = " ".repeat(w.saturating_sub(c.chars().count()));
+            if i > 0 {
                 s.push_str("  ");
+            }
+            if left(i) {
+                s.push_str(c);
+                s.push_str(&pad);
+            } else {
+                s.push_str(&pad);
+                s.push_str(c);
             }
         }
         s.trim_end().to_string()
     };
     let mut out = format!("{title}\n");
-    out.push_str(&line(&header.map(String::from)));
+    out.push_str(&line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
     out.push('\n');
-    for r in &rows {
+    for r in rows {
         out.push_str(&line(r));
         out.push('\n');
     }
@@ -231,33 +238,5 @@ fn quality_table(title: &str, key_header: &str, groups: &[&Group]) -> String {
             ]
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            let pad = " ".repeat(w.saturating_sub(c.chars().count()));
-            if i == 0 {
-                s.push_str(c);
-                s.push_str(&pad);
-            } else {
-                s.push_str("  ");
-                s.push_str(&pad);
-                s.push_str(c);
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let mut out = format!("{title}\n");
-    out.push_str(&line(&header.map(String::from)));
-    out.push('\n');
-    for r in &rows {
-        out.push_str(&line(r));
-        out.push('\n');
-    }
-    out
+    layout(title, &header, &rows, |i| i == 0)
 }
