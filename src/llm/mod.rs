@@ -6,6 +6,7 @@
 //! happen inside the backend (one policy, `retry.rs`); what reaches the engine is final.
 
 pub mod openai;
+pub mod pool;
 pub mod replay;
 pub mod retry;
 pub mod sim;
