@@ -31,7 +31,7 @@ pub(super) async fn run(
     responder: &dyn ChatModel,
     cache: &CallCache,
     recorder: &dyn Recorder,
-) -> crate::Result<Outcome> {
+) -> crate::error::Result<Outcome> {
     let inquirer_templates = templates(input.inquirer, Role::Inquirer)?;
     let responder_templates = templates(input.responder, Role::Responder)?;
     let goal_lines = input.goal.lines();
@@ -228,9 +228,9 @@ fn cut_by_window(completion: &Completion, sampling: &Sampling, window: Option<u3
     )
 }
 
-fn templates(model: &Model, role: Role) -> crate::Result<&Templates> {
+fn templates(model: &Model, role: Role) -> crate::error::Result<&Templates> {
     model.templates(role).ok_or_else(|| {
-        crate::Error::runtime(format!("model `{}` has no {role} templates", model.name)).with_hint(format!(
+        crate::error::Error::runtime(format!("model `{}` has no {role} templates", model.name)).with_hint(format!(
             "a dialogue needs an {role} model that lists \"{role}\" in `roles`"
         ))
     })
@@ -405,7 +405,7 @@ impl<'a> Side<'a> {
         key: CallKey,
         input: &str,
         sampling: Sampling,
-    ) -> crate::Result<Got> {
+    ) -> crate::error::Result<Got> {
         if let Some(call) = journal.cache.get(&key) {
             self.learn(input, call);
             let call = Box::new(call.clone());
@@ -534,7 +534,13 @@ impl<'a> Side<'a> {
     }
 
     /// Hand a new call to the recorder (in its event, taken back out: no copy) and learn from it.
-    fn record(&mut self, journal: &Journal<'_>, key: CallKey, input: &str, call: Call) -> crate::Result<Box<Call>> {
+    fn record(
+        &mut self,
+        journal: &Journal<'_>,
+        key: CallKey,
+        input: &str,
+        call: Call,
+    ) -> crate::error::Result<Box<Call>> {
         let event = CallEvent { key, call };
         journal.recorder.record(&event)?;
         let call = event.call;
@@ -735,10 +741,10 @@ mod tests {
     }
 
     impl Recorder for Collect {
-        fn record(&self, event: &CallEvent) -> crate::Result<()> {
+        fn record(&self, event: &CallEvent) -> crate::error::Result<()> {
             let mut events = self.events.lock().unwrap();
             if self.fail_after.is_some_and(|n| events.len() >= n) {
-                return Err(crate::Error::runtime("`journal.jsonl`: disk full"));
+                return Err(crate::error::Error::runtime("`journal.jsonl`: disk full"));
             }
             events.push(event.clone());
             Ok(())
@@ -878,7 +884,12 @@ mod tests {
             }
         }
 
-        async fn run_with(&self, fake: &Fake, cache: &CallCache, recorder: &Collect) -> crate::Result<DialogueRecord> {
+        async fn run_with(
+            &self,
+            fake: &Fake,
+            cache: &CallCache,
+            recorder: &Collect,
+        ) -> crate::error::Result<DialogueRecord> {
             match run_dialogue(self.input(), fake, fake, cache, recorder).await? {
                 Outcome::Finished(record) => Ok(*record),
                 Outcome::Stopped => panic!("the test recorder never asks for a stop"),

@@ -35,7 +35,7 @@ pub type CallCache = HashMap<CallKey, Call>;
 
 /// Receives every new completed call before the engine goes on (the worker's journal).
 pub trait Recorder: Send + Sync {
-    fn record(&self, event: &CallEvent) -> crate::Result<()>;
+    fn record(&self, event: &CallEvent) -> crate::error::Result<()>;
 
     /// A stop was asked for: no new request may start (the dialogue then waits in the journal,
     /// and a later run resumes it from its recorded calls).
@@ -93,6 +93,6 @@ pub async fn run_dialogue(
     responder: &dyn ChatModel,
     cache: &CallCache,
     recorder: &dyn Recorder,
-) -> crate::Result<Outcome> {
+) -> crate::error::Result<Outcome> {
     engine::run(input, inquirer, responder, cache, recorder).await
 }

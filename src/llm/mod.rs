@@ -180,7 +180,7 @@ pub trait ChatModel: Send + Sync {
 ///
 /// HTTP backends get their own connection pool and concurrency cap; `replay` reads and checks its
 /// file here, so a bad file fails before any dialogue starts.
-pub fn client_for(model: &crate::experiment::Model) -> crate::Result<std::sync::Arc<dyn ChatModel>> {
+pub fn client_for(model: &crate::experiment::Model) -> crate::error::Result<std::sync::Arc<dyn ChatModel>> {
     use crate::experiment::Backend;
     let b = &model.behaviour;
     Ok(match b.backend {
@@ -188,7 +188,7 @@ pub fn client_for(model: &crate::experiment::Model) -> crate::Result<std::sync::
         Backend::Sim => std::sync::Arc::new(sim::SimModel::new(&model.name, b.sim.clone().unwrap_or_default())),
         Backend::Replay => {
             let path = model.transport.replay_file.as_deref().ok_or_else(|| {
-                crate::Error::config(format!(
+                crate::error::Error::config(format!(
                     "model `{}`: the `replay` backend needs `replay_file`",
                     model.name
                 ))

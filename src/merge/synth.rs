@@ -301,7 +301,7 @@ pub fn synthesize_to(rd: &RunDir, opts: &Options, mut jsonl: Option<&mut dyn std
             records.push(mk(failed));
             w.turns += records.last().map_or(0, |r| r.turns.len() as u64);
             if let (Some(out), Some(last)) = (jsonl.as_mut(), records.last()) {
-                let mut line = serde_json::to_vec(last).map_err(|e| crate::Error::runtime(e.to_string()))?;
+                let mut line = serde_json::to_vec(last).map_err(|e| crate::error::Error::runtime(e.to_string()))?;
                 line.push(b'\n');
                 out.write_all(&line)?;
             }

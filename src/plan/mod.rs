@@ -181,14 +181,14 @@ pub enum ExpandError {
 
 impl ExpandError {
     /// The user's error, naming the experiment file.
-    pub fn for_file(self, file: &std::path::Path) -> crate::Error {
+    pub fn for_file(self, file: &std::path::Path) -> crate::error::Error {
         let hint = match &self {
             ExpandError::IdenticalPairs(..) => {
                 "make the models differ (e.g. in sampling or templates), or list `[[pairs]]` without one of them"
             }
             ExpandError::DuplicateUnit(_) => "make the personas, goals or seeds that repeat differ",
         };
-        crate::Error::config(format!("`{}`: `pairs`: {self}", file.display())).with_hint(hint)
+        crate::error::Error::config(format!("`{}`: `pairs`: {self}", file.display())).with_hint(hint)
     }
 }
 

@@ -198,7 +198,7 @@ impl RunDir {
     }
 
     /// Read and check the plan manifest (see [`plans::load`]).
-    pub fn load_plan(&self) -> crate::Result<crate::plan::Plan> {
+    pub fn load_plan(&self) -> crate::error::Result<crate::plan::Plan> {
         plans::load(self)
     }
 }

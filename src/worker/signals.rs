@@ -74,7 +74,7 @@ impl Cancel {
 const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Turn the four stop signals into `cancel`. Must be called inside a tokio runtime.
-pub fn install(cancel: &Cancel) -> crate::Result<()> {
+pub fn install(cancel: &Cancel) -> crate::error::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
         (SignalKind::terminate(), "SIGTERM"),
@@ -84,7 +84,7 @@ pub fn install(cancel: &Cancel) -> crate::Result<()> {
     ];
     let first_at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>> = Default::default();
     for (kind, name) in kinds {
-        let mut s = signal(kind).map_err(|e| crate::Error::runtime(format!("cannot handle {name}: {e}")))?;
+        let mut s = signal(kind).map_err(|e| crate::error::Error::runtime(format!("cannot handle {name}: {e}")))?;
         let cancel = cancel.clone();
         let first_at = first_at.clone();
         tokio::spawn(async move {

@@ -395,22 +395,22 @@ fn failed_units_and_the_attempt_budget() {
 fn an_unreadable_queue_is_reported_not_guessed() {
     struct Down;
     impl Scheduler for Down {
-        fn submit(&self, _: &std::path::Path, _: &[String]) -> crate::Result<crate::slurm::Submitted> {
+        fn submit(&self, _: &std::path::Path, _: &[String]) -> crate::error::Result<crate::slurm::Submitted> {
             unreachable!()
         }
-        fn queue(&self, _: &QueueFilter) -> crate::Result<Vec<QueueRecord>> {
-            Err(crate::Error::runtime("`squeue` did not answer within 60 s"))
+        fn queue(&self, _: &QueueFilter) -> crate::error::Result<Vec<QueueRecord>> {
+            Err(crate::error::Error::runtime("`squeue` did not answer within 60 s"))
         }
-        fn accounting(&self, _: &[JobRef]) -> crate::Result<Option<Vec<AccountingRecord>>> {
-            Err(crate::Error::runtime("sacct: down"))
+        fn accounting(&self, _: &[JobRef]) -> crate::error::Result<Option<Vec<AccountingRecord>>> {
+            Err(crate::error::Error::runtime("sacct: down"))
         }
-        fn config(&self) -> crate::Result<Limits> {
-            Err(crate::Error::runtime("down"))
+        fn config(&self) -> crate::error::Result<Limits> {
+            Err(crate::error::Error::runtime("down"))
         }
-        fn cancel(&self, _: &[JobRef]) -> crate::Result<()> {
+        fn cancel(&self, _: &[JobRef]) -> crate::error::Result<()> {
             Ok(())
         }
-        fn requeue(&self, _: &[JobRef]) -> crate::Result<()> {
+        fn requeue(&self, _: &[JobRef]) -> crate::error::Result<()> {
             Ok(())
         }
     }
