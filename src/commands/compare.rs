@@ -1,9 +1,10 @@
 //! `roleplay compare RUN_DIR --reference FILE [--json]`: the run's dialogues against human
-//! dialogues (see `quality::compare`). Tables on stdout by default.
+//! dialogues (see `report::compare`). Tables on stdout by default.
 
 use crate::cli::CompareArgs;
 use crate::error::{Error, Result, exit};
-use crate::quality::{compare, reference};
+use crate::quality::reference;
+use crate::report::compare;
 use crate::rundir::RunDir;
 
 pub fn run(args: CompareArgs) -> Result<i32> {

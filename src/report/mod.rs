@@ -9,6 +9,7 @@
 //! [`text`] (terminal table), [`csv`](Report::write_csv), JSON (the serialised [`Report`]) and
 //! [`html`] (one offline page with SVG charts).
 
+pub mod compare;
 pub mod html;
 pub mod quality;
 pub mod text;

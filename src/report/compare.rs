@@ -7,7 +7,7 @@
 //!
 //! **Dialogues.** Generated: finished dialogues with at least one turn, failed ones (backend
 //! errors) left out, as `roleplay export --format messages-jsonl` does (so a run compared with its
-//! own export is at distance 0). Reference: [`super::reference`]. A turn is the user's (the
+//! own export is at distance 0). Reference: [`crate::quality::reference`]. A turn is the user's (the
 //! inquirer's) message and the reply to it.
 //!
 //! **Per side:** dialogues; turns per dialogue (mean, distribution); words per user turn (mean,
@@ -23,13 +23,13 @@
 //! of the user turns' unigram distributions (base 2, from 0 for equal distributions to 1 for
 //! disjoint ones) over all their words.
 
-use super::diversity::{Sample, distinct_n};
-use super::indicators::{Analyzer, DialogueIndicators, GoalProfile};
-use super::reference::Reference;
-use super::text::{fmix, word_hashes};
 use crate::error::Result;
 use crate::merge::scan::{self, ScanStats};
 use crate::plan::Plan;
+use crate::quality::diversity::{Sample, distinct_n};
+use crate::quality::indicators::{Analyzer, DialogueIndicators, GoalProfile};
+use crate::quality::reference::Reference;
+use crate::quality::text::{fmix, word_hashes};
 use crate::rundir::RunDir;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
