@@ -7,12 +7,12 @@
 //! and two of them reconfigure it (MaxArraySize 4; no accounting), restoring the default with a plain
 //! `up` when they end, also on failure. `cargo test --test slurm_flow` takes about 4 minutes.
 
+use crate::common::ClusterGuard;
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -20,7 +20,7 @@ fn repo() -> PathBuf {
 }
 
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
-fn cluster() -> MutexGuard<'static, ()> {
+fn cluster() -> ClusterGuard {
     crate::common::take_cluster()
 }
 
