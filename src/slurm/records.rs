@@ -217,6 +217,12 @@ pub enum EndCause {
     Cancelled,
     /// Gone from the queue after `roleplay cancel` named it, with no other word on how it ended.
     CancelledByRoleplay,
+    /// Cancelled (or gone from the queue) before it ever started: no log, no state file of its
+    /// worker, and where the scheduler tells, CANCELLED without having run. Not the work's fault.
+    CancelledBeforeStart,
+    /// An earlier run of a task that was requeued (`scontrol requeue`; sacct's REQUEUED): the task
+    /// runs again in place.
+    Requeued,
     /// TIMEOUT (or DEADLINE, `deadline`) after the worker checkpointed on the warning signal.
     TimeoutAfterCheckpoint { deadline: bool },
     /// TIMEOUT (or DEADLINE, `deadline`) without a checkpoint.
@@ -259,6 +265,8 @@ impl EndCause {
             | EndCause::BootFail
             | EndCause::Cancelled
             | EndCause::CancelledByRoleplay
+            | EndCause::CancelledBeforeStart
+            | EndCause::Requeued
             | EndCause::TimeoutAfterCheckpoint { .. }
             | EndCause::Checkpointed => EndClass::Interrupted,
             EndCause::Timeout { .. }
@@ -316,6 +324,8 @@ impl std::fmt::Display for EndCause {
             C::BootFail => f.write_str("BOOT_FAIL"),
             C::Cancelled => f.write_str("CANCELLED"),
             C::CancelledByRoleplay => f.write_str("CANCELLED by `roleplay cancel`"),
+            C::CancelledBeforeStart => f.write_str("cancelled before it started"),
+            C::Requeued => f.write_str("REQUEUED"),
             C::TimeoutAfterCheckpoint { deadline } => write!(f, "{} after a checkpoint", limit(*deadline)),
             C::Timeout { deadline } => f.write_str(limit(*deadline)),
             C::OutOfMemory => f.write_str("OUT_OF_MEMORY"),
