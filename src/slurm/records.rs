@@ -73,6 +73,9 @@ pub enum Via {
     Sbatch,
     /// Found in the queue under the job's deterministic name after sbatch failed or a submit crashed.
     Queue,
+    /// Found by the job's deterministic name in the accounting (`sacct --name`) after sbatch failed
+    /// or a submit crashed, once it had left the queue already.
+    Accounting,
 }
 
 /// The scheduler accepted the job.
