@@ -16,6 +16,7 @@ use super::shell;
 use super::status::{self, RunReport, StatusOptions};
 use super::{JobRef, QueueFilter, Scheduler};
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 use crate::rundir::Lock;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -130,6 +131,33 @@ fn find_accounted(sched: &dyn Scheduler, name: &str, since: u64) -> Result<Optio
     ids.sort_unstable();
     ids.dedup();
     Ok(Some(ids))
+}
+
+/// Seconds the worker needs after its grace to abort what is left, sync its journal and write its
+/// state file.
+const CHECKPOINT_SECS: f64 = 5.0;
+
+/// What the cluster's KillWait says of `worker.grace_secs`: after `scancel`, a preemption or the
+/// time limit, Slurm sends SIGTERM and, KillWait seconds later, SIGKILL. A worker still waiting for
+/// in-flight calls then dies before it records its state (its completed calls are journaled, and
+/// the calls in flight are made again): the grace must end a few seconds before KillWait.
+pub fn grace_warnings(exp: &Experiment, kill_wait_secs: Option<u64>) -> Vec<String> {
+    let grace = exp.worker.grace_secs;
+    match kill_wait_secs {
+        Some(kill_wait) if grace + CHECKPOINT_SECS > kill_wait as f64 => vec![format!(
+            "`worker.grace_secs = {grace}` is not below the cluster's KillWait ({kill_wait} s) by {CHECKPOINT_SECS} s: \
+             after `scancel`, a preemption or the time limit Slurm SIGKILLs a worker that is still finishing \
+             in-flight calls, before it checkpoints (those calls are made again); set `[worker] grace_secs` \
+             to at most {}",
+            (kill_wait as f64 - CHECKPOINT_SECS).max(0.0)
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// [`grace_warnings`] with KillWait asked of the scheduler (nothing when it cannot tell).
+fn grace_warnings_of(ctx: &RunCtx, sched: &dyn Scheduler) -> Vec<String> {
+    grace_warnings(&ctx.plan.experiment, sched.kill_wait_secs().ok().flatten())
 }
 
 fn intent_of(ctx: &RunCtx, r: &Rendered, args: &[String]) -> Intent {
@@ -469,6 +497,7 @@ pub fn submit(
     let all: Vec<u32> = (0..ctx.plan.shards.len() as u32).collect();
     let rendered = render::render_round(ctx, round, &all, limits, render_opts, &[])?;
     warnings.extend(rendered.warnings.iter().cloned());
+    warnings.extend(grace_warnings_of(ctx, sched));
     let mut already: HashMap<u32, u64> = HashMap::new();
     for a in subs.accepted_of(&plan_hash) {
         if a.slot.round == round && a.slot.kind == JobKind::Array {
@@ -603,6 +632,7 @@ pub fn resume(
     };
     let rendered = render::render_round(ctx, round, &report.resubmitted, limits, render_opts, &worker_args)?;
     warnings.extend(rendered.warnings.iter().cloned());
+    warnings.extend(grace_warnings_of(ctx, sched));
     render::write(ctx, &rendered.arrays, &subs)?;
     let mut submitter = Submitter {
         ctx,

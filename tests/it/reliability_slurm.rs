@@ -398,7 +398,7 @@ fn two_submits_then_two_resumes_at_once_submit_nothing_twice() {
         .unwrap()
         .replace("run_dir = \"../runs/quickstart-slurm\"", "run_dir = \"run\"")
         .replace("array_throttle = 4", "array_throttle = 2")
-        .replace("concurrency = 16", "concurrency = 16\ngrace_secs = 2.0");
+        .replace("grace_secs = 20", "grace_secs = 2.0");
     let file = dir.join("quickstart-slurm.toml");
     std::fs::write(&file, text).unwrap();
     let r = SlurmRun {

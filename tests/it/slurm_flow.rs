@@ -102,10 +102,7 @@ impl Run {
                 &format!("run_dir = {}", toml_string(run_dir)),
             )
             .replace("array_throttle = 4", &format!("array_throttle = {throttle}"))
-            .replace(
-                "concurrency = 16",
-                &format!("concurrency = 16\ngrace_secs = {grace_secs:?}"),
-            );
+            .replace("grace_secs = 20", &format!("grace_secs = {grace_secs:?}"));
         let text = edit(text);
         let file = dir.path().join("quickstart-slurm.toml");
         std::fs::write(&file, text).unwrap();

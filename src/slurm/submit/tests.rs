@@ -481,3 +481,31 @@ fn without_accounting_an_orphan_that_left_the_queue_is_taken_as_not_submitted_an
         report.warnings
     );
 }
+
+/// Issue 15 item 7: a worker grace that Slurm's KillWait cuts short is a warning at submit and
+/// resume (KillWait from `scontrol show config`).
+#[test]
+fn a_worker_grace_not_below_kill_wait_is_a_warning() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    // The fixture's experiment keeps the default grace of 30 s; Slurm's default KillWait is 30 s.
+    let report = submit(&f.ctx, &fake, &offline_limits(1001), &quick()).unwrap();
+    let warned = |ws: &[String]| {
+        ws.iter()
+            .any(|w| w.contains("is not below the cluster's KillWait (30 s)"))
+    };
+    assert!(warned(&report.warnings), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("grace_secs` to at most 25")),
+        "{:?}",
+        report.warnings
+    );
+    let mut exp = f.ctx.plan.experiment.clone();
+    exp.worker.grace_secs = 20.0;
+    assert!(grace_warnings(&exp, Some(30)).is_empty());
+    assert!(
+        grace_warnings(&exp, None).is_empty(),
+        "KillWait unknown: nothing to say"
+    );
+    assert!(!grace_warnings(&exp, Some(20)).is_empty());
+}
