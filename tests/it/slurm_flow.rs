@@ -728,3 +728,33 @@ fn hostile_values_are_refused_or_quoted_and_nothing_runs() {
     assert!(e.stderr.contains("Slurm reads"), "{}", e.stderr);
     assert!(e.stderr.contains("hint:"), "{}", e.stderr);
 }
+
+/// "failed" is the word for tasks: the units line says `with backend errors`; and a `merge` that
+/// exits 1 says that it wrote a partial dataset all the same (README: "What status reports").
+#[test]
+fn status_words_for_units_and_a_partial_merge_says_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("jobs/quickstart-slurm.toml"))
+        .unwrap()
+        .replace("run_dir = \"../runs/quickstart-slurm\"", "run_dir = \"run\"");
+    let file = dir.path().join("experiment.toml");
+    std::fs::write(&file, text).unwrap();
+    ok(&["plan", file.to_str().unwrap()]);
+    let run_dir = dir.path().join("run");
+    let status = run(&["status", run_dir.to_str().unwrap(), "--offline"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("units: 0 done, 0 with backend errors, 60 left"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("failed runs"), "{}", status.stdout);
+    let merged = run(&["merge", run_dir.to_str().unwrap()]);
+    assert_eq!(merged.code, 1, "{}", merged.stderr);
+    assert!(run_dir.join("out/dialogues.parquet").is_file());
+    assert!(
+        merged.stderr.contains("written all the same") && merged.stderr.contains("a partial dataset (exit 1)"),
+        "{}",
+        merged.stderr
+    );
+}
