@@ -28,7 +28,7 @@ pub fn run(args: ResumeArgs) -> Result<i32> {
     let report = submit::resume(&ctx, &sched, &render, &opts)?;
     let dir = shell_quote(&args.run_dir.display().to_string());
     let before = &report.before;
-    for w in &before.warnings {
+    for w in report.notes.iter().chain(&before.warnings) {
         eprintln!("warning: {w}");
     }
     let states: Vec<String> = before.states.iter().map(|(k, v)| format!("{v} {k}")).collect();

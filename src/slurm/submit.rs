@@ -564,6 +564,9 @@ pub struct ResumeReport {
     /// Every unit finished, some failed: resubmitted only with `--retry-failed`.
     pub failed_units: Vec<u32>,
     pub submitted: Option<SubmitReport>,
+    /// What settling the submissions without an answer found (whether or not anything is
+    /// resubmitted).
+    pub notes: Vec<String>,
 }
 
 /// `roleplay resume`: resubmits, as a new round of arrays, the shards that are neither done nor
@@ -577,10 +580,11 @@ pub fn resume(
     let _lock = lock(ctx)?;
     render_opts.store(&ctx.rd)?;
     let mut subs = Submissions::read(&ctx.rd)?;
-    let mut warnings = Vec::new();
+    let mut notes = Vec::new();
     if !opts.submit.dry_run {
-        warnings.extend(resolve_unresolved(ctx, sched, &mut subs)?);
+        notes.extend(resolve_unresolved(ctx, sched, &mut subs)?);
     }
+    let mut warnings = Vec::new();
     let before = status::collect(ctx, Some(sched), &subs, &opts.status);
     if !before.queue_read {
         return Err(Error::runtime(format!(
@@ -619,6 +623,7 @@ pub fn resume(
         over_budget,
         failed_units,
         submitted: None,
+        notes,
     };
     if report.resubmitted.is_empty() {
         return Ok(report);

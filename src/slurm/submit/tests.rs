@@ -509,3 +509,32 @@ fn a_worker_grace_not_below_kill_wait_is_a_warning() {
     );
     assert!(!grace_warnings(&exp, Some(20)).is_empty());
 }
+
+/// A `resume` killed while sbatch ran left an orphan that is queued: the next `resume` records it
+/// and says so, although it then has nothing to resubmit.
+#[test]
+fn resume_says_what_it_adopted_even_with_nothing_to_resubmit() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    let (name, orphan) = orphaned_intent(&f, &fake);
+    fake.set_queue(
+        (0..4)
+            .map(|t| {
+                let mut q = queued(orphan, t, JobState::Running, None);
+                q.name = name.clone();
+                q
+            })
+            .collect(),
+    );
+    let report = resume(&f.ctx, &fake, &offline_limits(1001), &ResumeOptions::default()).unwrap();
+    assert!(report.submitted.is_none() && report.resubmitted.is_empty());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("is queued as job {orphan}: recorded"))),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(fake.submissions().len(), 1);
+}
