@@ -226,6 +226,8 @@ pub enum EndCause {
     /// An earlier run of a task that was requeued (`scontrol requeue`; sacct's REQUEUED): the task
     /// runs again in place.
     Requeued,
+    /// An earlier run of a requeued task that had COMPLETED (its worker found its work done).
+    Completed,
     /// TIMEOUT (or DEADLINE, `deadline`) after the worker checkpointed on the warning signal.
     TimeoutAfterCheckpoint { deadline: bool },
     /// TIMEOUT (or DEADLINE, `deadline`) without a checkpoint.
@@ -270,6 +272,7 @@ impl EndCause {
             | EndCause::CancelledByRoleplay
             | EndCause::CancelledBeforeStart
             | EndCause::Requeued
+            | EndCause::Completed
             | EndCause::TimeoutAfterCheckpoint { .. }
             | EndCause::Checkpointed => EndClass::Interrupted,
             EndCause::Timeout { .. }
@@ -329,6 +332,7 @@ impl std::fmt::Display for EndCause {
             C::CancelledByRoleplay => f.write_str("CANCELLED by `roleplay cancel`"),
             C::CancelledBeforeStart => f.write_str("cancelled before it started"),
             C::Requeued => f.write_str("REQUEUED"),
+            C::Completed => f.write_str("COMPLETED"),
             C::TimeoutAfterCheckpoint { deadline } => write!(f, "{} after a checkpoint", limit(*deadline)),
             C::Timeout { deadline } => f.write_str(limit(*deadline)),
             C::OutOfMemory => f.write_str("OUT_OF_MEMORY"),

@@ -259,10 +259,12 @@ fn history(e: &ShardEvidence, cx: &Context) -> Vec<Attempt> {
 /// How an earlier run of a requeued task ended (sacct's record of it), with no word from the
 /// worker (its state file speaks of the latest run).
 fn run_end(a: &AccountingRecord) -> Option<EndCause> {
-    if a.state == JobState::Requeued {
-        return Some(EndCause::Requeued);
+    match a.effective_state() {
+        JobState::Requeued => Some(EndCause::Requeued),
+        // Requeued after it had finished: its worker found its work done.
+        JobState::Completed => Some(EndCause::Completed),
+        state => job_end(&state, a.effective_exit_code(), a.reason.as_deref(), None),
     }
-    job_end(&a.effective_state(), a.effective_exit_code(), a.reason.as_deref(), None)
 }
 
 /// How a task in a final scheduler state ended (`None` while the state is not final), given its
@@ -396,9 +398,15 @@ fn in_queue(e: &ShardEvidence, t: &TaskEvidence, q: &QueueRecord, cx: &Context) 
         } else {
             base.clone()
         };
+        // Without a reason squeue shows the state (PENDING): not worth repeating after a requeue.
+        let detail = if q.reason.is_some() || held {
+            format!(" ({shown})")
+        } else {
+            String::new()
+        };
         let reason = match after {
-            Some(EndCause::Requeued) => format!("requeued ({shown})"),
-            Some(cause) => format!("requeued after {cause} ({shown})"),
+            Some(EndCause::Requeued) => format!("requeued{detail}"),
+            Some(cause) => format!("requeued after {cause}{detail}"),
             None if worker.is_some() && base == "BeginTime" => "requeued (BeginTime)".to_string(),
             None => shown,
         };

@@ -335,6 +335,12 @@ fn cases() -> Vec<Case> {
         case("requeued after NODE_FAIL, then held",
             e().task(50).earlier(J::NodeFail, (0, 0)).queued(J::Pending, Some("JobHeldAdmin")), read())
             .is(Pending, Is("requeued after NODE_FAIL (held (JobHeldAdmin): `scontrol release 50_0` lets it run)"), 0, false, 0),
+        case("requeued after NODE_FAIL, no reason given",
+            e().task(50).queued(J::Pending, None).acct(J::NodeFail, (0, 0)), read())
+            .is(Pending, Is("requeued after NODE_FAIL"), 0, false, 0),
+        case("requeued after it had COMPLETED: that run was no failure",
+            e().task(50).earlier(J::Completed, (0, 0)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("BeginTime")), read())
+            .is(Pending, Is("requeued after COMPLETED (BeginTime)"), 0, false, 0),
         case("running again after NODE_FAIL",
             e().task(50).earlier(J::NodeFail, (0, 0)).acct(J::Running, (0, 0)).queued(J::Running, None), read())
             .is(Running, Is("on node1 (requeued after NODE_FAIL)"), 0, false, 0),
