@@ -15,6 +15,12 @@ pub fn run(args: RenderArgs) -> Result<i32> {
     let opts = options(&args.render)?.merged_with_stored(&ctx.rd, true)?;
     let sched = SlurmCli::new();
     let limits = ArrayLimits::resolve(&opts, Some(&sched))?;
+    if limits.from_cluster {
+        let kill_wait = crate::slurm::Scheduler::kill_wait_secs(&sched).ok().flatten();
+        for w in crate::slurm::submit::grace_warnings(&ctx.plan.experiment, kill_wait) {
+            eprintln!("warning: {w}");
+        }
+    }
     let subs = Submissions::read(&ctx.rd)?;
     let round = subs
         .first_round_of(&ctx.plan.plan_hash)

@@ -28,7 +28,7 @@ pub fn run(args: ResumeArgs) -> Result<i32> {
     let report = submit::resume(&ctx, &sched, &render, &opts)?;
     let dir = shell_quote(&args.run_dir.display().to_string());
     let before = &report.before;
-    for w in &before.warnings {
+    for w in report.notes.iter().chain(&before.warnings) {
         eprintln!("warning: {w}");
     }
     let states: Vec<String> = before.states.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -41,13 +41,23 @@ pub fn run(args: ResumeArgs) -> Result<i32> {
     );
     for &s in &report.over_budget {
         let sh = &before.shards[s as usize];
+        let causes: Vec<String> = sh
+            .history
+            .iter()
+            .filter(|a| a.counts)
+            .map(|a| format!("{} ({})", a.reason.as_deref().unwrap_or("?"), a.job))
+            .collect();
         eprintln!(
-            "shard {s}: {} ({}): {} failed attempts of {}: not resubmitted; read `{}`",
+            "shard {s}: {} ({}): {} failed runs of {} ({}): not resubmitted; {}",
             sh.state.as_str(),
             sh.reason.as_deref().unwrap_or("no reason"),
             sh.failed_attempts,
             sh.max_attempts,
-            sh.log.as_deref().unwrap_or("logs/slurm/")
+            causes.join(", "),
+            match &sh.log {
+                Some(log) => format!("read `{log}`"),
+                None => "no task of it ever started, so there is no log".to_string(),
+            }
         );
     }
     if !report.failed_units.is_empty() && !args.retry_failed {

@@ -82,10 +82,10 @@ pub fn print_jobs(ctx: &RunCtx, report: &SubmitReport) {
             JobResult::Submitted { job_id, via } => {
                 eprintln!(
                     "submitted {what} as job {job_id}{}",
-                    if *via == Via::Queue {
-                        " (found in the queue after an sbatch error)"
-                    } else {
-                        ""
+                    match via {
+                        Via::Queue => " (found in the queue after an sbatch error)",
+                        Via::Accounting => " (found in the accounting after an sbatch error: it has left the queue)",
+                        Via::Sbatch => "",
                     }
                 );
                 crate::outln!("{job_id}");

@@ -57,8 +57,9 @@ pub fn print_report(ctx: &RunCtx, r: &RunReport) {
     } else {
         100.0 * r.units.done as f64 / r.units.units as f64
     };
+    // "failed" is the word for tasks (the shards line): units end with backend errors.
     let mut line = format!(
-        "units: {} done, {} failed, {} left ({pct:.1}% done)",
+        "units: {} done, {} with backend errors, {} left ({pct:.1}% done)",
         r.units.done, r.units.failed, r.units.left
     );
     if let Some(rate) = r.rate_units_per_sec {
@@ -78,18 +79,19 @@ pub fn print_report(ctx: &RunCtx, r: &RunReport) {
     };
     if !listed.is_empty() {
         crate::outln!("");
+        // `failed runs`: runs of its tasks that failed, of the attempt budget.
         crate::outln!(
-            "{:>6}  {:<13} {:>9}  {:>5}  {:>6}  {:<14} reason",
+            "{:>6}  {:<16} {:>9}  {:>5}  {:>11}  {:<14} reason",
             "shard",
             "state",
             "units",
             "tasks",
-            "failed",
+            "failed runs",
             "job"
         );
         for s in listed.iter().take(LIST_AT_MOST) {
             crate::outln!(
-                "{:>6}  {:<13} {:>9}  {:>5}  {:>6}  {:<14} {}",
+                "{:>6}  {:<16} {:>9}  {:>5}  {:>11}  {:<14} {}",
                 s.shard,
                 s.state.as_str(),
                 format!("{}/{}", s.done, s.units),
@@ -122,6 +124,17 @@ pub fn print_report(ctx: &RunCtx, r: &RunReport) {
     crate::outln!("");
     if r.complete {
         crate::outln!("every shard is done: `roleplay merge {dir}` writes the dataset");
+    } else if r.shards.iter().all(|s| s.state == State::Done) {
+        crate::outln!(
+            "every unit is done, but {} of the run still queued or running ({}): it will find nothing to do; \
+             `roleplay status {dir} --watch` waits for it, `roleplay cancel {dir}` stops it",
+            if r.still_queued.len() == 1 {
+                "a job is"
+            } else {
+                "jobs are"
+            },
+            r.still_queued.join(", ")
+        );
     } else {
         if !resubmit.is_empty() {
             crate::outln!(

@@ -24,6 +24,7 @@ struct State {
     cancelled: Vec<JobRef>,
     requeued: Vec<JobRef>,
     submit_error: Option<String>,
+    kill_wait_secs: Option<u64>,
 }
 
 /// Submissions get job ids 1000, 1001, ...; `queue` and `accounting` answer from the records the
@@ -59,6 +60,7 @@ impl FakeScheduler {
                 cancelled: Vec::new(),
                 requeued: Vec::new(),
                 submit_error: None,
+                kill_wait_secs: Some(30),
             }),
         }
     }
@@ -84,6 +86,11 @@ impl FakeScheduler {
         let mut s = self.lock();
         s.limits.accounting = records.is_some();
         s.accounting = records;
+    }
+
+    /// KillWait as `scontrol show config` would tell it (Slurm's default 30 s to begin with).
+    pub fn set_kill_wait(&self, secs: Option<u64>) {
+        self.lock().kill_wait_secs = secs;
     }
 
     /// Makes the next submissions fail with this message (as sbatch's stderr would say it).
@@ -154,8 +161,20 @@ impl Scheduler for FakeScheduler {
         }))
     }
 
+    /// The accounting records named `name` (every one the test put in: the fake keeps no clock).
+    fn accounting_named(&self, name: &str, _within_secs: u64) -> Result<Option<Vec<AccountingRecord>>> {
+        let s = self.lock();
+        Ok(s.accounting
+            .as_ref()
+            .map(|records| records.iter().filter(|r| r.name == name).cloned().collect()))
+    }
+
     fn config(&self) -> Result<Limits> {
         Ok(self.lock().limits.clone())
+    }
+
+    fn kill_wait_secs(&self) -> Result<Option<u64>> {
+        Ok(self.lock().kill_wait_secs)
     }
 
     fn cancel(&self, jobs: &[JobRef]) -> Result<()> {

@@ -47,9 +47,25 @@ pub trait Scheduler: Send + Sync {
     /// MinJobAge seconds). Jobs the scheduler has forgotten are simply absent.
     fn queue(&self, filter: &QueueFilter) -> Result<Vec<QueueRecord>>;
 
-    /// The accounting records of these jobs (an array job id stands for all its tasks); `None`
-    /// when the cluster keeps no accounting. Records may lag behind squeue by seconds.
+    /// The accounting records of these jobs (an array job id stands for all its tasks), one per
+    /// run of a requeued job, in order; `None` when the cluster keeps no accounting. Records may
+    /// lag behind squeue by seconds.
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>>;
+
+    /// The accounting records of the current user's jobs named `name` that were eligible, ran or
+    /// ended in the last `within_secs` seconds (`sacct --name`), to find a job that left the queue
+    /// before its submission was recorded; `None` when the cluster keeps no accounting. Jobs that
+    /// never became eligible (held, or cancelled while waiting for a dependency) are not found.
+    fn accounting_named(&self, name: &str, within_secs: u64) -> Result<Option<Vec<AccountingRecord>>> {
+        let _ = (name, within_secs);
+        Ok(None)
+    }
+
+    /// KillWait, from `scontrol show config`: how long Slurm waits after SIGTERM (on `scancel`,
+    /// preemption, the time limit) before it sends SIGKILL. `None` when it cannot tell.
+    fn kill_wait_secs(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// The limits a submission must respect.
     fn config(&self) -> Result<Limits>;
@@ -114,6 +130,27 @@ impl SlurmCli {
     }
 }
 
+impl SlurmCli {
+    /// `sacct -P -n --format=SACCT_FORMAT ARGS`; `None` on a cluster without accounting.
+    fn sacct(&self, args: Vec<String>) -> Result<Option<Vec<AccountingRecord>>> {
+        let mut argv = vec![
+            "--parsable2".to_string(),
+            "--noheader".to_string(),
+            format!("--format={}", parse::SACCT_FORMAT),
+        ];
+        argv.extend(args);
+        let inv = self.invocation("sacct", argv);
+        let out = inv.run(self.timeout)?;
+        if parse::is_accounting_disabled(&out.stderr) || parse::is_accounting_disabled(&out.stdout) {
+            return Ok(None);
+        }
+        if !out.success() {
+            return Err(inv.failure(&out));
+        }
+        parse::parse_sacct(&out.stdout).map(Some).map_err(|e| inv.unreadable(e))
+    }
+}
+
 fn id_list(jobs: &[JobRef]) -> String {
     jobs.iter().map(JobRef::to_string).collect::<Vec<_>>().join(",")
 }
@@ -129,8 +166,11 @@ impl Scheduler for SlurmCli {
     }
 
     fn queue(&self, filter: &QueueFilter) -> Result<Vec<QueueRecord>> {
+        // `--array`: one line per task, so that a pending task shows its own reason (held,
+        // throttled, BeginTime) instead of its array's remnant's.
         let mut argv = vec![
             "--noheader".to_string(),
+            "--array".to_string(),
             "--states=all".to_string(),
             format!("--format={}", parse::SQUEUE_FORMAT),
         ];
@@ -158,21 +198,19 @@ impl Scheduler for SlurmCli {
         if jobs.is_empty() {
             return Ok(self.config()?.accounting.then(Vec::new));
         }
-        let argv = vec![
-            "--parsable2".to_string(),
-            "--noheader".to_string(),
-            format!("--format={}", parse::SACCT_FORMAT),
-            format!("--jobs={}", id_list(jobs)),
-        ];
-        let inv = self.invocation("sacct", argv);
-        let out = inv.run(self.timeout)?;
-        if parse::is_accounting_disabled(&out.stderr) || parse::is_accounting_disabled(&out.stdout) {
-            return Ok(None);
-        }
-        if !out.success() {
-            return Err(inv.failure(&out));
-        }
-        parse::parse_sacct(&out.stdout).map(Some).map_err(|e| inv.unreadable(e))
+        // `--duplicates`: every run of a requeued task (NODE_FAIL, PREEMPTED, REQUEUED, ...), not
+        // only its latest.
+        self.sacct(vec!["--duplicates".to_string(), format!("--jobs={}", id_list(jobs))])
+    }
+
+    fn accounting_named(&self, name: &str, within_secs: u64) -> Result<Option<Vec<AccountingRecord>>> {
+        self.sacct(vec![format!("--name={name}"), format!("--starttime=now-{within_secs}")])
+    }
+
+    fn kill_wait_secs(&self) -> Result<Option<u64>> {
+        let inv = self.invocation("scontrol", vec!["show".to_string(), "config".to_string()]);
+        let out = self.run_ok(&inv)?;
+        Ok(parse::parse_kill_wait(&out.stdout))
     }
 
     fn config(&self) -> Result<Limits> {
@@ -274,7 +312,11 @@ mod tests {
         );
         assert_eq!(cli.accounting(&[JobRef::Job(1)]).unwrap(), None);
         let e = cli.queue(&QueueFilter::Name("x".into())).unwrap_err();
-        assert!(e.message.contains("squeue --noheader --states=all"), "{}", e.message);
+        assert!(
+            e.message.contains("squeue --noheader --array --states=all"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

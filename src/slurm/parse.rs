@@ -649,6 +649,15 @@ fn leading_number(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// KillWait from `scontrol show config` (`KillWait = 30 sec`): seconds between the SIGTERM of a
+/// cancel, a preemption or the time limit and the SIGKILL that follows.
+pub fn parse_kill_wait(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(" = "))
+        .find(|(key, _)| key.trim() == "KillWait")
+        .and_then(|(_, value)| leading_number(value.trim()))
+}
+
 /// Reads `scontrol show config` (`Key = Value` lines).
 pub fn parse_config(text: &str) -> Result<Limits, ParseError> {
     let mut values = std::collections::HashMap::new();

@@ -73,6 +73,9 @@ pub enum Via {
     Sbatch,
     /// Found in the queue under the job's deterministic name after sbatch failed or a submit crashed.
     Queue,
+    /// Found by the job's deterministic name in the accounting (`sacct --name`) after sbatch failed
+    /// or a submit crashed, once it had left the queue already.
+    Accounting,
 }
 
 /// The scheduler accepted the job.
@@ -217,6 +220,14 @@ pub enum EndCause {
     Cancelled,
     /// Gone from the queue after `roleplay cancel` named it, with no other word on how it ended.
     CancelledByRoleplay,
+    /// Cancelled (or gone from the queue) before it ever started: no log, no state file of its
+    /// worker, and where the scheduler tells, CANCELLED without having run. Not the work's fault.
+    CancelledBeforeStart,
+    /// An earlier run of a task that was requeued (`scontrol requeue`; sacct's REQUEUED): the task
+    /// runs again in place.
+    Requeued,
+    /// An earlier run of a requeued task that had COMPLETED (its worker found its work done).
+    Completed,
     /// TIMEOUT (or DEADLINE, `deadline`) after the worker checkpointed on the warning signal.
     TimeoutAfterCheckpoint { deadline: bool },
     /// TIMEOUT (or DEADLINE, `deadline`) without a checkpoint.
@@ -262,6 +273,9 @@ impl EndCause {
             | EndCause::BootFail
             | EndCause::Cancelled
             | EndCause::CancelledByRoleplay
+            | EndCause::CancelledBeforeStart
+            | EndCause::Requeued
+            | EndCause::Completed
             | EndCause::TimeoutAfterCheckpoint { .. }
             | EndCause::Checkpointed
             | EndCause::BudgetReached { .. } => EndClass::Interrupted,
@@ -320,6 +334,9 @@ impl std::fmt::Display for EndCause {
             C::BootFail => f.write_str("BOOT_FAIL"),
             C::Cancelled => f.write_str("CANCELLED"),
             C::CancelledByRoleplay => f.write_str("CANCELLED by `roleplay cancel`"),
+            C::CancelledBeforeStart => f.write_str("cancelled before it started"),
+            C::Requeued => f.write_str("REQUEUED"),
+            C::Completed => f.write_str("COMPLETED"),
             C::TimeoutAfterCheckpoint { deadline } => write!(f, "{} after a checkpoint", limit(*deadline)),
             C::Timeout { deadline } => f.write_str(limit(*deadline)),
             C::OutOfMemory => f.write_str("OUT_OF_MEMORY"),

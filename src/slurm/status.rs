@@ -1,5 +1,6 @@
-//! What a run on Slurm has done and is doing, per shard: done, running, pending, interrupted,
-//! failed (with the reason), lost, or not submitted; unit totals and an ETA.
+//! What a run on Slurm has done and is doing, per shard: done, done with errors (units that ended
+//! with backend errors), running, pending, interrupted, failed (its last task failed, with the
+//! reason), lost, or not submitted; the history of each shard's attempts; unit totals and an ETA.
 //!
 //! Sources, in order of trust: the shard journals (which units are done or failed: the truth), the
 //! shard state files (the worker's status, attempt, heartbeat and Slurm task), the submissions
@@ -15,7 +16,7 @@
 //! together and adds up the totals and the ETA.
 
 use super::Scheduler;
-use super::records::{Accepted, Submissions, TaskOutcome};
+use super::records::{Accepted, EndClass, Submissions, TaskOutcome};
 use super::render::RunCtx;
 use crate::rundir::state::ShardStatus;
 use crate::slurm::JobRef;
@@ -26,7 +27,7 @@ mod classify;
 mod evidence;
 
 pub use classify::job_end;
-use classify::{ShardVerdict, classify};
+use classify::{Phase, ShardVerdict, classify};
 use evidence::{Context, ShardEvidence, gather};
 
 /// How `status` looks at a run.
@@ -52,13 +53,15 @@ impl Default for StatusOptions {
 pub enum State {
     /// Every unit finished and none failed.
     Done,
+    /// Every unit finished, some with a backend error (`resume --retry-failed` runs them again).
+    DoneWithErrors,
     /// A task runs it now.
     Running,
     /// A task waits in the queue for it (or its submission is not confirmed yet).
     Pending,
     /// Its last task stopped without the work's fault (signal, preemption, node failure, cancel).
     Interrupted,
-    /// Its last task failed, or every unit finished with some failed.
+    /// Its last task failed.
     Failed,
     /// Its last task was running, stopped answering and left the queue without a word.
     Lost,
@@ -68,8 +71,9 @@ pub enum State {
 
 impl State {
     /// Every state, in declaration order.
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Done,
+        State::DoneWithErrors,
         State::Running,
         State::Pending,
         State::Interrupted,
@@ -82,6 +86,7 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Done => "done",
+            State::DoneWithErrors => "done with errors",
             State::Running => "running",
             State::Pending => "pending",
             State::Interrupted => "interrupted",
@@ -95,6 +100,7 @@ impl State {
     pub fn json_name(self) -> &'static str {
         match self {
             State::NotSubmitted => "not_submitted",
+            State::DoneWithErrors => "done_with_errors",
             other => other.as_str(),
         }
     }
@@ -129,9 +135,9 @@ pub struct ShardReport {
     pub state: State,
     pub reason: Option<String>,
     pub units: u64,
-    /// Units with a finished record (failed ones included).
+    /// Units with a finished record (those with backend errors included).
     pub done: u64,
-    /// Units whose latest record is a backend failure.
+    /// Units whose latest record is a backend error.
     pub failed_units: u64,
     /// Every unit has a finished record.
     pub complete: bool,
@@ -139,7 +145,8 @@ pub struct ShardReport {
     pub worker_attempts: u32,
     /// Array tasks submitted for it.
     pub submissions: u32,
-    /// Submitted tasks that failed (preemption, node failure, signals and cancels do not count).
+    /// Runs of its tasks that failed (preemption, node failure, requeues, signals and cancels do
+    /// not count), whether the shard is done now or not.
     pub failed_attempts: u32,
     pub max_attempts: u32,
     /// `failed_attempts >= max_attempts`: `resume` reports it instead of resubmitting it.
@@ -149,12 +156,35 @@ pub struct ShardReport {
     pub round: Option<u32>,
     pub host: Option<String>,
     pub heartbeat_age_secs: Option<u64>,
-    /// The latest task's log, relative to the run directory.
+    /// The log of the latest task that has one, relative to the run directory (none when no task
+    /// of it ever started).
     pub log: Option<String>,
     /// `roleplay resume` would submit it again.
     pub resubmit: bool,
+    /// Every run of every task submitted for it, in order.
+    pub history: Vec<AttemptReport>,
 }
 
+/// One run of one task of a shard (a requeued task runs more than once).
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptReport {
+    /// `ARRAYJOB_INDEX`.
+    pub job: JobRef,
+    pub round: u32,
+    /// 0 for the task's first run, 1 after its first requeue, ...
+    pub run: u32,
+    /// `queued`, `running`, `ended`, `finished` (its shard's units all done) or `unknown`.
+    pub phase: &'static str,
+    /// How it ended (for `ended`).
+    pub reason: Option<String>,
+    /// `interrupted`, `failed` or `lost` (for `ended`).
+    pub class: Option<EndClass>,
+    /// It counts against the attempt budget.
+    pub counts: bool,
+}
+
+/// Units of the run: `done` (finished without error), `failed` (finished with a backend error),
+/// `left` (no finished record).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
     pub units: u64,
@@ -174,10 +204,13 @@ pub struct RunReport {
     /// Shards per state, keyed by [`State::as_str`] (by [`State::json_name`] in JSON).
     #[serde(serialize_with = "tally_json")]
     pub states: BTreeMap<&'static str, usize>,
-    /// No shard is pending or running.
+    /// Nothing of the run is queued or running: no shard, no task of a done shard, no merge job.
     pub finished: bool,
-    /// Every shard is done.
+    /// Every shard is done and nothing of the run is queued or running.
     pub complete: bool,
+    /// Jobs of the run still queued or running although their work is done: tasks of done shards
+    /// (`ARRAYJOB_INDEX`) and merge jobs.
+    pub still_queued: Vec<String>,
     pub rate_units_per_sec: Option<f64>,
     pub eta_secs: Option<u64>,
     /// `read`, `not asked` or `unavailable: ...`.
@@ -199,7 +232,8 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// 0 every shard done; 1 nothing queued or running and some shard not done; 75 still in progress.
+    /// 0 every shard done and nothing queued or running; 1 nothing queued or running and some shard
+    /// not done; 75 still in progress (a task of a done shard or a merge job still queued included).
     pub fn exit_code(&self) -> i32 {
         use crate::error::exit;
         if self.complete {
@@ -222,8 +256,17 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
     let mut shards = Vec::with_capacity(ev.shards.len());
     let mut new_outcomes = Vec::new();
     let mut live_jobs: HashSet<u64> = HashSet::new();
+    let mut still_queued: Vec<String> = Vec::new();
     for e in &ev.shards {
         let mut v = classify(e, &cx);
+        if e.complete() {
+            still_queued.extend(
+                e.tasks
+                    .iter()
+                    .filter(|t| t.queue.as_ref().is_some_and(|q| !q.state.is_final()))
+                    .map(|t| t.job().to_string()),
+            );
+        }
         warnings.append(&mut v.warnings);
         live_jobs.extend(&v.live_jobs);
         for (i, cause) in std::mem::take(&mut v.learnt) {
@@ -241,7 +284,13 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
         }
         shards.push(shard_report(ctx, e, v, &cx));
     }
-    let progress = Progress::of(&shards, evidence::first_submission(subs, &plan.plan_hash), cx.now);
+    still_queued.extend(ev.live_merge_jobs.iter().map(|id| format!("{id} (merge job)")));
+    let progress = Progress::of(
+        &shards,
+        still_queued.is_empty(),
+        evidence::first_submission(subs, &plan.plan_hash),
+        cx.now,
+    );
     let mut live_jobs: Vec<u64> = live_jobs.into_iter().collect();
     live_jobs.sort_unstable();
     RunReport {
@@ -253,6 +302,7 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
         states: progress.states,
         finished: progress.finished,
         complete: progress.complete,
+        still_queued,
         rate_units_per_sec: progress.rate,
         eta_secs: progress.eta,
         queue: ev.queue,
@@ -268,6 +318,29 @@ pub fn collect(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, 
 /// A shard's line of the report: its evidence's counts and the verdict.
 fn shard_report(ctx: &RunCtx, e: &ShardEvidence, v: ShardVerdict, cx: &Context) -> ShardReport {
     let worker = e.worker.as_ref();
+    let history = v
+        .history
+        .iter()
+        .filter_map(|a| {
+            let t = e.tasks.get(a.task)?;
+            let (phase, cause) = match &a.phase {
+                Phase::Queued => ("queued", None),
+                Phase::Running => ("running", None),
+                Phase::Ended(c) => ("ended", Some(c)),
+                Phase::Finished => ("finished", None),
+                Phase::Unknown => ("unknown", None),
+            };
+            Some(AttemptReport {
+                job: t.job(),
+                round: t.round,
+                run: a.run,
+                phase,
+                reason: cause.map(|c| c.reason()),
+                class: cause.map(|c| c.class()),
+                counts: a.phase.counts(),
+            })
+        })
+        .collect();
     ShardReport {
         shard: e.shard,
         state: v.state,
@@ -287,11 +360,12 @@ fn shard_report(ctx: &RunCtx, e: &ShardEvidence, v: ShardVerdict, cx: &Context) 
         heartbeat_age_secs: worker
             .filter(|w| w.status == ShardStatus::Running)
             .map(|w| cx.now.saturating_sub(w.heartbeat_at)),
-        log: e.tasks.last().map(|t| {
+        log: e.tasks.iter().rev().find(|t| t.log).map(|t| {
             ctx.rd
                 .relative(&ctx.rd.slurm_task_log(t.task.array_job_id, t.task.task_id))
         }),
         resubmit: v.resubmit,
+        history,
     }
 }
 
@@ -306,8 +380,9 @@ struct Progress {
 }
 
 impl Progress {
-    /// Adds up the shards; the rate is the units gained since `first`, the first array submission.
-    fn of(shards: &[ShardReport], first: Option<&Accepted>, now: u64) -> Progress {
+    /// Adds up the shards; `nothing_else_queued`: no task of a done shard and no merge job is queued
+    /// or running; the rate is the units gained since `first`, the first array submission.
+    fn of(shards: &[ShardReport], nothing_else_queued: bool, first: Option<&Accepted>, now: u64) -> Progress {
         let mut units = Totals::default();
         let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
         for r in shards {
@@ -317,8 +392,8 @@ impl Progress {
             *states.entry(r.state.as_str()).or_default() += 1;
         }
         units.left = units.units.saturating_sub(units.done + units.failed);
-        let finished = !shards.iter().any(|r| r.state.is_live());
-        let complete = shards.iter().all(|r| r.state == State::Done);
+        let finished = !shards.iter().any(|r| r.state.is_live()) && nothing_else_queued;
+        let complete = finished && shards.iter().all(|r| r.state == State::Done);
         let mut rate = None;
         let mut eta = None;
         if let Some(first) = first {

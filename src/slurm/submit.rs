@@ -4,8 +4,11 @@
 //! Idempotent by construction: job names are deterministic (`RunCtx::job_name`), an intent is
 //! journaled before sbatch runs, the queue is searched by name before the first sbatch of an array
 //! and after every sbatch error, and only then is sbatch tried again (a bounded number of times, and
-//! only for errors that look transient). A submit that "failed" but went through is recorded, not
-//! duplicated; a submit of a run already submitted does nothing.
+//! only for errors that look transient). Where an intent got no answer (a submit killed while
+//! sbatch ran) or sbatch failed, the accounting is searched by name too (`sacct --name`), so a job
+//! that went through and has left the queue since is recorded, not submitted a second time. A
+//! submit that "failed" but went through is recorded, not duplicated; a submit of a run already
+//! submitted does nothing.
 
 use super::records::{Accepted, Cancelled, Intent, JobKind, Record, Refused, Submissions, Via};
 use super::render::{self, ArrayLimits, RenderOptions, Rendered, RunCtx};
@@ -13,6 +16,7 @@ use super::shell;
 use super::status::{self, RunReport, StatusOptions};
 use super::{JobRef, QueueFilter, Scheduler};
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 use crate::rundir::Lock;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -107,6 +111,55 @@ fn find_by_name(sched: &dyn Scheduler, name: &str, comment: &str) -> Result<Vec<
     Ok(ids)
 }
 
+/// How much further back than an intent's own time `sacct --name` looks for its job (the clocks of
+/// this host and of the controller may differ).
+const ACCOUNTING_LOOKBACK_MARGIN_SECS: u64 = 3600;
+
+/// The array (or plain) job ids the accounting knows under `name` (jobs that left the queue
+/// already), oldest first; `None` when the cluster keeps no accounting. `since` is when the job
+/// was submitted at the earliest (seconds since the epoch).
+fn find_accounted(sched: &dyn Scheduler, name: &str, since: u64) -> Result<Option<Vec<u64>>> {
+    let within = super::records::now().saturating_sub(since) + ACCOUNTING_LOOKBACK_MARGIN_SECS;
+    let Some(records) = sched.accounting_named(name, within)? else {
+        return Ok(None);
+    };
+    let mut ids: Vec<u64> = records
+        .iter()
+        .filter(|r| r.name == name)
+        .map(|r| r.array.map_or(r.job_id, |t| t.array_job_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(Some(ids))
+}
+
+/// Seconds the worker needs after its grace to abort what is left, sync its journal and write its
+/// state file.
+const CHECKPOINT_SECS: f64 = 5.0;
+
+/// What the cluster's KillWait says of `worker.grace_secs`: after `scancel`, a preemption or the
+/// time limit, Slurm sends SIGTERM and, KillWait seconds later, SIGKILL. A worker still waiting for
+/// in-flight calls then dies before it records its state (its completed calls are journaled, and
+/// the calls in flight are made again): the grace must end a few seconds before KillWait.
+pub fn grace_warnings(exp: &Experiment, kill_wait_secs: Option<u64>) -> Vec<String> {
+    let grace = exp.worker.grace_secs;
+    match kill_wait_secs {
+        Some(kill_wait) if grace + CHECKPOINT_SECS > kill_wait as f64 => vec![format!(
+            "`worker.grace_secs = {grace}` is not below the cluster's KillWait ({kill_wait} s) by {CHECKPOINT_SECS} s: \
+             after `scancel`, a preemption or the time limit Slurm SIGKILLs a worker that is still finishing \
+             in-flight calls, before it checkpoints (those calls are made again); set `[worker] grace_secs` \
+             to at most {}",
+            (kill_wait as f64 - CHECKPOINT_SECS).max(0.0)
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// [`grace_warnings`] with KillWait asked of the scheduler (nothing when it cannot tell).
+fn grace_warnings_of(ctx: &RunCtx, sched: &dyn Scheduler) -> Vec<String> {
+    grace_warnings(&ctx.plan.experiment, sched.kill_wait_secs().ok().flatten())
+}
+
 fn intent_of(ctx: &RunCtx, r: &Rendered, args: &[String]) -> Intent {
     Intent {
         slot: r.slot.clone(),
@@ -171,7 +224,9 @@ impl Submitter<'_> {
                 .push(rd, accepted_of(r, id, None, Via::Queue, self.units_done))?;
             return Ok(JobResult::AlreadySubmitted { job_id: id });
         }
-        self.subs.push(rd, Record::Submitting(intent_of(ctx, r, args)))?;
+        let intent = intent_of(ctx, r, args);
+        let since = intent.at;
+        self.subs.push(rd, Record::Submitting(intent))?;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -186,8 +241,28 @@ impl Submitter<'_> {
                 }
                 Err(e) => e,
             };
-            match find_by_name(sched, name, &r.comment) {
-                Ok(found) if !found.is_empty() => {
+            // Not in the queue: it may have gone through and left it already.
+            let found = find_by_name(sched, name, &r.comment).and_then(|found| {
+                if !found.is_empty() {
+                    return Ok((found, Via::Queue));
+                }
+                let accounted = find_accounted(sched, name, since)?.unwrap_or_default();
+                Ok((accounted, Via::Accounting))
+            });
+            match found {
+                Ok((found, Via::Accounting)) if !found.is_empty() => {
+                    self.warnings.push(format!(
+                        "sbatch reported an error for `{name}` but the job went through and has left the queue (sacct knows it as job {}): recorded, not submitted again",
+                        found[0]
+                    ));
+                    self.subs
+                        .push(rd, accepted_of(r, found[0], None, Via::Accounting, self.units_done))?;
+                    return Ok(JobResult::Submitted {
+                        job_id: found[0],
+                        via: Via::Accounting,
+                    });
+                }
+                Ok((found, _)) if !found.is_empty() => {
                     self.warnings.push(format!(
                         "sbatch reported an error for `{name}` but the job is queued (job {}): recorded, not submitted again",
                         found[0]
@@ -220,12 +295,12 @@ impl Submitter<'_> {
                 Err(qe) => {
                     // Unknown whether it went through: the intent stays open for the next run to resolve.
                     return Err(Error::runtime(format!(
-                        "sbatch failed for `{name}` ({}) and the queue could not be read to see whether it was queued anyway ({})",
+                        "sbatch failed for `{name}` ({}) and the queue or the accounting could not be read to see whether it went through anyway ({})",
                         err.message.lines().next().unwrap_or(""),
                         qe.message.lines().next().unwrap_or("")
                     ))
                     .with_hint(
-                        "run the same command again once `squeue` answers: it looks the job up by name before submitting again",
+                        "run the same command again once `squeue` and `sacct` answer: it looks the job up by name before submitting again",
                     ));
                 }
             }
@@ -298,33 +373,68 @@ impl Submitter<'_> {
 }
 
 /// Settles intents that got no answer (a crash, or an sbatch whose answer was lost): queued under
-/// their name, they are recorded; otherwise taken as not submitted.
+/// their name, or known to the accounting under it (the job ran and left the queue), they are
+/// recorded; otherwise taken as not submitted. When the accounting cannot be read the intent stays
+/// open and this is an error: submitting again could run the job twice.
 pub fn resolve_unresolved(ctx: &RunCtx, sched: &dyn Scheduler, subs: &mut Submissions) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let open: Vec<Intent> = subs.unresolved().into_iter().cloned().collect();
     for i in open {
-        let found = find_by_name(sched, &i.slot.job_name, &i.comment)?;
+        let name = &i.slot.job_name;
+        let mut found: Vec<(u64, Via)> = find_by_name(sched, name, &i.comment)?
+            .into_iter()
+            .map(|id| (id, Via::Queue))
+            .collect();
+        let mut accounting = true;
+        if found.is_empty() {
+            match find_accounted(sched, name, i.at) {
+                Ok(Some(ids)) => found.extend(ids.into_iter().map(|id| (id, Via::Accounting))),
+                Ok(None) => accounting = false,
+                Err(e) => {
+                    return Err(Error::runtime(format!(
+                        "`{name}` had no recorded answer, is not queued, and the accounting could not be read to see whether it ran and left the queue ({})",
+                        e.message.lines().next().unwrap_or("")
+                    ))
+                    .with_hint(
+                        "run the same command again once `sacct` answers: it looks the job up by name before submitting again",
+                    ));
+                }
+            }
+        }
         let record = match found.first() {
-            Some(&id) => {
-                notes.push(format!(
-                    "`{}` had no recorded answer but is queued as job {id}: recorded",
-                    i.slot.job_name
-                ));
+            Some(&(id, via)) => {
+                notes.push(match via {
+                    Via::Accounting => format!(
+                        "`{name}` had no recorded answer; it ran and has left the queue (sacct knows it as job {id}): recorded, not submitted again"
+                    ),
+                    _ => format!("`{name}` had no recorded answer but is queued as job {id}: recorded"),
+                });
+                if found.len() > 1 {
+                    notes.push(format!(
+                        "{} jobs are named `{name}` ({:?}): keeping {id}",
+                        found.len(),
+                        found.iter().map(|(id, _)| id).collect::<Vec<_>>()
+                    ));
+                }
                 Record::Submitted(Accepted {
                     slot: i.slot.clone(),
                     job_id: id,
                     cluster: None,
                     shards: i.shards.clone(),
                     script_blake3: i.script_blake3.clone(),
-                    via: Via::Queue,
+                    via,
                     units_done: 0,
                     at: super::records::now(),
                 })
             }
             None => {
                 notes.push(format!(
-                    "`{}` had no recorded answer and is not queued: taken as not submitted",
-                    i.slot.job_name
+                    "`{name}` had no recorded answer and is not queued{}: taken as not submitted",
+                    if accounting {
+                        " nor in the accounting"
+                    } else {
+                        " (this cluster keeps no accounting: a job that ran and left the queue cannot be seen, and its shards may run again; their journals keep every unit once)"
+                    }
                 ));
                 Record::SubmitFailed(Refused {
                     slot: i.slot.clone(),
@@ -387,6 +497,7 @@ pub fn submit(
     let all: Vec<u32> = (0..ctx.plan.shards.len() as u32).collect();
     let rendered = render::render_round(ctx, round, &all, limits, render_opts, &[])?;
     warnings.extend(rendered.warnings.iter().cloned());
+    warnings.extend(grace_warnings_of(ctx, sched));
     let mut already: HashMap<u32, u64> = HashMap::new();
     for a in subs.accepted_of(&plan_hash) {
         if a.slot.round == round && a.slot.kind == JobKind::Array {
@@ -453,6 +564,9 @@ pub struct ResumeReport {
     /// Every unit finished, some failed: resubmitted only with `--retry-failed`.
     pub failed_units: Vec<u32>,
     pub submitted: Option<SubmitReport>,
+    /// What settling the submissions without an answer found (whether or not anything is
+    /// resubmitted).
+    pub notes: Vec<String>,
 }
 
 /// `roleplay resume`: resubmits, as a new round of arrays, the shards that are neither done nor
@@ -466,10 +580,11 @@ pub fn resume(
     let _lock = lock(ctx)?;
     render_opts.store(&ctx.rd)?;
     let mut subs = Submissions::read(&ctx.rd)?;
-    let mut warnings = Vec::new();
+    let mut notes = Vec::new();
     if !opts.submit.dry_run {
-        warnings.extend(resolve_unresolved(ctx, sched, &mut subs)?);
+        notes.extend(resolve_unresolved(ctx, sched, &mut subs)?);
     }
+    let mut warnings = Vec::new();
     let before = status::collect(ctx, Some(sched), &subs, &opts.status);
     if !before.queue_read {
         return Err(Error::runtime(format!(
@@ -508,6 +623,7 @@ pub fn resume(
         over_budget,
         failed_units,
         submitted: None,
+        notes,
     };
     if report.resubmitted.is_empty() {
         return Ok(report);
@@ -521,6 +637,7 @@ pub fn resume(
     };
     let rendered = render::render_round(ctx, round, &report.resubmitted, limits, render_opts, &worker_args)?;
     warnings.extend(rendered.warnings.iter().cloned());
+    warnings.extend(grace_warnings_of(ctx, sched));
     render::write(ctx, &rendered.arrays, &subs)?;
     let mut submitter = Submitter {
         ctx,

@@ -56,7 +56,10 @@ pub fn print_merge(s: &MergeSummary) {
             eprintln!("the files hold the finished dialogues only");
         } else {
             eprintln!(
-                "hint: finish the run (`roleplay run RUN_DIR`, with `--retry-failed` for failed units), or pass `--allow-partial` to accept a partial dataset"
+                "the files were written all the same, with the finished dialogues only: a partial dataset (exit 1)"
+            );
+            eprintln!(
+                "hint: finish the run (`roleplay run RUN_DIR`, or `roleplay resume RUN_DIR` on Slurm, with `--retry-failed` for failed units) and merge again, or pass `--allow-partial` to accept the partial dataset (exit 0)"
             );
         }
     }

@@ -18,6 +18,7 @@ mod reliability_faults;
 mod reliability_runs;
 mod reliability_slurm;
 mod report_html;
+mod slurm_chaos;
 mod slurm_cluster;
 mod slurm_flow;
 mod truth;

@@ -20,6 +20,7 @@
 //! `slurm_cluster` run (two of those reconfigure it). `cargo test --test reliability_slurm` takes
 //! about 20 s; figures go to `target/tmp/reliability-figures/slurm-*.json`.
 
+use crate::common::ClusterGuard;
 use crate::common::*;
 use rand::Rng;
 use roleplay::rundir::RunDir;
@@ -29,7 +30,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 /// The longest one command may take.
@@ -37,7 +37,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node and that
 /// accounting is on (the tests read `sacct`).
-fn cluster() -> MutexGuard<'static, ()> {
+fn cluster() -> ClusterGuard {
     let guard = crate::common::take_cluster();
     let config = text_of("scontrol", &["show", "config"]);
     assert!(
@@ -398,7 +398,7 @@ fn two_submits_then_two_resumes_at_once_submit_nothing_twice() {
         .unwrap()
         .replace("run_dir = \"../runs/quickstart-slurm\"", "run_dir = \"run\"")
         .replace("array_throttle = 4", "array_throttle = 2")
-        .replace("concurrency = 16", "concurrency = 16\ngrace_secs = 2.0");
+        .replace("grace_secs = 20", "grace_secs = 2.0");
     let file = dir.join("quickstart-slurm.toml");
     std::fs::write(&file, text).unwrap();
     let r = SlurmRun {

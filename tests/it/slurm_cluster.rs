@@ -5,13 +5,13 @@
 //! lock for its whole length; run them alone with `cargo test --test it slurm_cluster::` (2-3 minutes:
 //! most of it is waiting for squeue to forget finished jobs and for a requeued job to rerun).
 
+use crate::common::ClusterGuard;
 use roleplay::slurm::records::EndCause;
 use roleplay::slurm::status::job_end;
 use roleplay::slurm::{
     AccountingRecord, ExitCode, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, SlurmCli,
 };
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How `status` reads an accounting record (its one job-end classifier), with no worker state file.
@@ -20,7 +20,7 @@ fn end(r: &AccountingRecord) -> Option<EndCause> {
 }
 
 /// Takes the cluster for one test (see `common::take_cluster`).
-fn cluster() -> (MutexGuard<'static, ()>, SlurmCli) {
+fn cluster() -> (ClusterGuard, SlurmCli) {
     let guard = crate::common::take_cluster();
     (guard, SlurmCli::new().with_timeout(Duration::from_secs(30)))
 }

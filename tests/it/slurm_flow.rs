@@ -7,12 +7,12 @@
 //! and two of them reconfigure it (MaxArraySize 4; no accounting), restoring the default with a plain
 //! `up` when they end, also on failure. `cargo test --test slurm_flow` takes about 4 minutes.
 
+use crate::common::ClusterGuard;
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -20,7 +20,7 @@ fn repo() -> PathBuf {
 }
 
 /// Takes the cluster for one test, after checking that `sinfo` answers with a usable node.
-fn cluster() -> MutexGuard<'static, ()> {
+fn cluster() -> ClusterGuard {
     crate::common::take_cluster()
 }
 
@@ -102,10 +102,7 @@ impl Run {
                 &format!("run_dir = {}", toml_string(run_dir)),
             )
             .replace("array_throttle = 4", &format!("array_throttle = {throttle}"))
-            .replace(
-                "concurrency = 16",
-                &format!("concurrency = 16\ngrace_secs = {grace_secs:?}"),
-            );
+            .replace("grace_secs = 20", &format!("grace_secs = {grace_secs:?}"));
         let text = edit(text);
         let file = dir.path().join("quickstart-slurm.toml");
         std::fs::write(&file, text).unwrap();
@@ -730,4 +727,34 @@ fn hostile_values_are_refused_or_quoted_and_nothing_runs() {
     assert_eq!(e.code, 2, "{}", e.stderr);
     assert!(e.stderr.contains("Slurm reads"), "{}", e.stderr);
     assert!(e.stderr.contains("hint:"), "{}", e.stderr);
+}
+
+/// "failed" is the word for tasks: the units line says `with backend errors`; and a `merge` that
+/// exits 1 says that it wrote a partial dataset all the same (README: "What status reports").
+#[test]
+fn status_words_for_units_and_a_partial_merge_says_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("jobs/quickstart-slurm.toml"))
+        .unwrap()
+        .replace("run_dir = \"../runs/quickstart-slurm\"", "run_dir = \"run\"");
+    let file = dir.path().join("experiment.toml");
+    std::fs::write(&file, text).unwrap();
+    ok(&["plan", file.to_str().unwrap()]);
+    let run_dir = dir.path().join("run");
+    let status = run(&["status", run_dir.to_str().unwrap(), "--offline"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("units: 0 done, 0 with backend errors, 60 left"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("failed runs"), "{}", status.stdout);
+    let merged = run(&["merge", run_dir.to_str().unwrap()]);
+    assert_eq!(merged.code, 1, "{}", merged.stderr);
+    assert!(run_dir.join("out/dialogues.parquet").is_file());
+    assert!(
+        merged.stderr.contains("written all the same") && merged.stderr.contains("a partial dataset (exit 1)"),
+        "{}",
+        merged.stderr
+    );
 }

@@ -158,6 +158,129 @@ fn squeue_of_a_requeued_job_and_a_held_array() {
 }
 
 #[test]
+fn squeue_per_task_gives_a_held_task_its_own_reason() {
+    let array = submitted_by_readme("per task");
+    let pending = |rs: Vec<QueueRecord>| -> Vec<(u32, Option<String>)> {
+        let mut v: Vec<(u32, Option<String>)> = rs
+            .into_iter()
+            .filter(|r| r.array.is_some_and(|t| t.array_job_id == array) && r.state == JobState::Pending)
+            .map(|r| (r.array.unwrap().task_id, r.reason))
+            .collect();
+        v.sort();
+        v
+    };
+    // Folded into the remnant, every pending task seems held.
+    let folded = pending(parse_squeue(&fixture("squeue-array-one-held.txt")).unwrap());
+    assert_eq!(folded.len(), 4);
+    assert!(
+        folded
+            .iter()
+            .all(|(_, r)| r.as_deref() == Some("JobArrayTaskLimit,JobHeldAdmin")),
+        "{folded:?}"
+    );
+    // One line per task: the held one alone is held.
+    let per_task = pending(parse_squeue(&fixture("squeue-array-one-held-per-task.txt")).unwrap());
+    let throttled = Some("JobArrayTaskLimit".to_string());
+    assert_eq!(
+        per_task,
+        vec![
+            (1, throttled.clone()),
+            (2, throttled.clone()),
+            (3, Some("JobHeldAdmin".into())),
+            (4, throttled)
+        ]
+    );
+}
+
+#[test]
+fn a_task_cancelled_inside_the_pending_remnant_leaves_no_record() {
+    let array = submitted_by_readme("per task");
+    let tasks = |ids: Vec<Option<ArrayTask>>| -> Vec<u32> {
+        let mut v: Vec<u32> = ids
+            .into_iter()
+            .flatten()
+            .filter(|t| t.array_job_id == array)
+            .map(|t| t.task_id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let queue = parse_squeue(&fixture("squeue-array-task-cancelled-pending.txt")).unwrap();
+    assert_eq!(tasks(queue.iter().map(|r| r.array).collect()), vec![0, 1, 3, 4]);
+    let acct = parse_sacct(&fixture("sacct-array-task-cancelled-pending.txt")).unwrap();
+    assert_eq!(tasks(acct.iter().map(|r| r.array).collect()), vec![0, 1, 3, 4]);
+}
+
+#[test]
+fn a_one_task_array_cancelled_while_pending_loses_its_index() {
+    let one = submitted_by_readme("one-task array");
+    // squeue: the array's own id, no index.
+    let queue = parse_squeue(&fixture("squeue-one-task-array-cancelled.txt")).unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(
+        (queue[0].job_id, queue[0].array, &queue[0].state),
+        (one, None, &JobState::Cancelled)
+    );
+    // sacct: `A_[0]` in the capture, a remnant of task 0.
+    let acct = parse_sacct(&fixture("sacct-one-task-array-cancelled.txt")).unwrap();
+    assert_eq!(acct.len(), 1);
+    assert_eq!(
+        acct[0].array,
+        Some(ArrayTask {
+            array_job_id: one,
+            task_id: 0
+        })
+    );
+    assert_eq!(end(&acct[0]), Some(EndCause::Cancelled));
+    // Seen by hand on this cluster while slurmctld was busy: the same cancel as plain `A`.
+    let bare =
+        "147|147|CANCELLED by 0|0:0|0:0|00:00:00|2026-12-01T11:09:15|2026-12-01T11:09:15|None assigned|None|e1\n";
+    let acct = parse_sacct(bare).unwrap();
+    assert_eq!((acct[0].job_id, acct[0].array), (147, None));
+}
+
+#[test]
+fn node_failure_and_preemption_requeue_and_sacct_keeps_the_failed_run() {
+    let node_fail = submitted_by_readme("node failure");
+    let queue = parse_squeue(&fixture("squeue-node-fail-requeued.txt")).unwrap();
+    assert_eq!(queue.len(), 2);
+    for r in &queue {
+        assert_eq!(r.array.unwrap().array_job_id, node_fail);
+        assert_eq!((&r.state, r.reason.as_deref()), (&JobState::Pending, Some("BeginTime")));
+    }
+    let runs = parse_sacct(&fixture("sacct-node-fail-duplicates.txt")).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(r.state, JobState::NodeFail);
+        assert_eq!(end(r), Some(EndCause::NodeFail));
+    }
+
+    let preempted = submitted_by_readme("preempted");
+    let queue = parse_squeue(&fixture("squeue-preempted-requeued.txt")).unwrap();
+    assert_eq!(
+        (queue[0].job_id, &queue[0].state, queue[0].reason.as_deref()),
+        (preempted, &JobState::Pending, Some("BeginTime"))
+    );
+    for file in ["sacct-preempted-running.txt", "sacct-preempted-duplicates.txt"] {
+        let runs = parse_sacct(&fixture(file)).unwrap();
+        assert_eq!(runs[0].job_id, preempted, "{file}");
+        assert_eq!(end(&runs[0]), Some(EndCause::Preempted), "{file}");
+    }
+}
+
+#[test]
+fn sacct_finds_finished_jobs_by_name() {
+    let array = submitted("sbatch-parsable-array.txt");
+    let records = parse_sacct(&fixture("sacct-by-name.txt")).unwrap();
+    assert_eq!(records.len(), 6);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.name == "rp-array" && r.array.unwrap().array_job_id == array)
+    );
+}
+
+#[test]
 fn squeue_garbage_is_an_error_not_a_panic() {
     for garbage in [
         "hello",
@@ -455,6 +578,11 @@ fn config_limits_default_tuned_and_without_accounting() {
 
     let off = parse_config(&fixture("scontrol-show-config-no-accounting.txt")).unwrap();
     assert!(!off.accounting);
+
+    assert_eq!(parse_kill_wait(&fixture("scontrol-show-config.txt")), Some(30));
+    assert_eq!(parse_kill_wait("KillWait                = 90 sec\n"), Some(90));
+    assert_eq!(parse_kill_wait("KillWait = soon\n"), None);
+    assert_eq!(parse_kill_wait(""), None);
 
     assert!(parse_config("").is_err());
     assert!(parse_config("MaxArraySize = lots\nAccountingStorageType = accounting_storage/none").is_err());

@@ -1,18 +1,24 @@
 //! The decisions of `status`, pure (no I/O, no clock, no scheduler: everything is in the
 //! arguments): [`classify`] turns one shard's [`ShardEvidence`] into its [`ShardVerdict`] (state,
-//! reason, attempt budget, whether `resume` submits it again, outcomes worth recording), and
-//! [`job_end`] is the one reading of how a task in a final scheduler state ended.
+//! reason, the history of its attempts, the attempt budget, whether `resume` submits it again,
+//! outcomes worth recording), and [`job_end`] is the one reading of how a task in a final scheduler
+//! state ended.
 //!
 //! Trust, per shard: the journal (done or failed units) over everything; a task pending or running
 //! in squeue; an unconfirmed submission; how the latest task ended, by sacct, else squeue's final
-//! state, else an outcome recorded earlier, else the worker's state file, else a cancel mark or its
-//! absence from the queue; with no end known, the worker's heartbeat.
+//! state, else an outcome recorded earlier, else the worker's state file, else a cancel mark, else
+//! the absence of any trace of it having started (no log, no state file: cancelled before it
+//! started), else its absence from the queue; with no end known, the worker's heartbeat.
+//!
+//! Every task counts its runs: sacct's earlier runs of a requeued task (NODE_FAIL, PREEMPTED,
+//! REQUEUED, ...) come before its latest. The history is the same whether the shard is done or
+//! not: the failures of a shard that is done now still count, and are still shown.
 
 use super::State;
 use super::evidence::{Context, ShardEvidence, TaskEvidence};
 use crate::rundir::state::{ShardState as WorkerState, ShardStatus};
 use crate::slurm::records::{EndCause, EndClass};
-use crate::slurm::{ExitCode, JobRef, JobState, QueueRecord};
+use crate::slurm::{AccountingRecord, ExitCode, JobRef, JobState, QueueRecord};
 
 /// roleplay's exit code for "stopped on a signal after checkpointing" (EX_TEMPFAIL).
 const CHECKPOINTED_EXIT_CODE: u32 = crate::error::exit::INTERRUPTED as u32;
@@ -25,7 +31,7 @@ pub struct ShardVerdict {
     /// The task the report names: a live one (a running one first), else the latest.
     pub job: Option<JobRef>,
     pub round: Option<u32>,
-    /// Ended tasks whose end counts against the attempt budget.
+    /// Ended runs whose end counts against the attempt budget.
     pub failed_attempts: u32,
     /// `failed_attempts >= max_attempts`.
     pub over_budget: bool,
@@ -37,6 +43,40 @@ pub struct ShardVerdict {
     /// Definitive ends the submissions journal does not hold yet: (index in the evidence's tasks,
     /// cause).
     pub learnt: Vec<(usize, EndCause)>,
+    /// Every run of every task submitted for it, in order.
+    pub history: Vec<Attempt>,
+}
+
+/// One run of one task: a task runs more than once when Slurm requeues it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Index in the evidence's tasks.
+    pub task: usize,
+    /// 0 for the task's first run, 1 after its first requeue, ...
+    pub run: u32,
+    pub phase: Phase,
+}
+
+/// Where a run is, or how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Waiting in the queue.
+    Queued,
+    /// Running now.
+    Running,
+    /// Ended so.
+    Ended(EndCause),
+    /// The shard's units all finished: the latest task of a done shard.
+    Finished,
+    /// Not in the queue, and nothing tells yet how it ended.
+    Unknown,
+}
+
+impl Phase {
+    /// Counts against the attempt budget.
+    pub fn counts(&self) -> bool {
+        matches!(self, Phase::Ended(c) if c.counts())
+    }
 }
 
 /// Classifies one shard; see the module's documentation for the order of trust.
@@ -56,6 +96,7 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
         live_jobs: live.iter().map(|(t, _)| t.task.array_job_id).collect(),
         warnings: Vec::new(),
         learnt: Vec::new(),
+        history: history(e, cx),
     };
     if live.len() > 1 {
         v.warnings.push(format!(
@@ -68,29 +109,66 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
                 .join(", ")
         ));
     }
-    let ends = if complete { Vec::new() } else { ends(e, cx) };
-    v.learnt = ends
+    // The latest run of each task that is no longer queued, where something tells how it ended.
+    let last_runs: Vec<(usize, &EndCause)> = v
+        .history
         .iter()
-        .filter(|(i, cause)| {
-            let known = e
-                .tasks
-                .get(*i)
-                .and_then(|t| t.recorded.as_ref())
-                .is_some_and(|r| r.is_same(cause));
-            cause.is_definitive() && !known
+        .enumerate()
+        .filter(|(k, a)| v.history.get(k + 1).is_none_or(|next| next.task != a.task))
+        .filter_map(|(_, a)| match &a.phase {
+            Phase::Ended(c) => Some((a.task, c)),
+            _ => None,
         })
-        .cloned()
         .collect();
-    v.failed_attempts = ends.iter().filter(|(_, c)| c.counts()).count() as u32;
+    if !complete {
+        v.learnt = last_runs
+            .iter()
+            .filter(|(i, cause)| {
+                let known = e
+                    .tasks
+                    .get(*i)
+                    .and_then(|t| t.recorded.as_ref())
+                    .is_some_and(|r| r.is_same(cause));
+                cause.is_definitive() && !known
+            })
+            .map(|(i, c)| (*i, (*c).clone()))
+            .collect();
+    }
+    v.failed_attempts = v.history.iter().filter(|a| a.phase.counts()).count() as u32;
     v.over_budget = v.failed_attempts >= cx.max_attempts;
-    let latest_end = ends.last().filter(|(i, _)| i + 1 == e.tasks.len()).map(|(_, c)| c);
-    (v.state, v.reason) = if complete {
-        finished_units(e)
-    } else if let Some((t, q)) = live
+    let latest_end = last_runs
+        .last()
+        .filter(|(i, _)| i + 1 == e.tasks.len() && live.is_empty())
+        .map(|(_, c)| *c);
+    let running_first = live
         .iter()
         .find(|(_, q)| is_running_state(&q.state))
-        .or_else(|| live.first())
-    {
+        .or_else(|| live.first());
+    (v.state, v.reason) = if complete {
+        let (state, reason) = finished_units(e);
+        match running_first {
+            Some((t, q)) => {
+                v.job = Some(t.job());
+                v.round = Some(t.round);
+                let (_, why) = in_queue(e, t, q, cx);
+                let done = reason.unwrap_or_else(|| "every unit is done".to_string());
+                (
+                    state,
+                    Some(format!(
+                        "{done}; {} is still {} ({}): it will find nothing to do",
+                        t.job(),
+                        if is_running_state(&q.state) {
+                            "running"
+                        } else {
+                            "queued"
+                        },
+                        why.unwrap_or_default()
+                    )),
+                )
+            }
+            None => (state, reason),
+        }
+    } else if let Some((t, q)) = running_first {
         v.job = Some(t.job());
         v.round = Some(t.round);
         in_queue(e, t, q, cx)
@@ -144,6 +222,59 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
         ));
     }
     v
+}
+
+/// Every run of every task, in order: sacct's earlier runs of a task, then its latest (queued,
+/// running, ended, or the one that finished the shard).
+fn history(e: &ShardEvidence, cx: &Context) -> Vec<Attempt> {
+    let complete = e.complete();
+    let mut out = Vec::new();
+    for (i, t) in e.tasks.iter().enumerate() {
+        let latest = i + 1 == e.tasks.len();
+        let mut runs: Vec<EndCause> = t.earlier_runs.iter().filter_map(run_end).collect();
+        let live = live_in(t);
+        // sacct may not show a requeued task's new run yet: its latest record is then an earlier
+        // run's end.
+        if live.is_some()
+            && let Some(end) = t.accounting.as_ref().filter(|a| a.state.is_final()).and_then(run_end)
+        {
+            runs.push(end);
+        }
+        let run = |k: usize| k as u32;
+        for (k, cause) in runs.iter().enumerate() {
+            out.push(Attempt {
+                task: i,
+                run: run(k),
+                phase: Phase::Ended(cause.clone()),
+            });
+        }
+        let phase = match live {
+            Some(q) if is_running_state(&q.state) => Phase::Running,
+            Some(_) => Phase::Queued,
+            None if complete && latest => match &t.recorded {
+                Some(cause) => Phase::Ended(cause.clone()),
+                None => Phase::Finished,
+            },
+            None => end_of(t, e, cx, latest).map_or(Phase::Unknown, Phase::Ended),
+        };
+        out.push(Attempt {
+            task: i,
+            run: run(runs.len()),
+            phase,
+        });
+    }
+    out
+}
+
+/// How an earlier run of a requeued task ended (sacct's record of it), with no word from the
+/// worker (its state file speaks of the latest run).
+fn run_end(a: &AccountingRecord) -> Option<EndCause> {
+    match a.effective_state() {
+        JobState::Requeued => Some(EndCause::Requeued),
+        // Requeued after it had finished: its worker found its work done.
+        JobState::Completed => Some(EndCause::Completed),
+        state => job_end(&state, a.effective_exit_code(), a.reason.as_deref(), None),
+    }
 }
 
 /// How a task in a final scheduler state ended (`None` while the state is not final), given its
@@ -218,29 +349,18 @@ fn live_in(t: &TaskEvidence) -> Option<&QueueRecord> {
     t.queue.as_ref().filter(|q| !q.state.is_final())
 }
 
-/// How every task that is no longer queued ended, where something tells (for the budget; the
-/// latest for the state), by index in the shard's tasks.
-fn ends(e: &ShardEvidence, cx: &Context) -> Vec<(usize, EndCause)> {
-    e.tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| live_in(t).is_none())
-        .filter_map(|(i, t)| end_of(t, e, cx, i + 1 == e.tasks.len()).map(|cause| (i, cause)))
-        .collect()
-}
-
 /// The shard's state file, when it speaks of this task.
 fn worker_of<'a>(e: &'a ShardEvidence, t: &TaskEvidence) -> Option<&'a WorkerState> {
     e.worker.as_ref().filter(|_| e.worker_task == Some(t.task))
 }
 
-/// Every unit has a finished record: done, or failed units.
+/// Every unit has a finished record: done, or done with errors (failed units).
 fn finished_units(e: &ShardEvidence) -> (State, Option<String>) {
     if e.journal.failed > 0 {
         (
-            State::Failed,
+            State::DoneWithErrors,
             Some(format!(
-                "{} of {} units failed (backend errors): `roleplay resume --retry-failed` runs them again",
+                "{} of {} units ended with backend errors: `roleplay resume --retry-failed` runs them again",
                 e.journal.failed, e.units
             )),
         )
@@ -249,27 +369,60 @@ fn finished_units(e: &ShardEvidence) -> (State, Option<String>) {
     }
 }
 
+/// The end of the run before the current one of a live task that was requeued: sacct's latest
+/// record when it is final (sacct has not shown the new run yet), else its earlier runs' last.
+fn requeued_after(t: &TaskEvidence) -> Option<EndCause> {
+    match t.accounting.as_ref() {
+        Some(a) if a.state.is_final() => run_end(a),
+        _ => t.earlier_runs.last().and_then(run_end),
+    }
+}
+
 /// A task of the shard is pending or running in squeue.
 fn in_queue(e: &ShardEvidence, t: &TaskEvidence, q: &QueueRecord, cx: &Context) -> (State, Option<String>) {
     let worker = worker_of(e, t);
+    let after = requeued_after(t);
     if is_running_state(&q.state) {
         let stale = worker
             .filter(|w| w.status == ShardStatus::Running)
             .map(|w| cx.now.saturating_sub(w.heartbeat_at))
             .filter(|age| *age > cx.lost_after_secs);
         let on = q.nodes.as_deref().unwrap_or("?");
-        let reason = match (stale, &q.state) {
+        let mut reason = match (stale, &q.state) {
             (_, JobState::Completing) => format!("stopping on {on} (COMPLETING)"),
             (Some(age), _) => format!("{} on {on}; no heartbeat for {age} s", q.state),
             (None, JobState::Running) => format!("on {on}"),
             (None, other) => format!("{other} on {on}"),
         };
+        match after {
+            Some(EndCause::Requeued) => reason.push_str(" (requeued)"),
+            Some(cause) => reason.push_str(&format!(" (requeued after {cause})")),
+            None => {}
+        }
         (State::Running, Some(reason))
     } else {
-        let reason = match (q.reason.as_deref(), worker.is_some()) {
-            (Some("BeginTime"), true) => "requeued (BeginTime)".to_string(),
-            (Some(r), _) => r.to_string(),
-            (None, _) => q.state.to_string(),
+        let base = q.reason.clone().unwrap_or_else(|| q.state.to_string());
+        let held = base.starts_with("JobHeld")
+            || matches!(
+                q.state,
+                JobState::RequeueHold | JobState::SpecialExit | JobState::ResvDelHold
+            );
+        let shown = if held {
+            format!("held ({base}): `scontrol release {}` lets it run", t.job())
+        } else {
+            base.clone()
+        };
+        // Without a reason squeue shows the state (PENDING): not worth repeating after a requeue.
+        let detail = if q.reason.is_some() || held {
+            format!(" ({shown})")
+        } else {
+            String::new()
+        };
+        let reason = match after {
+            Some(EndCause::Requeued) => format!("requeued{detail}"),
+            Some(cause) => format!("requeued after {cause}{detail}"),
+            None if worker.is_some() && base == "BeginTime" => "requeued (BeginTime)".to_string(),
+            None => shown,
         };
         (State::Pending, Some(reason))
     }
@@ -298,9 +451,11 @@ fn no_end_known(e: &ShardEvidence, t: &TaskEvidence, cx: &Context) -> (State, Op
     }
 }
 
-/// How a task that is not queued any more ended; `None` when nothing tells yet.
+/// How a task that is not queued any more ended (its latest run); `None` when nothing tells yet.
 fn end_of(t: &TaskEvidence, e: &ShardEvidence, cx: &Context, latest: bool) -> Option<EndCause> {
     let mine = worker_of(e, t);
+    // Nothing of it ever ran: no log, no state file of its worker.
+    let never_started = !t.log && mine.is_none();
     // The scheduler's final word: sacct, else squeue within MinJobAge.
     let by_scheduler = match (&t.accounting, &t.queue) {
         (Some(a), _) if a.state.is_final() => {
@@ -309,8 +464,10 @@ fn end_of(t: &TaskEvidence, e: &ShardEvidence, cx: &Context, latest: bool) -> Op
         (_, Some(q)) if q.state.is_final() => job_end(&q.state, None, q.reason.as_deref(), mine),
         _ => None,
     };
-    if by_scheduler.is_some() {
-        return by_scheduler;
+    match by_scheduler {
+        Some(EndCause::Cancelled) if never_started => return Some(EndCause::CancelledBeforeStart),
+        Some(cause) => return Some(cause),
+        None => {}
     }
     if let Some(recorded) = &t.recorded {
         return Some(recorded.clone());
@@ -334,12 +491,20 @@ fn end_of(t: &TaskEvidence, e: &ShardEvidence, cx: &Context, latest: bool) -> Op
             ShardStatus::Done | ShardStatus::Failed => Some(EndCause::FinishedButIncomplete),
         };
     }
-    if t.cancelled && cx.queue_read {
+    if !cx.queue_read {
+        return None;
+    }
+    if t.cancelled {
         return Some(EndCause::CancelledByRoleplay);
+    }
+    // Gone from the queue without a trace of having started: squeue and sacct keep nothing of a
+    // task cancelled while it waited in its array's pending record.
+    if never_started {
+        return Some(EndCause::CancelledBeforeStart);
     }
     // Gone from the queue without a word from the worker (an earlier task's state file may have
     // been overwritten by a later attempt; its outcome was recorded then if anyone looked).
-    cx.queue_read.then_some(EndCause::LeftQueueWithoutRecord { latest })
+    Some(EndCause::LeftQueueWithoutRecord { latest })
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use crate::plan::UnitId;
 use crate::rundir::state::{self, ShardState as WorkerState};
 use crate::slurm::records::{Accepted, EndCause, JobKind, Submissions};
 use crate::slurm::render::RunCtx;
-use crate::slurm::{AccountingRecord, ArrayTask, JobRef, QueueFilter, QueueRecord, Scheduler};
+use crate::slurm::{AccountingRecord, ArrayTask, JobRef, JobState, QueueFilter, QueueRecord, Scheduler};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What a journal says: units finished, and failed among them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct TaskEvidence {
     pub queue: Option<QueueRecord>,
     /// sacct's record of it (the latest run's).
     pub accounting: Option<AccountingRecord>,
+    /// sacct's records of its earlier runs (`sacct -D`: it was requeued), oldest first.
+    pub earlier_runs: Vec<AccountingRecord>,
+    /// Its Slurm log exists: it started at some time.
+    pub log: bool,
     /// Its latest outcome in the submissions journal.
     pub recorded: Option<EndCause>,
     /// `roleplay cancel` named it or its array.
@@ -93,6 +97,8 @@ pub struct RunEvidence {
     /// `read`, `disabled on this cluster`, `not needed`, `not asked` or `unavailable: ...`.
     pub accounting: String,
     pub warnings: Vec<String>,
+    /// Merge jobs of the plan that squeue shows queued or running.
+    pub live_merge_jobs: Vec<u64>,
 }
 
 /// Reads the run's records and asks the scheduler (unless `opts.offline`): see the module's
@@ -131,12 +137,21 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
     let undone: Vec<usize> = (0..n)
         .filter(|&s| journals[s].done < u64::from(plan.shards[s].units) && !submitted.tasks[s].is_empty())
         .collect();
+    // Tasks a worker's state file names: they ran (a pending one was requeued).
+    let ran: HashSet<ArrayTask> = states
+        .iter()
+        .flatten()
+        .filter_map(|w| match w.slurm_job_id.as_deref().map(str::parse::<JobRef>) {
+            Some(Ok(JobRef::Task(t))) => Some(t),
+            _ => None,
+        })
+        .collect();
 
     // The scheduler, before the records are read again.
     let mut sched_ev = SchedulerEvidence::default();
     let (mut queue, mut accounting) = ("not asked".to_string(), "not asked".to_string());
     if let Some(sched) = sched.filter(|_| !opts.offline) {
-        (queue, accounting) = sched_ev.ask(sched, &submitted, &undone, &mut warnings);
+        (queue, accounting) = sched_ev.ask(sched, &submitted, &undone, &ran, &mut warnings);
         // Read again what may have changed while the scheduler was asked.
         for &s in &undone {
             journals[s] = journal_summary(ctx, s as u32, &mut Vec::new());
@@ -146,6 +161,10 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
 
     let recorded = subs.outcomes();
     let cancels = subs.cancel_marks();
+    // Listed after the scheduler was asked: a task gone from the queue without a log never started.
+    let logs: HashSet<std::ffi::OsString> = std::fs::read_dir(ctx.rd.slurm_log_dir())
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+        .unwrap_or_default();
     let shards = (0..n)
         .map(|s| {
             let worker = states[s].take().filter(|w| w.plan_hash == plan.plan_hash);
@@ -163,6 +182,12 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
                         task,
                         queue: sched_ev.queue.get(&task).cloned(),
                         accounting: sched_ev.accounting.get(&task).cloned(),
+                        earlier_runs: sched_ev.earlier_runs.get(&task).cloned().unwrap_or_default(),
+                        log: ctx
+                            .rd
+                            .slurm_task_log(task.array_job_id, task.task_id)
+                            .file_name()
+                            .is_some_and(|name| logs.contains(name)),
                         recorded: recorded.get(&JobRef::Task(task)).map(|o| o.cause.clone()),
                         cancelled: cancels.cover(task),
                     })
@@ -182,6 +207,7 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
         queue,
         accounting,
         warnings,
+        live_merge_jobs: sched_ev.live_merge_jobs,
     }
 }
 
@@ -198,6 +224,8 @@ struct Submitted {
     tasks: Vec<Vec<(u32, u32, ArrayTask)>>,
     array_ids: Vec<u64>,
     merge_ids: Vec<u64>,
+    /// Arrays of one task: squeue and sacct may show that task without its index.
+    one_task_arrays: HashSet<u64>,
 }
 
 impl Submitted {
@@ -206,12 +234,16 @@ impl Submitted {
             tasks: vec![Vec::new(); shards],
             array_ids: Vec::new(),
             merge_ids: Vec::new(),
+            one_task_arrays: HashSet::new(),
         };
         for a in subs.accepted_of(plan_hash) {
             match a.slot.kind {
                 JobKind::Merge => out.merge_ids.push(a.job_id),
                 JobKind::Array => {
                     out.array_ids.push(a.job_id);
+                    if a.shards.len() == 1 {
+                        out.one_task_arrays.insert(a.job_id);
+                    }
                     for (i, &s) in a.shards.iter().enumerate() {
                         if let Some(list) = out.tasks.get_mut(s as usize) {
                             let task = ArrayTask {
@@ -233,21 +265,31 @@ impl Submitted {
 struct SchedulerEvidence {
     queue: HashMap<ArrayTask, QueueRecord>,
     accounting: HashMap<ArrayTask, AccountingRecord>,
+    /// Records of earlier runs of requeued tasks, oldest first.
+    earlier_runs: HashMap<ArrayTask, Vec<AccountingRecord>>,
     /// Own job id of a task -> the task.
     own_ids: HashMap<u64, ArrayTask>,
+    /// Arrays of one task (from the submissions): a record of one without an index is its task 0.
+    one_task_arrays: HashSet<u64>,
+    merge_ids: HashSet<u64>,
+    live_merge_jobs: Vec<u64>,
     queue_read: bool,
 }
 
 impl SchedulerEvidence {
     /// Asks squeue about every job of the plan, then sacct about the arrays of the `undone` shards'
-    /// tasks that are not pending or running; returns how the queue and the accounting answered.
+    /// tasks that are not pending or running, or pending after a requeue (reason BeginTime, or
+    /// named by a state file: in `ran`); returns how the queue and the accounting answered.
     fn ask(
         &mut self,
         sched: &dyn Scheduler,
         submitted: &Submitted,
         undone: &[usize],
+        ran: &HashSet<ArrayTask>,
         warnings: &mut Vec<String>,
     ) -> (String, String) {
+        self.one_task_arrays = submitted.one_task_arrays.clone();
+        self.merge_ids = submitted.merge_ids.iter().copied().collect();
         let mut ids: Vec<JobRef> = submitted
             .array_ids
             .iter()
@@ -274,7 +316,13 @@ impl SchedulerEvidence {
         let mut ended_arrays: Vec<JobRef> = undone
             .iter()
             .flat_map(|&s| submitted.tasks[s].iter())
-            .filter(|(_, _, t)| self.queue.get(t).is_none_or(|q| q.state.is_final()))
+            .filter(|(_, _, t)| {
+                self.queue.get(t).is_none_or(|q| {
+                    q.state.is_final()
+                        || (q.state == JobState::Pending
+                            && (ran.contains(t) || q.reason.as_deref() == Some("BeginTime")))
+                })
+            })
             .map(|(_, _, t)| JobRef::Job(t.array_job_id))
             .collect();
         ended_arrays.sort();
@@ -297,7 +345,12 @@ impl SchedulerEvidence {
     /// Keeps one record per task: a live one over a final one.
     fn add_queue(&mut self, records: Vec<QueueRecord>) {
         for r in records {
-            let Some(t) = r.array else { continue };
+            if r.array.is_none() && self.merge_ids.contains(&r.job_id) && !r.state.is_final() {
+                self.live_merge_jobs.push(r.job_id);
+            }
+            let Some(t) = r.array.or_else(|| self.task_of_one_task_array(r.job_id)) else {
+                continue;
+            };
             self.own_ids.insert(r.job_id, t);
             let keep_old = self
                 .queue
@@ -309,13 +362,26 @@ impl SchedulerEvidence {
         }
     }
 
-    /// Keeps the last record per task (with `sacct -D`, the latest run).
+    /// Keeps the last record per task (with `sacct -D`, the latest run) and the earlier ones.
     fn add_accounting(&mut self, records: Vec<AccountingRecord>) {
         for r in records {
-            let Some(t) = r.array else { continue };
+            let Some(t) = r.array.or_else(|| self.task_of_one_task_array(r.job_id)) else {
+                continue;
+            };
             self.own_ids.insert(r.job_id, t);
-            self.accounting.insert(t, r);
+            if let Some(earlier) = self.accounting.insert(t, r) {
+                self.earlier_runs.entry(t).or_default().push(earlier);
+            }
         }
+    }
+
+    /// A record without an array index under the id of a one-task array is that array's task:
+    /// squeue and sacct show a one-task array cancelled while pending so.
+    fn task_of_one_task_array(&self, job_id: u64) -> Option<ArrayTask> {
+        self.one_task_arrays.contains(&job_id).then_some(ArrayTask {
+            array_job_id: job_id,
+            task_id: 0,
+        })
     }
 
     /// The task a state file's job id names: `A_i` itself, or a task's own id the scheduler showed.

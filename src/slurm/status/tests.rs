@@ -106,6 +106,14 @@ pub(crate) fn worker_state(ctx: &RunCtx, shard: u32, status: ShardStatus, job: &
     .unwrap();
 }
 
+/// Writes the Slurm log of task `task_id` of array job `array_job_id`, as Slurm does when the task
+/// starts: status takes a task gone from the queue without one as never started.
+pub(crate) fn started(ctx: &RunCtx, array_job_id: u64, task_id: u32) {
+    let log = ctx.rd.slurm_task_log(array_job_id, task_id);
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(log, "").unwrap();
+}
+
 /// Records that array job `job_id` of `round` ran `shards` (index i runs shards[i]).
 pub(crate) fn accepted(ctx: &RunCtx, subs: &mut Submissions, round: u32, job_id: u64, shards: Vec<u32>) {
     subs.push(
@@ -217,7 +225,11 @@ fn queued_and_running_tasks_and_the_journal_wins_over_the_queue() {
     assert_eq!(r.exit_code(), 75);
     assert_eq!(r.live_jobs, vec![50]);
     assert!(r.new_outcomes.is_empty());
-    assert_eq!(r.accounting, "not needed");
+    // The task pending with BeginTime was requeued: sacct is asked what its last run was.
+    assert_eq!(r.accounting, "read");
+    // Shard 3 is done while its task still runs: the run is not finished.
+    assert!(r.shards[3].reason.as_deref().unwrap().contains("50_3 is still running"));
+    assert_eq!(r.still_queued, vec!["50_3".to_string()]);
 }
 
 #[test]
@@ -273,6 +285,9 @@ fn exit_codes_and_worker_errors() {
         acct(70, 3, JobState::Cancelled, (0, 0)),
     ]));
     worker_state(&f.ctx, 1, ShardStatus::Error, "70_1", 50);
+    for task in 0..4 {
+        started(&f.ctx, 70, task);
+    }
     let r = look(&f, &fake, &subs);
     assert_eq!(
         states(&r),
@@ -369,7 +384,11 @@ fn failed_units_and_the_attempt_budget() {
     );
     assert!(!s0.over_budget && s0.resubmit);
     let s1 = &r.shards[1];
-    assert_eq!(s1.state, State::Failed);
+    assert_eq!(
+        s1.state,
+        State::DoneWithErrors,
+        "units with errors are not a failed task"
+    );
     assert!(s1.complete && !s1.resubmit);
     assert!(s1.reason.as_deref().unwrap().contains("--retry-failed"));
     assert_eq!(r.units.failed, 1);
@@ -447,4 +466,176 @@ fn json_spells_each_state_one_way_and_jobs_as_slurm_does() {
     for s in State::ALL {
         assert_eq!(serde_json::to_value(s).unwrap(), s.json_name());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15: one test per item, written against the public report (they also build on the code
+// before the fixes, where they fail).
+
+/// A shard whose pending task is cancelled three times never started, so it used none of its
+/// attempt budget: sacct keeps no row for such a task (or shows a one-task array without its
+/// index) and squeue forgets it; it is resubmitted, and names no log that does not exist.
+#[test]
+fn issue15_tasks_cancelled_before_they_started_use_no_attempt_budget() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    for (round, job) in [(0, 200), (1, 201), (2, 202)] {
+        accepted(&f.ctx, &mut subs, round, job, vec![0]);
+    }
+    let fake = FakeScheduler::new();
+    // Round 1's cancel as sacct printed it while slurmctld was busy: `201`, not `201_0`.
+    let mut bare = acct(201, 0, JobState::Cancelled, (0, 0));
+    bare.job_id = 201;
+    bare.array = None;
+    fake.set_accounting(Some(vec![bare]));
+    let r = look(&f, &fake, &subs);
+    let s0 = &r.shards[0];
+    assert_eq!(s0.state, State::Interrupted, "{:?}", s0.reason);
+    assert_eq!(s0.reason.as_deref(), Some("cancelled before it started"));
+    assert_eq!(s0.failed_attempts, 0);
+    assert!(!s0.over_budget && s0.resubmit);
+    assert_eq!(s0.log, None, "no task of it ever started: no log to read");
+}
+
+/// Every unit is done, but a task of the run still waits in the queue (a requeue after the last
+/// unit): the run is not finished, and says so.
+#[test]
+fn issue15_done_is_not_finished_while_a_task_of_the_run_is_still_queued() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, 210, vec![0, 1, 2, 3]);
+    for shard in 0..4 {
+        finish(&f.ctx, shard, 2, 0);
+    }
+    let fake = FakeScheduler::new();
+    fake.set_queue(vec![queued(210, 2, JobState::Pending, Some("BeginTime"))]);
+    let r = look(&f, &fake, &subs);
+    assert_eq!(states(&r), vec![State::Done; 4]);
+    assert!(!r.finished && !r.complete, "a task of the run is still queued");
+    assert_eq!(r.exit_code(), 75);
+    assert!(
+        r.shards[2]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("210_2 is still queued"),
+        "{:?}",
+        r.shards[2].reason
+    );
+    // Once it has left the queue, the run is complete.
+    fake.set_queue(vec![queued(210, 2, JobState::Completed, None)]);
+    let r = look(&f, &fake, &subs);
+    assert!(r.complete);
+    assert_eq!(r.exit_code(), 0);
+}
+
+/// A SIGKILL counted one failed attempt; once a later task has done every unit, it still counts.
+#[test]
+fn issue15_failures_stay_counted_once_a_shard_is_done() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, 220, vec![0]);
+    let fake = FakeScheduler::new();
+    fake.set_accounting(Some(vec![acct(220, 0, JobState::Failed, (9, 0))]));
+    let r = look(&f, &fake, &subs);
+    assert_eq!(r.shards[0].failed_attempts, 1);
+    // What `status` and `resume` record, then a second task does the work.
+    for o in &r.new_outcomes {
+        subs.push(&f.ctx.rd, Record::Outcome(o.clone())).unwrap();
+    }
+    accepted(&f.ctx, &mut subs, 1, 221, vec![0]);
+    finish(&f.ctx, 0, 2, 0);
+    let r = look(&f, &fake, &subs);
+    let s0 = &r.shards[0];
+    assert_eq!(s0.state, State::Done);
+    assert_eq!(s0.failed_attempts, 1, "the SIGKILL still counts");
+    let json = serde_json::to_value(&r).unwrap();
+    let history = &json["shards"][0]["history"];
+    assert_eq!(history[0]["job"], "220_0");
+    assert_eq!(history[0]["counts"], true);
+    assert!(history[0]["reason"].as_str().unwrap().contains("SIGKILL"), "{history}");
+    assert_eq!(history[1]["job"], "221_0");
+    assert_eq!(history[1]["phase"], "finished");
+}
+
+/// A task failed by its node and requeued waits in the queue: status says after what.
+#[test]
+fn issue15_a_task_requeued_after_node_failure_says_so() {
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, 230, vec![0, 1]);
+    worker_state(&f.ctx, 0, ShardStatus::Running, "230_0", 5);
+    worker_state(&f.ctx, 1, ShardStatus::Interrupted, "230_1", 5);
+    let fake = FakeScheduler::new();
+    fake.set_queue(vec![
+        queued(230, 0, JobState::Pending, Some("BeginTime")),
+        queued(230, 1, JobState::Pending, Some("BeginTime")),
+    ]);
+    // As `sacct -D` showed them on the test cluster: the failed runs, before the new ones.
+    fake.set_accounting(Some(vec![
+        acct(230, 0, JobState::NodeFail, (0, 0)),
+        acct(230, 1, JobState::Preempted, (0, 0)),
+    ]));
+    let r = look(&f, &fake, &subs);
+    assert_eq!(states(&r)[..2], [State::Pending, State::Pending]);
+    assert_eq!(
+        r.shards[0].reason.as_deref(),
+        Some("requeued after NODE_FAIL (BeginTime)")
+    );
+    assert_eq!(
+        r.shards[1].reason.as_deref(),
+        Some("requeued after PREEMPTED (BeginTime)")
+    );
+    assert_eq!(r.shards[0].failed_attempts, 0);
+}
+
+/// The real squeue's output of a throttled array with one task held, through `SlurmCli`: each
+/// shard shows its own reason (squeue is asked for one line per task), not the remnant's joined
+/// `JobArrayTaskLimit,JobHeldAdmin`.
+#[test]
+fn issue15_each_pending_shard_shows_its_own_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/slurm");
+    let readme = std::fs::read_to_string(fixtures.join("README.md")).unwrap();
+    let ids = readme.lines().find(|l| l.starts_with("Job ids:")).unwrap();
+    let array: u64 = ids
+        .split("per task ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let script = |name: &str, body: String| {
+        let path = bin.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let folded = fixtures.join("squeue-array-one-held.txt");
+    let per_task = fixtures.join("squeue-array-one-held-per-task.txt");
+    script(
+        "squeue",
+        format!(
+            "for a in \"$@\"; do case \"$a\" in -r|--array) exec cat '{}';; esac; done\nexec cat '{}'",
+            per_task.display(),
+            folded.display()
+        ),
+    );
+    script("sacct", String::new());
+    let f = fixture();
+    let mut subs = Submissions::default();
+    accepted(&f.ctx, &mut subs, 0, array, vec![0, 1, 2, 3]);
+    let cli = crate::slurm::SlurmCli::new().with_bin_dir(bin.path());
+    let r = collect(&f.ctx, Some(&cli), &subs, &StatusOptions::default());
+    assert_eq!(r.queue, "read");
+    assert_eq!(
+        states(&r),
+        vec![State::Running, State::Pending, State::Pending, State::Pending]
+    );
+    let reasons: Vec<&str> = r.shards.iter().map(|s| s.reason.as_deref().unwrap_or("")).collect();
+    assert_eq!(reasons[1], "JobArrayTaskLimit");
+    assert_eq!(reasons[2], "JobArrayTaskLimit");
+    assert!(reasons[3].starts_with("held (JobHeldAdmin)"), "{reasons:?}");
 }

@@ -401,3 +401,140 @@ fn one_submit_at_a_time() {
     let e = submit(&f.ctx, &FakeScheduler::new(), &offline_limits(1001), &quick()).unwrap_err();
     assert!(e.message.contains("already running"), "{}", e.message);
 }
+
+/// The intent a `submit` killed while sbatch ran leaves behind: the journal says sbatch was about
+/// to run for round 0's array, and no answer. (The fake's first job id, 1000, is the orphan's.)
+fn orphaned_intent(f: &crate::slurm::status::tests::Fixture, fake: &FakeScheduler) -> (String, u64) {
+    let ctx = &f.ctx;
+    let name = ctx.job_name(0, JobKind::Array, 0);
+    let orphan = fake.submit(Path::new("orphan.sbatch"), &[]).unwrap().job_id;
+    Submissions::append(
+        &ctx.rd,
+        &[Record::Submitting(Intent {
+            slot: crate::slurm::records::Slot {
+                plan_hash: ctx.plan.plan_hash.clone(),
+                round: 0,
+                kind: JobKind::Array,
+                array: 0,
+                job_name: name.clone(),
+            },
+            comment: ctx.comment(0, JobKind::Array, 0),
+            shards: vec![0, 1, 2, 3],
+            script: "slurm/round-000-array-0.sbatch".into(),
+            script_blake3: String::new(),
+            args: vec![],
+            at: crate::slurm::records::now() - 100,
+        })],
+    )
+    .unwrap();
+    (name, orphan)
+}
+
+/// Issue 15 item 6: the orphan of a killed `submit` ran and left the queue before the next
+/// `submit`: sacct knows it by name, so it is recorded (and its tasks' ends read), not submitted a
+/// second time.
+#[test]
+fn an_orphan_that_left_the_queue_is_found_in_the_accounting_not_submitted_again() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    let (name, orphan) = orphaned_intent(&f, &fake);
+    let mut records: Vec<AccountingRecord> = (0..4).map(|t| acct(orphan, t, JobState::Completed, (0, 0))).collect();
+    for r in &mut records {
+        r.name = name.clone();
+    }
+    fake.set_accounting(Some(records));
+    for shard in 0..4 {
+        finish(&f.ctx, shard, 2, 0);
+    }
+    let report = submit(&f.ctx, &fake, &offline_limits(1001), &quick()).unwrap();
+    assert_eq!(fake.submissions().len(), 1, "only the orphan: nothing submitted again");
+    assert_eq!(report.jobs[0].1, JobResult::AlreadySubmitted { job_id: orphan });
+    assert!(
+        report.warnings.iter().any(|w| w.contains("sacct knows it as job 1000")),
+        "{:?}",
+        report.warnings
+    );
+    let journal = Submissions::read(&f.ctx.rd).unwrap();
+    assert!(journal.unresolved().is_empty());
+    assert!(
+        journal
+            .accepted()
+            .any(|a| a.job_id == orphan && a.via == Via::Accounting)
+    );
+    let r = status::collect(&f.ctx, Some(&fake), &journal, &StatusOptions::default());
+    assert!(r.complete, "{:?}", r.shards);
+}
+
+/// Without accounting an orphan that left the queue cannot be seen: it is taken as not submitted,
+/// and the note says why.
+#[test]
+fn without_accounting_an_orphan_that_left_the_queue_is_taken_as_not_submitted_and_said_so() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    let (_, orphan) = orphaned_intent(&f, &fake);
+    fake.set_accounting(None);
+    let report = submit(&f.ctx, &fake, &offline_limits(1001), &quick()).unwrap();
+    assert_eq!(report.job_ids(), vec![orphan + 1]);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("keeps no accounting")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+/// Issue 15 item 7: a worker grace that Slurm's KillWait cuts short is a warning at submit and
+/// resume (KillWait from `scontrol show config`).
+#[test]
+fn a_worker_grace_not_below_kill_wait_is_a_warning() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    // The fixture's experiment keeps the default grace of 30 s; Slurm's default KillWait is 30 s.
+    let report = submit(&f.ctx, &fake, &offline_limits(1001), &quick()).unwrap();
+    let warned = |ws: &[String]| {
+        ws.iter()
+            .any(|w| w.contains("is not below the cluster's KillWait (30 s)"))
+    };
+    assert!(warned(&report.warnings), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("grace_secs` to at most 25")),
+        "{:?}",
+        report.warnings
+    );
+    let mut exp = f.ctx.plan.experiment.clone();
+    exp.worker.grace_secs = 20.0;
+    assert!(grace_warnings(&exp, Some(30)).is_empty());
+    assert!(
+        grace_warnings(&exp, None).is_empty(),
+        "KillWait unknown: nothing to say"
+    );
+    assert!(!grace_warnings(&exp, Some(20)).is_empty());
+}
+
+/// A `resume` killed while sbatch ran left an orphan that is queued: the next `resume` records it
+/// and says so, although it then has nothing to resubmit.
+#[test]
+fn resume_says_what_it_adopted_even_with_nothing_to_resubmit() {
+    let f = fixture();
+    let fake = FakeScheduler::new();
+    let (name, orphan) = orphaned_intent(&f, &fake);
+    fake.set_queue(
+        (0..4)
+            .map(|t| {
+                let mut q = queued(orphan, t, JobState::Running, None);
+                q.name = name.clone();
+                q
+            })
+            .collect(),
+    );
+    let report = resume(&f.ctx, &fake, &offline_limits(1001), &ResumeOptions::default()).unwrap();
+    assert!(report.submitted.is_none() && report.resubmitted.is_empty());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("is queued as job {orphan}: recorded"))),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(fake.submissions().len(), 1);
+}

@@ -712,14 +712,45 @@ pub fn record_figures(name: &str, figures: serde_json::Value) {
 pub const SLURM_NOT_RUNNING: &str = "the Slurm test cluster is not running: run `scripts/slurm-cluster up` first";
 
 /// The one Slurm test cluster: every Slurm suite holds it for the whole of one test (some tests
-/// reconfigure the cluster, and all of them count its jobs), so no two Slurm tests overlap.
+/// reconfigure the cluster, take its node down or preempt its jobs, and all of them count its
+/// jobs), so no two Slurm tests overlap: within this process by the mutex, across processes (two
+/// `cargo test` runs on one machine) by an advisory lock on [`CLUSTER_LOCK`].
 static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Takes the cluster for one test, after checking that it is up (see [`assert_cluster_up`]).
-pub fn take_cluster() -> std::sync::MutexGuard<'static, ()> {
+/// The file every Slurm test locks while it uses the cluster.
+pub const CLUSTER_LOCK: &str = "/tmp/roleplay-slurm-test-cluster.lock";
+
+/// Holds the cluster for one test: the in-process mutex and the cross-process file lock.
+pub struct ClusterGuard {
+    _file: std::fs::File,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Takes the cluster for one test, after checking that it is up (see [`assert_cluster_up`]);
+/// waits (at most 20 minutes) while another process's Slurm test holds it.
+pub fn take_cluster() -> ClusterGuard {
     let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CLUSTER_LOCK)
+        .unwrap_or_else(|e| panic!("cannot open the cluster lock `{CLUSTER_LOCK}`: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("cannot take the cluster lock `{CLUSTER_LOCK}`: {e:?}"),
+        }
+    }
     assert_cluster_up();
-    guard
+    ClusterGuard {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 /// Fails (never skips) unless `sinfo` answers with a usable node: the Slurm tests need the real

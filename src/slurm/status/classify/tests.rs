@@ -1,13 +1,14 @@
 //! The classifier on hand-built evidence: one table row per case of README's "What status
-//! reports" (and the attempt budget), then what the table does not show (the task named, live
-//! jobs, warnings, what is learnt) and `job_end` on every state.
+//! reports" (and the attempt budget, requeues, tasks that never started, the history of a done
+//! shard), then what the table does not show (the task named, live jobs, warnings, what is learnt,
+//! the history's runs) and `job_end` on every state.
 
 use super::*;
 use crate::rundir::state::ShardState as WorkerState;
 use crate::slurm::records::EndClass;
 use crate::slurm::status::evidence::JournalSummary;
 use crate::slurm::{AccountingRecord, ArrayTask, StepSummary};
-use State::{Done, Failed, Interrupted, Lost, NotSubmitted, Pending, Running};
+use State::{Done, DoneWithErrors, Failed, Interrupted, Lost, NotSubmitted, Pending, Running};
 
 const NOW: u64 = 1_000_000;
 
@@ -55,7 +56,8 @@ impl E {
         self
     }
 
-    /// Task 0 of array job `array_job_id`, submitted in round `array_job_id % 100`.
+    /// Task 0 of array job `array_job_id`, submitted in round `array_job_id % 100`; it started (its
+    /// log exists) unless [`E::no_log`] says otherwise.
     fn task(mut self, array_job_id: u64) -> E {
         self.0.tasks.push(TaskEvidence {
             round: (array_job_id % 100) as u32,
@@ -66,9 +68,25 @@ impl E {
             },
             queue: None,
             accounting: None,
+            earlier_runs: Vec::new(),
+            log: true,
             recorded: None,
             cancelled: false,
         });
+        self
+    }
+
+    /// The latest task never started: no Slurm log of it.
+    fn no_log(mut self) -> E {
+        self.last().log = false;
+        self
+    }
+
+    /// An earlier run of the latest task (it was requeued), as `sacct -D` shows it.
+    fn earlier(mut self, state: JobState, exit: (u32, u32)) -> E {
+        let t = self.last();
+        let run = acct_record(t.task, state, exit);
+        t.earlier_runs.push(run);
         self
     }
 
@@ -98,25 +116,7 @@ impl E {
 
     fn acct_with(mut self, state: JobState, exit: (u32, u32), edit: impl FnOnce(&mut AccountingRecord)) -> E {
         let t = self.last();
-        let mut a = AccountingRecord {
-            job_id: t.task.array_job_id + 1,
-            array: Some(t.task),
-            name: "rp".into(),
-            state,
-            cancelled_by: None,
-            exit_code: Some(ExitCode {
-                code: exit.0,
-                signal: exit.1,
-            }),
-            derived_exit_code: None,
-            batch: None,
-            step_out_of_memory: false,
-            elapsed_secs: 1,
-            start: None,
-            end: None,
-            nodes: None,
-            reason: None,
-        };
+        let mut a = acct_record(t.task, state, exit);
         edit(&mut a);
         t.accounting = Some(a);
         self
@@ -145,6 +145,28 @@ impl E {
         self.0.worker = Some(worker_state(status, age, "999_0"));
         self.0.worker_task = None;
         self
+    }
+}
+
+fn acct_record(task: ArrayTask, state: JobState, exit: (u32, u32)) -> AccountingRecord {
+    AccountingRecord {
+        job_id: task.array_job_id + 1,
+        array: Some(task),
+        name: "rp".into(),
+        state,
+        cancelled_by: None,
+        exit_code: Some(ExitCode {
+            code: exit.0,
+            signal: exit.1,
+        }),
+        derived_exit_code: None,
+        batch: None,
+        step_out_of_memory: false,
+        elapsed_secs: 1,
+        start: None,
+        end: None,
+        nodes: None,
+        reason: None,
     }
 }
 
@@ -237,10 +259,27 @@ fn cases() -> Vec<Case> {
         // done
         case("done", e().journal(2, 0), read()).is(Done, No, 0, false, 0),
         case("done although the queue still shows it", e().task(50).queued(J::Running, None).journal(2, 0), read())
+            .is(Done, Is("every unit is done; 50_0 is still running (on node1): it will find nothing to do"), 0, false, 0),
+        case("done while a requeued task still waits",
+            e().task(50).queued(J::Pending, Some("BeginTime")).worker(W::Done, 5).journal(2, 0), read())
+            .is(Done, Has("50_0 is still queued (requeued (BeginTime)): it will find nothing to do"), 0, false, 0),
+        case("done: a failure before stays counted",
+            e().task(100).recorded(EndCause::Exit { code: 9 }).task(101).journal(2, 0), read())
+            .is(Done, No, 1, false, 0),
+        case("done: an interruption before does not count",
+            e().task(100).recorded(EndCause::Cancelled).task(101).journal(2, 0), read())
             .is(Done, No, 0, false, 0),
-        // failed (units)
-        case("failed units", e().task(50).acct(J::Completed, (0, 0)).journal(2, 1), read())
-            .is(Failed, Has("1 of 2 units failed (backend errors): `roleplay resume --retry-failed`"), 0, false, 0),
+        case("done: an earlier task without a record counts as it did",
+            e().task(100).task(101).journal(2, 0), read())
+            .is(Done, No, 1, false, 0),
+        case("done by a task that failed after its last unit",
+            e().task(100).recorded(EndCause::Exit { code: 1 }).journal(2, 0), read())
+            .is(Done, No, 1, false, 0),
+        // done with errors (units)
+        case("done with errors", e().task(50).acct(J::Completed, (0, 0)).journal(2, 1), read())
+            .is(DoneWithErrors, Has("1 of 2 units ended with backend errors: `roleplay resume --retry-failed`"), 0, false, 0),
+        case("done with errors, a task still queued", e().task(50).queued(J::Pending, Some("JobHeldUser")).journal(2, 1), read())
+            .is(DoneWithErrors, Has("runs them again; 50_0 is still queued (held (JobHeldUser)"), 0, false, 0),
         // running
         case("running", e().task(50).queued(J::Running, None), read()).is(Running, Is("on node1"), 0, false, 0),
         case("running, COMPLETING", e().task(50).queued(J::Completing, None), read())
@@ -266,8 +305,48 @@ fn cases() -> Vec<Case> {
         case("pending, BeginTime before any start", e().task(50).queued(J::Pending, Some("BeginTime")), read())
             .is(Pending, Is("BeginTime"), 0, false, 0),
         case("pending, no reason", e().task(50).queued(J::Pending, None), read()).is(Pending, Is("PENDING"), 0, false, 0),
-        case("pending, held", e().task(50).queued(J::RequeueHold, Some("JobHeldAdmin")), read())
-            .is(Pending, Is("JobHeldAdmin"), 0, false, 0),
+        case("pending, held after a requeue", e().task(50).queued(J::RequeueHold, Some("JobHeldAdmin")), read())
+            .is(Pending, Is("held (JobHeldAdmin): `scontrol release 50_0` lets it run"), 0, false, 0),
+        case("pending, held by an administrator", e().task(50).queued(J::Pending, Some("JobHeldAdmin")), read())
+            .is(Pending, Is("held (JobHeldAdmin): `scontrol release 50_0` lets it run"), 0, false, 0),
+        case("pending, held by the user", e().task(50).queued(J::Pending, Some("JobHeldUser")), read())
+            .is(Pending, Is("held (JobHeldUser): `scontrol release 50_0` lets it run"), 0, false, 0),
+        case("pending, SPECIAL_EXIT", e().task(50).queued(J::SpecialExit, None), read())
+            .is(Pending, Is("held (SPECIAL_EXIT): `scontrol release 50_0` lets it run"), 0, false, 0),
+        // pending after a requeue, by sacct's earlier run (or its latest, before it shows the new one)
+        case("requeued after NODE_FAIL, sacct not caught up",
+            e().task(50).queued(J::Pending, Some("BeginTime")).acct(J::NodeFail, (0, 0)), read())
+            .is(Pending, Is("requeued after NODE_FAIL (BeginTime)"), 0, false, 0),
+        case("requeued after NODE_FAIL, throttled now",
+            e().task(50).earlier(J::NodeFail, (0, 0)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("JobArrayTaskLimit")), read())
+            .is(Pending, Is("requeued after NODE_FAIL (JobArrayTaskLimit)"), 0, false, 0),
+        case("requeued after PREEMPTED",
+            e().task(50).earlier(J::Preempted, (0, 0)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("BeginTime")), read())
+            .is(Pending, Is("requeued after PREEMPTED (BeginTime)"), 0, false, 0),
+        case("requeued after OUT_OF_MEMORY: the run counts",
+            e().task(50).earlier(J::OutOfMemory, (0, 9)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("BeginTime")), read())
+            .is(Pending, Is("requeued after OUT_OF_MEMORY (BeginTime)"), 1, false, 0),
+        case("requeued after TIMEOUT: the run counts",
+            e().task(50).queued(J::Pending, Some("BeginTime")).acct(J::Timeout, (0, 0)), read())
+            .is(Pending, Is("requeued after TIMEOUT (BeginTime)"), 1, false, 0),
+        case("requeued by `scontrol requeue` (REQUEUED)",
+            e().task(50).earlier(J::Requeued, (0, 0)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("BeginTime")), read())
+            .is(Pending, Is("requeued (BeginTime)"), 0, false, 0),
+        case("requeued after NODE_FAIL, then held",
+            e().task(50).earlier(J::NodeFail, (0, 0)).queued(J::Pending, Some("JobHeldAdmin")), read())
+            .is(Pending, Is("requeued after NODE_FAIL (held (JobHeldAdmin): `scontrol release 50_0` lets it run)"), 0, false, 0),
+        case("requeued after NODE_FAIL, no reason given",
+            e().task(50).queued(J::Pending, None).acct(J::NodeFail, (0, 0)), read())
+            .is(Pending, Is("requeued after NODE_FAIL"), 0, false, 0),
+        case("requeued after it had COMPLETED: that run was no failure",
+            e().task(50).earlier(J::Completed, (0, 0)).acct(J::Pending, (0, 0)).queued(J::Pending, Some("BeginTime")), read())
+            .is(Pending, Is("requeued after COMPLETED (BeginTime)"), 0, false, 0),
+        case("running again after NODE_FAIL",
+            e().task(50).earlier(J::NodeFail, (0, 0)).acct(J::Running, (0, 0)).queued(J::Running, None), read())
+            .is(Running, Is("on node1 (requeued after NODE_FAIL)"), 0, false, 0),
+        case("an earlier run's OOM counts, the latest run's cancel does not",
+            e().task(50).earlier(J::OutOfMemory, (0, 9)).acct(J::Cancelled, (0, 0)), read())
+            .is(Interrupted, Is("CANCELLED"), 1, true, 1),
         case("pending, submission not confirmed", e().unconfirmed("rp-x-r0-a0"), read())
             .is(Pending, Has("the submission of `rp-x-r0-a0` is not confirmed"), 0, false, 0),
         case("pending, submitted; queue not read", e().task(50), unread())
@@ -304,6 +383,24 @@ fn cases() -> Vec<Case> {
             .is(Interrupted, Is("CANCELLED by `roleplay cancel`"), 0, true, 1),
         case("`roleplay cancel`, queue not read", e().task(50).cancelled(), unread())
             .is(Pending, Has("the queue was not read"), 0, false, 0),
+        // interrupted before it started: no log, no state file
+        case("cancelled before it started: gone without a trace", e().task(50).no_log(), read())
+            .is(Interrupted, Is("cancelled before it started"), 0, true, 1),
+        case("cancelled before it started, told by sacct", e().task(50).no_log().acct(J::Cancelled, (0, 0)), read())
+            .is(Interrupted, Is("cancelled before it started"), 0, true, 1),
+        case("cancelled before it started, told by squeue", e().task(50).no_log().queued(J::Cancelled, None), read())
+            .is(Interrupted, Is("cancelled before it started"), 0, true, 1),
+        case("gone without a trace; queue not read", e().task(50).no_log(), unread())
+            .is(Pending, Has("the queue was not read"), 0, false, 0),
+        case("three cancels before they started use no budget",
+            e().task(100).no_log().task(101).no_log().task(102).no_log(), read())
+            .is(Interrupted, Is("cancelled before it started"), 0, true, 3),
+        case("an earlier task that never started does not count",
+            e().task(100).no_log().task(101).queued(J::Running, None), read())
+            .is(Running, Is("on node1"), 0, false, 1),
+        case("no log, yet its worker's state names it: it started",
+            e().task(50).no_log().worker(W::Running, 100), read())
+            .is(Lost, Is("no heartbeat for 100 s and gone from the queue"), 1, true, 1),
         // failed (task)
         case("failed, OUT_OF_MEMORY", e().task(50).acct(J::OutOfMemory, (0, 9)), read())
             .is(Failed, Is("OUT_OF_MEMORY"), 1, true, 1),
@@ -383,7 +480,10 @@ fn cases() -> Vec<Case> {
             .is(Failed, Is("OUT_OF_MEMORY; over its attempt budget (3 failed of 3): not resubmitted"), 3, false, 3),
         case("over budget while queued: no note", three_ooms().task(103).queued(J::Pending, Some("Resources")), read())
             .is(Pending, Is("Resources"), 3, false, 3),
-        case("over budget with every unit done", three_ooms().journal(2, 0), read()).is(Done, No, 0, false, 0),
+        case("over budget, then every unit done (by hand): the failures stay",
+            e().task(100).recorded(EndCause::OutOfMemory).task(101).recorded(EndCause::OutOfMemory)
+                .task(102).recorded(EndCause::OutOfMemory).journal(2, 0), read())
+            .is(Done, No, 3, false, 0),
         case("an earlier task that ended without a record counts",
             e().task(100).task(101).queued(J::Running, None), read())
             .is(Running, Is("on node1"), 1, false, 1),
@@ -393,7 +493,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn the_table() {
     let cases = cases();
-    assert!(cases.len() >= 60, "{} cases", cases.len());
+    assert!(cases.len() >= 90, "{} cases", cases.len());
     for c in &cases {
         let v = classify(&c.evidence, &c.context);
         let name = c.name;
