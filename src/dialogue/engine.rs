@@ -803,6 +803,7 @@ mod tests {
             roles: vec![role],
             transport: Transport {
                 base_url: None,
+                replicas: vec![],
                 api_key_env: None,
                 api_version: None,
                 timeout_secs: 30.0,

@@ -210,12 +210,29 @@ impl Model {
     pub fn with_endpoint_from_env(&self, env: impl Fn(&str) -> Option<String>) -> Model {
         let mut m = self.clone();
         if m.transport.base_url.is_some()
-            && let Some(url) = env(&endpoint_env_name(&m.name)).or_else(|| env("ROLEPLAY_BASE_URL"))
-            && !url.trim().is_empty()
+            && let Some(urls) = env(&endpoint_env_name(&m.name)).or_else(|| env("ROLEPLAY_BASE_URL"))
         {
-            m.transport.base_url = Some(url.trim().trim_end_matches('/').to_string());
+            // Several replicas, comma-separated (the `vllm` template's `vllm_replicas`).
+            let mut urls = urls
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty());
+            if let Some(first) = urls.next() {
+                m.transport.base_url = Some(first);
+                m.transport.replicas = urls.collect();
+            }
         }
         m
+    }
+
+    /// Every endpoint of the model: `base_url` and its replicas.
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.transport
+            .base_url
+            .iter()
+            .chain(&self.transport.replicas)
+            .map(String::as_str)
+            .collect()
     }
 
     pub fn plays(&self, role: Role) -> bool {
@@ -248,7 +265,12 @@ pub fn endpoint_env_name(model: &str) -> String {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Transport {
+    /// The endpoint (the first replica when there are several).
     pub base_url: Option<String>,
+    /// The other replicas of the same server (`base_url = [...]`), in the file's order; requests
+    /// are spread over all of them (`llm::pool`). Not part of unit ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     pub api_key_env: Option<String>,
     pub api_version: Option<String>,
     pub timeout_secs: f64,
@@ -360,6 +382,18 @@ pub struct SlurmSettings {
     pub signal_grace_secs: u32,
     pub extra_directives: Vec<String>,
     pub setup: Vec<String>,
+    /// `vllm` template: servers started per served model, each on `gpus / vllm_replicas` GPUs;
+    /// the worker spreads its dialogues over them (`llm::pool`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub vllm_replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// Where `[slurm] template` takes the job script from, decided once when the experiment is loaded:

@@ -177,7 +177,8 @@ pub struct RawModel {
     pub backend: String,
     /// `chat` (messages API) or `completions` (raw text completion); default `chat`.
     pub api: Option<String>,
-    pub base_url: Option<String>,
+    /// One endpoint, or a list of replicas of one server.
+    pub base_url: Option<OneOrMany>,
     pub model: Option<String>,
     /// Name of the environment variable that holds the key (never the key itself).
     pub api_key_env: Option<String>,
@@ -295,4 +296,23 @@ pub struct RawSlurm {
     pub signal_grace_secs: Option<i64>,
     pub extra_directives: Option<Vec<String>>,
     pub setup: Option<Vec<String>>,
+    /// `vllm` template: servers per model, each on its share of the job's GPUs.
+    pub vllm_replicas: Option<i64>,
+}
+
+/// A string, or a list of strings (`base_url = "..."` or `base_url = ["...", "..."]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn all(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }

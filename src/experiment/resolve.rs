@@ -372,8 +372,34 @@ impl Cx {
     fn model_transport(&self, m: &RawModel, backend: Backend) -> Result<Transport> {
         let key = |k: &str| format!("models[{}].{k}", m.name);
         let is_http = matches!(backend, Backend::Openai | Backend::Azure);
+        let mut replicas = Vec::new();
         let base_url = match (&m.base_url, is_http) {
-            (Some(url), true) => Some(self.base_url(&key("base_url"), url)?),
+            (Some(urls), true) => {
+                let all = urls.all();
+                if all.is_empty() {
+                    return Err(self
+                        .err(&key("base_url"), "the list of replicas is empty")
+                        .with_hint("give one URL, or a list of the replicas of one server"));
+                }
+                let mut checked = Vec::with_capacity(all.len());
+                for (i, url) in all.iter().enumerate() {
+                    let k = if all.len() > 1 {
+                        key(&format!("base_url[{i}]"))
+                    } else {
+                        key("base_url")
+                    };
+                    let u = self.base_url(&k, url)?;
+                    if checked.contains(&u) {
+                        return Err(self
+                            .err(&k, "this replica is listed twice")
+                            .with_hint("list each replica's URL once"));
+                    }
+                    checked.push(u);
+                }
+                let first = checked.remove(0);
+                replicas = checked;
+                Some(first)
+            }
             (None, true) => {
                 return Err(self
                     .err(
@@ -427,6 +453,7 @@ impl Cx {
         }
         Ok(Transport {
             base_url,
+            replicas,
             api_key_env: m.api_key_env.clone(),
             api_version: m.api_version.clone(),
             timeout_secs,
@@ -887,7 +914,28 @@ impl Cx {
                 .unwrap_or(120) as u32,
             extra_directives: raw.extra_directives.clone().unwrap_or_default(),
             setup: raw.setup.clone().unwrap_or_default(),
+            vllm_replicas: self.vllm_replicas(raw)?,
         })
+    }
+
+    /// `[slurm] vllm_replicas`: at least 1, and when `gpus` gives a count, a divisor of it (each
+    /// replica gets the same number of GPUs).
+    fn vllm_replicas(&self, raw: &RawSlurm) -> Result<u32> {
+        let n = opt_range(self, "slurm.vllm_replicas", raw.vllm_replicas, 1, 64)?.unwrap_or(1) as u32;
+        let gpus = raw
+            .gpus
+            .as_deref()
+            .and_then(|g| g.rsplit(':').next())
+            .and_then(|c| c.parse::<u32>().ok());
+        if n > 1 && gpus.is_none_or(|g| g % n != 0) {
+            return Err(self
+                .err(
+                    "slurm.vllm_replicas",
+                    format!("{n} replicas cannot share `gpus` evenly"),
+                )
+                .with_hint("set `gpus` to a multiple of `vllm_replicas` (e.g. `gpus = \"4\"` with 2 or 4 replicas)"));
+        }
+        Ok(n)
     }
 
     /// `[models.price]`: both prices, finite and not negative.

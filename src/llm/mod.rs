@@ -184,6 +184,16 @@ pub fn client_for(model: &crate::experiment::Model) -> crate::error::Result<std:
     use crate::experiment::Backend;
     let b = &model.behaviour;
     Ok(match b.backend {
+        Backend::Openai | Backend::Azure if !model.transport.replicas.is_empty() => {
+            let mut replicas: Vec<(String, std::sync::Arc<dyn ChatModel>)> = Vec::new();
+            for url in model.endpoints() {
+                let mut one = model.clone();
+                one.transport.base_url = Some(url.to_string());
+                one.transport.replicas.clear();
+                replicas.push((url.to_string(), std::sync::Arc::new(openai::OpenAiModel::new(&one)?)));
+            }
+            std::sync::Arc::new(pool::Pool::new(&model.name, replicas))
+        }
         Backend::Openai | Backend::Azure => std::sync::Arc::new(openai::OpenAiModel::new(model)?),
         Backend::Sim => std::sync::Arc::new(sim::SimModel::new(&model.name, b.sim.clone().unwrap_or_default())),
         Backend::Replay => {

@@ -11,6 +11,7 @@ mod export;
 mod fuzz_parsers;
 mod http_backend;
 mod merge_readers;
+mod pools;
 mod quality;
 mod reliability_crash;
 mod reliability_disk;

@@ -645,6 +645,74 @@ fn snapshot_vllm_template_one_array_per_pair() {
     insta::assert_snapshot!("slurm_vllm_array_0", redacted(&run_dir, "round-000-array-0.sbatch"));
 }
 
+/// The `vllm` template with `vllm_replicas = 2` on 4 GPUs, run as a Slurm task would run it (no
+/// cluster needed: the batch script under bash with the array task's variables) with a fake
+/// `vllm` that records its GPUs and serves the simulator on the port it is given: two servers per
+/// model, each on its own two GPUs, and the worker, given both URLs, finishes its shard on them.
+#[test]
+fn vllm_replicas_split_the_gpus_and_the_worker_uses_every_replica() {
+    let (dir, run_dir, out) = rendered(
+        |t| {
+            t.replace(
+                "template = \"sim\"",
+                "template = \"vllm\"\ngpus = \"a100:4\"\nvllm_replicas = 2",
+            )
+        },
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let script = run_dir.join("slurm/round-000-array-0.sbatch");
+    bash_n(&script);
+    let bin = dir.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.path().join("vllm.log");
+    let roleplay = assert_cmd::cargo::cargo_bin("roleplay");
+    let fake = format!(
+        "#!/bin/bash\n# vllm serve MODEL --host H --port P ...: log, then serve the simulator there.\n\
+         port=\"\"; while [ $# -gt 0 ]; do [ \"$1\" = --port ] && port=$2; shift; done\n\
+         echo \"gpus=$CUDA_VISIBLE_DEVICES port=$port\" >> {log}\n\
+         exec {roleplay} sim-server --host 127.0.0.1 --port \"$port\"\n",
+        log = log.display(),
+        roleplay = roleplay.display()
+    );
+    let vllm = bin.join("vllm");
+    std::fs::write(&vllm, fake).unwrap();
+    std::fs::set_permissions(&vllm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let status = Command::new("bash")
+        .arg(&script)
+        .env("PATH", path)
+        .env("SLURM_ARRAY_JOB_ID", "1")
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "the script failed:\n{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let started = std::fs::read_to_string(&log).unwrap();
+    let mut gpus: Vec<&str> = started.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    gpus.sort();
+    assert_eq!(
+        gpus,
+        vec!["gpus=0,1", "gpus=0,1", "gpus=2,3", "gpus=2,3"],
+        "two replicas of each of the pair's two models, each on its own GPUs:\n{started}"
+    );
+    // The shard of array index 0 is done, on the replicas the script started.
+    let rd = roleplay::rundir::RunDir::new(&run_dir);
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("slurm/round-000-array-0.json")).unwrap()).unwrap();
+    let shard = map["shards"][0].as_u64().unwrap() as u32;
+    let state = roleplay::rundir::state::read(&rd, shard).expect("the worker wrote its state");
+    assert_eq!(
+        (state.done, state.status),
+        (state.units, roleplay::rundir::state::ShardStatus::Done)
+    );
+}
+
 #[test]
 fn snapshot_merge_job_and_dry_run_commands() {
     let (_d, run_dir, out) = rendered(|t| t, &[]);

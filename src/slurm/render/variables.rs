@@ -60,7 +60,10 @@ pub(super) fn variables(
         .and_then(|v| v.parse().ok())
         .unwrap_or(1200);
     let gpus = if merge { None } else { settings.gpus.clone() };
-    let tensor_parallel = gpu_count(gpus.as_deref()).filter(|&n| n > 1);
+    // Each of a model's replicas gets an equal share of the job's GPUs (validation checked it divides).
+    let replicas = exp.slurm.vllm_replicas.max(1);
+    let gpus_per_replica = gpu_count(gpus.as_deref()).map(|n| n / replicas);
+    let tensor_parallel = gpus_per_replica.filter(|&n| n > 1);
     context! {
         version => env!("CARGO_PKG_VERSION"),
         template => main_name,
@@ -94,6 +97,8 @@ pub(super) fn variables(
         sim_server_args => opts.sim_server_args.clone(),
         served_models => served_models(exp, job.pairs),
         tensor_parallel => tensor_parallel,
+        vllm_replicas => replicas,
+        gpus_per_replica => gpus_per_replica,
         vllm_start_timeout => vllm_start_timeout,
         key_env_names => key_env_names(exp, job.pairs),
         vars => opts.vars.clone(),
