@@ -55,3 +55,40 @@ impl Lock {
         }
     }
 }
+
+/// Whether some process holds the lock at `path` now: `Some(false)` when it is free (or was never
+/// taken), `None` when the lock cannot be asked. Taking it for the instant of the question is
+/// harmless: a worker starting at that instant asks again (see [`Lock::try_acquire`]).
+///
+/// Only meaningful on the host of the holder: a lock on a network file system need not be seen
+/// from another node.
+pub fn is_held(path: &Path) -> Option<bool> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(false),
+        Err(_) => return None,
+    };
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_held_while_a_lock_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-00000.lock");
+        assert_eq!(is_held(&path), Some(false), "never taken");
+        let lock = Lock::try_acquire(&path, "a worker").unwrap();
+        assert_eq!(is_held(&path), Some(true));
+        drop(lock);
+        assert_eq!(is_held(&path), Some(false), "released");
+        // Asking did not keep it: it can be taken again at once.
+        let _again = Lock::try_acquire(&path, "a worker").unwrap();
+    }
+}

@@ -607,6 +607,79 @@ fn ctrl_c_starts_no_new_request_and_a_resume_repeats_no_recorded_call() {
     );
 }
 
+/// The shards of `status --offline --json`: (state, reason) per shard.
+fn shard_states(logs: &Path, run: &Path) -> Vec<(String, String)> {
+    let out = roleplay(logs, &["status", s(run), "--offline", "--json"], &[], LIMIT);
+    out.assert_no_panic();
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status JSON ({e}):\n{}", out.text()));
+    v["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status shards: {v}"))
+        .iter()
+        .map(|sh| {
+            (
+                sh["state"].as_str().unwrap_or_default().to_string(),
+                sh["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 11.7: after `kill -9` of a local run, its shards' state files still say `running` with a
+/// dead pid; status says the worker died (its shard lock is free), and a resume finishes the rest.
+#[test]
+fn a_local_worker_killed_is_reported_as_died_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let slow = SimServer::start(tmp.path(), &["--latency-ms", "3000"]);
+    let mut grid = Grid::new(http(&slow.base_url()), http(&slow.base_url()));
+    grid.seeds = 2;
+    grid.concurrency = 4;
+    let (file, run) = grid.write(tmp.path());
+    let mut p = Proc::spawn(&logs, &["run", s(&file), "--no-progress"], &[]);
+    wait_for_requests(&slow, 4, &mut p);
+    // While it runs, its shards are running (their locks are held).
+    let live = shard_states(&logs, &run);
+    assert!(
+        live.iter().any(|(state, _)| state == "running"),
+        "a live local run shows running shards: {live:?}"
+    );
+    p.signal("KILL");
+    p.wait(LIMIT);
+    let pid = p.pid().to_string();
+    let dead = shard_states(&logs, &run);
+    let (_, done, _, left) = status_units(&logs, &run);
+    assert!(left > 0, "the kill left units undone ({done} done)");
+    for (shard, (state, reason)) in dead.iter().enumerate() {
+        let st = std::fs::read_to_string(run.join(format!("state/shard-{shard:05}.json"))).unwrap_or_default();
+        if st.contains("\"running\"") {
+            assert_eq!(state, "interrupted", "shard {shard}: {reason}");
+            assert!(
+                reason.contains("worker died") && reason.contains(&format!("pid {pid}")),
+                "shard {shard}: the reason names the death and the pid {pid}: {reason}"
+            );
+        }
+        assert_ne!(state, "running", "shard {shard} after the kill: {reason}");
+    }
+    assert!(
+        dead.iter().any(|(_, r)| r.contains("worker died")),
+        "no shard was reported as died: {dead:?}"
+    );
+
+    let fast = SimServer::start(tmp.path(), &[]);
+    let again = roleplay(
+        &logs,
+        &["run", s(&run), "--no-progress"],
+        &[("ROLEPLAY_BASE_URL", &fast.base_url())],
+        LIMIT,
+    );
+    again.expect_code(0);
+    assert_every_unit_done_once(&run);
+    let after = shard_states(&logs, &run);
+    assert!(after.iter().all(|(state, _)| state == "done"), "{after:?}");
+}
+
 #[test]
 fn a_second_ctrl_c_abandons_the_calls_in_flight_at_once() {
     let tmp = tempfile::tempdir().unwrap();

@@ -188,12 +188,8 @@ pub fn classify(e: &ShardEvidence, cx: &Context) -> ShardVerdict {
         (state, Some(cause.reason()))
     } else if let Some(t) = latest {
         no_end_known(e, t, cx)
-    } else if let Some(w) = e.worker.as_ref().filter(|w| w.status == ShardStatus::Budget) {
-        // A local run (no task) stopped at the budget share.
-        (
-            State::Interrupted,
-            Some(EndCause::BudgetReached { cap: w.error.clone() }.reason()),
-        )
+    } else if let Some(verdict) = e.worker.as_ref().and_then(|w| local_worker(e, w, cx)) {
+        verdict
     } else if e.journal.done > 0 {
         (
             State::NotSubmitted,
@@ -426,6 +422,44 @@ fn in_queue(e: &ShardEvidence, t: &TaskEvidence, q: &QueueRecord, cx: &Context) 
         };
         (State::Pending, Some(reason))
     }
+}
+
+/// A shard no task was submitted for, by its local worker's state file (`roleplay run`); `None`
+/// when the state file tells nothing the journal does not (the worker finished).
+fn local_worker(e: &ShardEvidence, w: &WorkerState, cx: &Context) -> Option<(State, Option<String>)> {
+    let age = cx.now.saturating_sub(w.heartbeat_at);
+    let who = format!("pid {} on {}", w.pid, w.host);
+    Some(match w.status {
+        ShardStatus::Running => match e.worker_alive {
+            // Its lock is free: the process is gone (killed, crashed, its machine rebooted).
+            Some(false) => (
+                State::Interrupted,
+                Some(format!(
+                    "worker died ({who}; last heartbeat {age} s ago): `roleplay resume` continues it"
+                )),
+            ),
+            Some(true) => (State::Running, Some(format!("{who}; heartbeat {age} s ago"))),
+            // On another host: its heartbeat is all there is.
+            None if age > cx.lost_after_secs => (State::Lost, Some(format!("{who}; no heartbeat for {age} s"))),
+            None => (State::Running, Some(format!("{who}; heartbeat {age} s ago"))),
+        },
+        ShardStatus::Interrupted => (State::Interrupted, Some(EndCause::Checkpointed.reason())),
+        ShardStatus::Budget => (
+            State::Interrupted,
+            Some(EndCause::BudgetReached { cap: w.error.clone() }.reason()),
+        ),
+        ShardStatus::Error => (
+            State::Failed,
+            Some(
+                EndCause::WorkerError {
+                    exit: None,
+                    message: w.error.clone(),
+                }
+                .reason(),
+            ),
+        ),
+        ShardStatus::Done | ShardStatus::Failed => return None,
+    })
 }
 
 /// The latest task is not queued and no end of it is known: still running by its heartbeat, or

@@ -61,6 +61,9 @@ pub struct ShardEvidence {
     /// The array task the state file speaks of: its job id (`A_i`, or the task's own id as squeue
     /// and sacct showed it), resolved.
     pub worker_task: Option<ArrayTask>,
+    /// Whether the worker the state file names as running is alive: its shard lock is held. Known
+    /// only for a worker on this host (`None` otherwise, or when the state file says it stopped).
+    pub worker_alive: Option<bool>,
     /// The tasks submitted for it, in submission order.
     pub tasks: Vec<TaskEvidence>,
     /// The job name of a submission for it whose answer was never recorded.
@@ -165,6 +168,7 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
     let logs: HashSet<std::ffi::OsString> = std::fs::read_dir(ctx.rd.slurm_log_dir())
         .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
         .unwrap_or_default();
+    let host = state::hostname();
     let shards = (0..n)
         .map(|s| {
             let worker = states[s].take().filter(|w| w.plan_hash == plan.plan_hash);
@@ -173,6 +177,7 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
                 units: u64::from(plan.shards[s].units),
                 journal: journals[s],
                 worker_task: worker.as_ref().and_then(|w| sched_ev.task_named(w)),
+                worker_alive: worker.as_ref().and_then(|w| alive(ctx, w, &host)),
                 worker,
                 tasks: submitted.tasks[s]
                     .iter()
@@ -209,6 +214,15 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
         warnings,
         live_merge_jobs: sched_ev.live_merge_jobs,
     }
+}
+
+/// Whether a worker its state file calls running still is: its shard lock is held. Asked only on
+/// the worker's own host.
+fn alive(ctx: &RunCtx, w: &WorkerState, host: &str) -> Option<bool> {
+    if w.status != state::ShardStatus::Running || w.host != host {
+        return None;
+    }
+    crate::rundir::lock::is_held(&ctx.rd.shard_lock_path(w.shard))
 }
 
 /// The first array submission of this plan (where the ETA's rate starts).

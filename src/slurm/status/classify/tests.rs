@@ -40,6 +40,7 @@ fn e() -> E {
         journal: JournalSummary::default(),
         worker: None,
         worker_task: None,
+        worker_alive: None,
         tasks: Vec::new(),
         unconfirmed: None,
     })
@@ -137,6 +138,16 @@ impl E {
         let task = self.last().task;
         self.0.worker = Some(worker_state(status, age, &JobRef::Task(task).to_string()));
         self.0.worker_task = Some(task);
+        self
+    }
+
+    /// The state file of a local worker (no task), heartbeat `age` seconds old; `alive`: its lock
+    /// is held (`None`: on another host).
+    fn local(mut self, status: ShardStatus, age: u64, alive: Option<bool>) -> E {
+        let mut w = worker_state(status, age, "");
+        w.slurm_job_id = None;
+        self.0.worker = Some(w);
+        self.0.worker_alive = alive;
         self
     }
 
@@ -471,6 +482,25 @@ fn cases() -> Vec<Case> {
         // not submitted
         case("not submitted", e(), read()).is(NotSubmitted, No, 0, true, 0),
         case("not submitted, units of an earlier run", e().journal(1, 0), read())
+            .is(NotSubmitted, Is("1 of 2 units done by an earlier run"), 0, true, 0),
+        // a local worker (`roleplay run`: no task)
+        case("local: its worker died (lock free)", e().journal(1, 0).local(W::Running, 40, Some(false)), read())
+            .is(Interrupted, Is("worker died (pid 1 on node1; last heartbeat 40 s ago): `roleplay resume` continues it"), 0, true, 0),
+        case("local: died with a fresh heartbeat", e().local(W::Running, 1, Some(false)), unread())
+            .is(Interrupted, Has("worker died"), 0, true, 0),
+        case("local: running (lock held), even with a stale heartbeat", e().local(W::Running, 100, Some(true)), read())
+            .is(Running, Is("pid 1 on node1; heartbeat 100 s ago"), 0, false, 0),
+        case("local, another host: running by its heartbeat", e().local(W::Running, 3, None), read())
+            .is(Running, Is("pid 1 on node1; heartbeat 3 s ago"), 0, false, 0),
+        case("local, another host: lost by its heartbeat", e().local(W::Running, 100, None), read())
+            .is(Lost, Is("pid 1 on node1; no heartbeat for 100 s"), 0, true, 0),
+        case("local: checkpointed on a signal", e().journal(1, 0).local(W::Interrupted, 5, None), read())
+            .is(Interrupted, Is("stopped on a signal after checkpointing (exit 75)"), 0, true, 0),
+        case("local: its worker's own error", e().local(W::Error, 5, None), read())
+            .is(Failed, Has("disk full"), 0, true, 0),
+        case("local: at its budget share", e().journal(1, 0).local(W::Budget, 5, None), read())
+            .is(Interrupted, Has("budget"), 0, false, 0),
+        case("local: finished, journal incomplete", e().journal(1, 0).local(W::Done, 5, None), read())
             .is(NotSubmitted, Is("1 of 2 units done by an earlier run"), 0, true, 0),
         // the attempt budget
         case("budget: an interruption does not count", e().task(100).acct(J::OutOfMemory, (0, 9))
