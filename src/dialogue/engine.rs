@@ -720,6 +720,7 @@ mod tests {
                 max_retries: 0,
                 concurrency: None,
                 replay_file: None,
+                limits: Default::default(),
             },
             behaviour: Behaviour {
                 backend: Backend::Sim,
