@@ -10,6 +10,7 @@ mod export;
 mod fuzz_parsers;
 mod http_backend;
 mod merge_readers;
+mod rate_limits;
 mod reliability_crash;
 mod reliability_disk;
 mod reliability_faults;
