@@ -11,7 +11,8 @@
 //! With `--limit-rps` and `--limit-tps` it is also a rate-limited provider: token buckets of one
 //! second's worth refuse what exceeds R requests or T tokens a second with 429, `Retry-After`,
 //! `retry-after-ms` and OpenAI's `x-ratelimit-*` headers (which every completion response
-//! carries), and `/stats` counts the refusals under `limited`.
+//! carries), and `/stats` counts the refusals under `limited` (and the tokens served under
+//! `tokens`).
 //!
 //! The handler is kept cheap (no locks but one short map update per success): the server is
 //! also the load target of benchmarks.
@@ -204,6 +205,9 @@ struct Stats {
     /// Requests refused by `--limit-rps` and by `--limit-tps`.
     limited_requests: AtomicU64,
     limited_tokens: AtomicU64,
+    /// Tokens of the successful replies (their usage).
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
     /// Successful replies per call key (`unit/role/turn/attempt`, or `anonymous`).
     calls: Mutex<HashMap<String, u64>>,
 }
@@ -238,6 +242,10 @@ impl Stats {
             "limited": {
                 "requests": n(&self.limited_requests),
                 "tokens": n(&self.limited_tokens),
+            },
+            "tokens": {
+                "prompt": n(&self.prompt_tokens),
+                "completion": n(&self.completion_tokens),
             },
             "calls": calls,
         })
@@ -621,6 +629,13 @@ async fn answer(
             if let Some(a) = admission {
                 a.used = Some(u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens));
             }
+            let stats = &app.stats;
+            stats
+                .prompt_tokens
+                .fetch_add(u64::from(reply.prompt_tokens), Ordering::Relaxed);
+            stats
+                .completion_tokens
+                .fetch_add(u64::from(reply.completion_tokens), Ordering::Relaxed);
             let body = completion_body(&req, chat, n, &reply);
             let stat = match &key {
                 Some(k) => format!("{}/{}/{}/{}", k.unit, k.role, k.turn, k.attempt),

@@ -231,6 +231,8 @@ async fn configured_tokens_per_minute_are_reserved_and_corrected_by_the_usage() 
     let took = concurrent_calls(&m, 20, 60).await;
     let stats = server.stats().await;
     assert_eq!(limited(&stats, "tokens"), 0, "no request was refused: {stats}");
+    let served = |k: &str| stats["tokens"][k].as_u64().expect("tokens served");
+    assert!(served("prompt") >= 20 * 15 && served("completion") > 0, "{stats}");
     let s = limits::stats(&key_of(&server)).expect("limiter");
     assert!(s.token_rate_waits > 0, "{s:?}");
     assert_eq!(s.refused, 0);
