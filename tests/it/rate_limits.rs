@@ -547,3 +547,40 @@ fn a_worker_at_concurrency_256_reaches_the_providers_rate_with_under_one_percent
         }),
     );
 }
+
+#[test]
+fn the_rate_limited_example_runs_against_the_server_its_comments_start() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/rate-limited.toml");
+    let text = std::fs::read_to_string(&example).expect("jobs/rate-limited.toml");
+    let flags = ["--limit-rps", "10", "--limit-tps", "4000", "--latency-ms", "200"];
+    assert!(
+        text.contains(&format!("roleplay sim-server --port 8011 {}", flags.join(" "))),
+        "the example's instructions changed: update this test"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::SimServer::start(dir.path(), &flags);
+    let run = dir.path().join("run");
+    let url = server.base_url();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "run".as_ref(),
+        example.as_os_str(),
+        "--run-dir".as_ref(),
+        run.as_os_str(),
+        "--no-progress".as_ref(),
+    ];
+    let out = common::roleplay(
+        &dir.path().join("logs"),
+        &args,
+        &[("ROLEPLAY_BASE_URL", url.as_str())],
+        Duration::from_secs(120),
+    );
+    out.expect_code(0);
+    let stats = server.stats();
+    assert_eq!(limited(&stats, "requests") + limited(&stats, "tokens"), 0, "{stats}");
+    assert!(
+        out.stderr.contains("rate limit: model `") && out.stderr.contains("`requests_per_minute = 600`"),
+        "{}",
+        out.stderr
+    );
+    assert!(run.join("out/dialogues.parquet").exists());
+}
