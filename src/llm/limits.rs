@@ -499,15 +499,30 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut st = self.endpoint.lock();
-        if self.sent {
+        if !(self.sent || self.slot) {
+            return;
+        }
+        let e = self.endpoint.clone();
+        let mut st = e.lock();
+        let freed = self.release(&mut st);
+        drop(st);
+        if freed {
+            e.room.notify_one();
+        }
+    }
+}
+
+impl Ticket {
+    /// Leave the flight and the window; true when a slot came free.
+    fn release(&mut self, st: &mut State) -> bool {
+        if std::mem::take(&mut self.sent) {
             st.window.sent = st.window.sent.saturating_sub(1);
         }
-        if self.slot {
+        let slot = std::mem::take(&mut self.slot);
+        if slot {
             st.window.slots = st.window.slots.saturating_sub(1);
-            drop(st);
-            self.endpoint.room.notify_one();
         }
+        slot
     }
 }
 
@@ -607,7 +622,6 @@ impl Endpoint {
         max_tokens: Option<i64>,
     ) -> Ticket {
         let began = Instant::now();
-        let adaptive = self.lock().settings.adaptive;
         let mut ticket = Ticket {
             endpoint: self.clone(),
             slot: false,
@@ -615,6 +629,28 @@ impl Endpoint {
             epoch: 0,
             prompt_chars,
             reserved: (0.0, 0.0),
+        };
+        let adaptive = {
+            // The usual case, in one lock: room in the window, no pause, no rate to keep.
+            let mut st = self.lock();
+            let adaptive = st.settings.adaptive;
+            let now = Instant::now();
+            let free = st.requests.is_none()
+                && st.tokens.is_none()
+                && st.hold.as_ref().is_none_or(|(until, _)| *until <= now)
+                && (!adaptive || st.window.has_room());
+            if free {
+                if adaptive {
+                    st.window.slots += 1;
+                    ticket.slot = true;
+                }
+                st.window.sent += 1;
+                st.stats.requests += 1;
+                ticket.sent = true;
+                ticket.epoch = st.window.epoch;
+                return ticket;
+            }
+            adaptive
         };
         if adaptive {
             let mut waited = false;
@@ -712,7 +748,7 @@ impl Endpoint {
 impl Ticket {
     /// How the attempt ended: corrects the token reservation, learns the endpoint's token
     /// ratio, moves the adaptive window and takes the pauses the provider asks for.
-    pub fn finish(self, answer: Answer<'_>) {
+    pub fn finish(mut self, answer: Answer<'_>) {
         let now = Instant::now();
         let e = self.endpoint.clone();
         let mut st = e.lock();
@@ -794,8 +830,10 @@ impl Ticket {
                 }
             }
         }
+        // Give the slot back here, under the same lock, rather than in `drop`.
+        let freed = self.release(&mut st);
         drop(st);
-        if grew {
+        if grew || freed {
             e.room.notify_one();
         }
     }
