@@ -17,8 +17,10 @@ one worker runs for DURATION seconds against a fresh sim-server (latency LATENCY
 gets SIGTERM. A thread polls the server's `/stats` every 0.25 s; figures over the steady window
 (WARMUP s to DURATION s): successful calls a second as a share of R (tokens served a second as a
 share of T), and the share of requests refused; and over the whole run (its start included):
-the share refused and the dialogues that failed (retries exhausted). Every run is checked: the
-server answered nothing but successes and rate-limit refusals. Median (min-max) over REPS runs.
+the share refused and the dialogues that failed (retries exhausted). A naive worker may end by
+itself: once five dialogues of a model in a row failed, the breaker starts no more of them; its
+figures then stop where it stopped (the table says when). Every run is checked: the server
+answered nothing but successes and rate-limit refusals. Median (min-max) over REPS runs.
 """
 
 import json
@@ -216,9 +218,11 @@ def one_run(kind, limit, setting):
                                  stderr=errf, env=dict(os.environ, ROLEPLAY_BASE_URL=server.url + "/v1")))
     while time.monotonic() - t0 < DURATION and w.poll() is None:
         time.sleep(0.05)
-    if w.poll() is not None:
-        fail(f"the worker ended before {DURATION:g} s (exit {w.returncode}): raise the units or lower DURATION; see {errf.name}")
-    w.send_signal(signal.SIGTERM)
+    # The naive setting may stop by itself: when every recent dialogue of a model failed (its
+    # retries exhausted), the breaker starts no more of them and the worker ends (exit 1).
+    ended = time.monotonic() - t0 if w.poll() is not None else None
+    if ended is None:
+        w.send_signal(signal.SIGTERM)
     try:
         rc = w.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -230,15 +234,20 @@ def one_run(kind, limit, setting):
     errf.close()
     end = server.stats()
     server.stop()
-    if rc != 75:
+    breaker = ended is not None and rc == 1 and "so no more were started" in open(errf.name).read()
+    if ended is not None and not breaker:
+        fail(f"the worker ended before {DURATION:g} s (exit {rc}): raise the units or lower DURATION; see {errf.name}")
+    if ended is None and rc != 75:
         fail(f"the worker exited {rc}, not 75 (interrupted): see {errf.name}")
+    if breaker and ended < WARMUP + 2:
+        fail(f"the worker stopped (breaker) after {ended:.1f} s, before the steady window; see {errf.name}")
     if end["5xx"] or end["dropped"] or end["4xx"] != end["limited"]:
         fail(f"the server answered something else than successes and rate-limit refusals: {end}")
 
     def at(t):
         return min(points, key=lambda p: abs(p[0] - t))
 
-    (ta, a), (tb, b) = at(WARMUP), at(DURATION)
+    (ta, a), (tb, b) = at(WARMUP), at(min(DURATION, ended or DURATION))
     span = tb - ta
     d = lambda k: b[k] - a[k]
     state = json.load(open(os.path.join(rd, "state", "shard-00000.json")))
@@ -250,11 +259,12 @@ def one_run(kind, limit, setting):
         "refused_all": end["limited"] / max(1, end["requests"]),
         "requests": end["requests"], "ok": end["ok"],
         "failed": state["end_reasons"].get("backend_error", 0), "done": state["done"],
-        "log_lines": len(lines),
+        "log_lines": len(lines), "breaker_stop": ended if breaker else None,
     }
     r["share"] = r["rate"] / limit
     log(f"{name}: {r['rate']:.1f}/s = {100 * r['share']:.1f}% of {limit:g}, refused {100 * r['refused_steady']:.2f}% "
-        f"(whole run {100 * r['refused_all']:.1f}%), {r['failed']} dialogues failed, {r['log_lines']} log lines")
+        f"(whole run {100 * r['refused_all']:.1f}%), {r['failed']} dialogues failed, {r['log_lines']} log lines"
+        + (f"; the breaker stopped the worker after {ended:.1f} s" if breaker else ""))
     return r
 
 
@@ -285,8 +295,8 @@ def main():
       f"one limiter for both models (one server model); sim-server latency {LATENCY_MS:g} ms; {DURATION:g} s a run, "
       f"steady window {WARMUP:g}-{DURATION:g} s; median (min-max) of {REPS} runs")
     p("")
-    p("| provider limit | client | achieved / limit | refused (steady) | refused (whole run) | dialogues failed | log lines |")
-    p("|---|---|---:|---:|---:|---:|---:|")
+    p("| provider limit | client | achieved / limit | refused (steady) | refused (whole run) | dialogues failed | log lines | stopped by the breaker |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|")
     pct = lambda x: f"{100 * x:.1f}%"
     pct2 = lambda x: f"{100 * x:.2f}%"
     for (kind, limit, setting), runs in res.items():
@@ -296,8 +306,10 @@ def main():
         ra = [r["refused_all"] for r in runs]
         fl = [r["failed"] for r in runs]
         ll = [r["log_lines"] for r in runs]
+        stops = ", ".join(f"{r['breaker_stop']:.0f} s" for r in runs if r["breaker_stop"])
         p(f"| {limit:g} {unit} | {setting} | **{pct(med(sh))}** {rng(sh, pct)} | **{pct2(med(rs))}** {rng(rs, pct2)} | "
-          f"{pct(med(ra))} {rng(ra, pct)} | {med(fl):g} {rng(fl, lambda x: f'{x:g}')} | {med(ll):g} |")
+          f"{pct(med(ra))} {rng(ra, pct)} | {med(fl):g} {rng(fl, lambda x: f'{x:g}')} | {med(ll):g} | "
+          f"{stops or '-'} |")
     p("")
     p("targets (limits configured, concurrency 256): achieved >= 95% of R, refused < 1%:")
     for kind, limit in limits:
