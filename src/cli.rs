@@ -206,6 +206,22 @@ pub struct SimServerArgs {
     pub sim: SimFlags,
     #[command(flatten)]
     pub faults: FaultFlags,
+    #[command(flatten)]
+    pub limits: LimitFlags,
+}
+
+/// A rate-limited provider: what exceeds these rates gets 429 with `Retry-After`,
+/// `retry-after-ms` and `x-ratelimit-*` headers (counted in `/stats` under `limited`).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Rate limits")]
+pub struct LimitFlags {
+    /// Requests a second accepted (a token bucket holding one second's worth).
+    #[arg(long, value_name = "R")]
+    pub limit_rps: Option<f64>,
+    /// Tokens a second accepted: a request takes its prompt's tokens and `max_tokens` on arrival,
+    /// and gets back what its reply did not use.
+    #[arg(long, value_name = "T")]
+    pub limit_tps: Option<f64>,
 }
 
 /// The simulator's settings, named as in an experiment's `[models.sim]` table.

@@ -63,6 +63,8 @@ fn config(a: &SimServerArgs) -> Result<ServerConfig> {
         seed: f.seed,
         require_key: a.require_key.clone(),
         context_length: a.context_length,
+        limit_rps: a.limits.limit_rps,
+        limit_tps: a.limits.limit_tps,
     };
     config
         .check()

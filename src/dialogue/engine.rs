@@ -811,6 +811,7 @@ mod tests {
                 concurrency: None,
                 replay_file: None,
                 price: None,
+                limits: Default::default(),
             },
             behaviour: Behaviour {
                 backend: Backend::Sim,

@@ -282,6 +282,49 @@ pub struct Transport {
     /// What its tokens cost (`[models.price]`), for `[budget] cost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
+    /// Rate limits of the model's endpoint. Left out of the snapshot when they are the defaults,
+    /// so plans made before they existed keep their hash.
+    #[serde(default, skip_serializing_if = "RateLimits::is_default")]
+    pub limits: RateLimits,
+}
+
+/// How fast requests may go to a model's endpoint (see `llm::limits`). Transport, like
+/// `timeout_secs`: not part of any unit id. Models with the same `base_url` and `model` share one
+/// limiter in a worker, and resolution gives them the same values.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<f64>,
+    /// Lower the requests in flight on 429/503 (and raise them slowly again), and pause the
+    /// endpoint when the provider says its limit is spent. On by default.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub adaptive_concurrency: bool,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            adaptive_concurrency: true,
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn is_default(&self) -> bool {
+        *self == RateLimits::default()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -193,6 +193,12 @@ pub struct RawModel {
     pub timeout_secs: Option<f64>,
     pub max_retries: Option<i64>,
     pub concurrency: Option<i64>,
+    /// The endpoint's request rate limit, shared by every model naming the same server model.
+    pub requests_per_minute: Option<f64>,
+    /// The endpoint's token rate limit (prompt and completion tokens).
+    pub tokens_per_minute: Option<f64>,
+    /// Lower the requests in flight on 429/503 and pause on the provider's rate-limit headers.
+    pub adaptive_concurrency: Option<bool>,
     #[serde(default)]
     pub sampling: Sampling,
     #[serde(default)]

@@ -8,7 +8,7 @@ use super::sources;
 use super::template::{Template, slot};
 use super::*;
 use crate::error::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Upper bounds that catch typos ("1000000000 units per shard") before they cost anything.
@@ -223,6 +223,7 @@ impl Cx {
             }
             models.push(self.model(m)?);
         }
+        self.share_limits(raw, &mut models)?;
         models.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(models)
     }
@@ -451,6 +452,7 @@ impl Cx {
                 .err(&key("timeout_secs"), format!("{timeout_secs} is out of range"))
                 .with_hint("use seconds between 0 and 86400"));
         }
+        let limits = self.model_limits(m, is_http)?;
         Ok(Transport {
             base_url,
             replicas,
@@ -461,7 +463,99 @@ impl Cx {
             concurrency,
             replay_file: None,
             price: None,
+            limits,
         })
+    }
+
+    /// `requests_per_minute`, `tokens_per_minute` and `adaptive_concurrency`: HTTP backends only.
+    fn model_limits(&self, m: &RawModel, is_http: bool) -> Result<RateLimits> {
+        let key = |k: &str| format!("models[{}].{k}", m.name);
+        let rates = [
+            ("requests_per_minute", m.requests_per_minute, 1e9),
+            ("tokens_per_minute", m.tokens_per_minute, 1e12),
+        ];
+        for (k, v, max) in rates {
+            let Some(v) = v else { continue };
+            if !is_http {
+                return Err(self
+                    .err(&key(k), format!("the `{}` backend has no endpoint to limit", m.backend))
+                    .with_hint(format!("remove `{k}`")));
+            }
+            if !(v.is_finite() && v > 0.0 && v <= max) {
+                return Err(self.err(&key(k), format!("{v} is out of range")).with_hint(format!(
+                    "use a rate above 0 and at most {max:e}, e.g. the provider's limit"
+                )));
+            }
+        }
+        if m.adaptive_concurrency.is_some() && !is_http {
+            return Err(self
+                .err(
+                    &key("adaptive_concurrency"),
+                    format!("the `{}` backend has no endpoint to adapt to", m.backend),
+                )
+                .with_hint("remove `adaptive_concurrency`"));
+        }
+        Ok(RateLimits {
+            requests_per_minute: m.requests_per_minute,
+            tokens_per_minute: m.tokens_per_minute,
+            adaptive_concurrency: m.adaptive_concurrency.unwrap_or(true),
+        })
+    }
+
+    /// Models that name the same server model at the same endpoint share one limiter: a limit set
+    /// on one of them applies to all, and two that set different values are refused.
+    fn share_limits(&self, raw: &[RawModel], models: &mut [Model]) -> Result<()> {
+        let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        for (i, m) in models.iter().enumerate() {
+            if let Some(url) = &m.transport.base_url {
+                groups
+                    .entry((url.clone(), m.behaviour.model.clone()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let raw_of = |name: &str| raw.iter().find(|r| r.name == name);
+        for ((url, id), members) in groups.into_iter().filter(|(_, v)| v.len() > 1) {
+            let mut shared = models[members[0]].transport.limits;
+            shared.adaptive_concurrency = true;
+            // (key, the value a member sets as text, the member's name), in the file's terms.
+            let mut first: [Option<(String, String)>; 3] = Default::default();
+            for &i in &members {
+                let name = models[i].name.clone();
+                let Some(r) = raw_of(&name) else { continue };
+                let set = [
+                    ("requests_per_minute", r.requests_per_minute.map(|v| v.to_string())),
+                    ("tokens_per_minute", r.tokens_per_minute.map(|v| v.to_string())),
+                    ("adaptive_concurrency", r.adaptive_concurrency.map(|v| v.to_string())),
+                ];
+                for (slot, (k, v)) in first.iter_mut().zip(set) {
+                    let Some(v) = v else { continue };
+                    match slot {
+                        Some((by, theirs)) if *theirs != v => {
+                            return Err(self
+                                .err(
+                                    &format!("models[{name}].{k}"),
+                                    format!("{v}, but model `{by}` sets {theirs} for the same model `{id}` at `{url}`"),
+                                )
+                                .with_hint(
+                                    "models naming one server model at one endpoint share its limits: set the value once, or the same on each",
+                                ));
+                        }
+                        Some(_) => {}
+                        None => *slot = Some((name.clone(), v)),
+                    }
+                }
+                shared.requests_per_minute = shared.requests_per_minute.or(r.requests_per_minute);
+                shared.tokens_per_minute = shared.tokens_per_minute.or(r.tokens_per_minute);
+                if let Some(a) = r.adaptive_concurrency {
+                    shared.adaptive_concurrency = a;
+                }
+            }
+            for i in members {
+                models[i].transport.limits = shared;
+            }
+        }
+        Ok(())
     }
 
     /// The templates of each role the model plays: the shared table merged with the role's own.

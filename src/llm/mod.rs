@@ -3,8 +3,10 @@
 //!
 //! The dialogue engine builds a [`Request`] (a chat message list or a raw text prompt, plus the
 //! sampling to use) and gets back a [`Completion`] or a [`CallError`]. Retries of transient faults
-//! happen inside the backend (one policy, `retry.rs`); what reaches the engine is final.
+//! happen inside the backend (one policy, `retry.rs`), and so do the waits for rate limits
+//! (`limits.rs`); what reaches the engine is final.
 
+pub mod limits;
 pub mod openai;
 pub mod pool;
 pub mod replay;

@@ -1,12 +1,15 @@
 //! The `openai` and `azure` backends: any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp,
 //! Ollama, OpenAI) and Azure OpenAI, over the chat and the text-completion APIs.
 //!
-//! One [`OpenAiModel`] per configured model: one connection pool, one concurrency cap, one retry
-//! loop. Transient faults are retried here under the policy of `retry.rs`; what the engine gets
+//! One [`OpenAiModel`] per configured model: one concurrency cap, one retry loop, and the rate
+//! limiter of its server model (`limits.rs`, shared with other models naming the same one) that
+//! every attempt goes through. Transient faults are retried here under the policy of `retry.rs`,
+//! and every retry wait is logged by the limiter with its reason; what the engine gets
 //! is a completion or a final [`CallError`] whose message names the model and the endpoint. The
 //! API key is read from its environment variable at each call, sent in a header marked
 //! sensitive, and cut out of any message that might echo it: it is never logged or stored.
 
+use super::limits::{self, Answer, Reason, Signals};
 use super::retry::{self, Backoff, Outcome, Verdict};
 use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request};
 use crate::error::{Error, Result};
@@ -64,6 +67,8 @@ pub struct OpenAiModel {
     client: reqwest::Client,
     /// `Transport::concurrency`: requests in flight to this model from this process.
     permits: Option<Semaphore>,
+    /// The rate limits and adaptive window of the server model, shared process-wide.
+    limiter: std::sync::Arc<limits::Endpoint>,
     /// `base_url` as configured, for the server's own description of itself.
     base: reqwest::Url,
     /// The context window the server reports, asked once (see [`OpenAiModel::ask_window`]).
@@ -112,7 +117,9 @@ impl OpenAiModel {
             .map_err(|e| Error::runtime(format!("model `{name}`: cannot set up an HTTP client: {e}")))?;
         let base_url = reqwest::Url::parse(base)
             .map_err(|e| Error::config(format!("model `{name}`: `base_url` `{base}` is not a URL ({e})")))?;
+        let limiter = limits::endpoint(&limits::endpoint_key(base, &b.model), limits::Settings::from(&t.limits));
         Ok(OpenAiModel {
+            limiter,
             base: base_url,
             window: tokio::sync::OnceCell::new(),
             name: name.clone(),
@@ -219,11 +226,15 @@ impl OpenAiModel {
             Err(e) => return Attempt::from_transport(&e, self.timeout),
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after");
+        let retry_after_ms = header("retry-after-ms");
+        let signals = Signals::read(|name| resp.headers().get(name).and_then(|v| v.to_str().ok()));
         let html_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -240,10 +251,12 @@ impl OpenAiModel {
                 detail: error_detail(&bytes, html_type),
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]).into_owned(),
                 retry_after,
+                retry_after_ms,
+                signals,
             };
         }
         match parse_completion(&bytes, chat, html_type) {
-            Ok(p) => Attempt::Done(p),
+            Ok(p) => Attempt::Done(p, signals),
             Err(why) => Attempt::BadBody(format!("HTTP {status}, but {why}")),
         }
     }
@@ -266,12 +279,22 @@ impl OpenAiModel {
         let mut waited = Duration::ZERO;
         let mut connected_before = false;
         let mut attempts = 0;
+        let prompt_chars = match &req.prompt {
+            Prompt::Chat(ms) => ms.iter().map(|m| m.content.len()).sum(),
+            Prompt::Text(t) => t.len(),
+        };
         loop {
             attempts += 1;
             let permit = match &self.permits {
                 Some(s) => s.acquire().await.ok(),
                 None => None,
             };
+            // Waits for the window, the provider's pauses and the rates (logged there), like the
+            // wait for the concurrency cap not part of the call's latency.
+            let ticket = self
+                .limiter
+                .admit(&self.name, shown, prompt_chars, req.sampling.max_new_tokens)
+                .await;
             let started = Instant::now();
             // The headers are moved into the last attempt there can be (the only one when retries
             // are off) instead of cloned.
@@ -281,10 +304,22 @@ impl OpenAiModel {
                 headers.clone()
             };
             let outcome = self.attempt(url, h, body.clone(), chat).await;
+            ticket.finish(match &outcome {
+                Attempt::Done(p, signals) => Answer::Done {
+                    prompt_tokens: p.prompt_tokens,
+                    completion_tokens: p.completion_tokens,
+                    signals,
+                },
+                Attempt::Status { status, signals, .. } => Answer::Status {
+                    status: status.as_u16(),
+                    signals,
+                },
+                _ => Answer::Nothing,
+            });
             drop(permit);
             let connect = matches!(outcome, Attempt::Connect(_));
             let (detail, verdict) = match outcome {
-                Attempt::Done(p) => {
+                Attempt::Done(p, _) => {
                     return Ok(Completion {
                         text: p.text,
                         prompt_tokens: p.prompt_tokens,
@@ -299,6 +334,8 @@ impl OpenAiModel {
                     detail,
                     body,
                     retry_after,
+                    retry_after_ms,
+                    signals: _,
                 } => {
                     let reason = status.canonical_reason().unwrap_or("");
                     let mut d = format!("HTTP {} {reason}: {detail}", status.as_u16());
@@ -307,6 +344,7 @@ impl OpenAiModel {
                         status: status.as_u16(),
                         body: &body,
                         retry_after: retry_after.as_deref(),
+                        retry_after_ms: retry_after_ms.as_deref(),
                     };
                     (d, retry::classify(&o))
                 }
@@ -333,13 +371,12 @@ impl OpenAiModel {
                     // Drawn before the await: the thread-local generator is not Send.
                     let wait = self.backoff.wait(attempts - 1, retry_after, &mut rand::rng());
                     let note = redact(&detail, api_key.as_deref());
-                    retry::notify(&retry::RetryNote {
-                        model: &self.name,
-                        url: shown,
+                    let reason = Reason::Retry {
                         attempt: attempts,
-                        wait,
-                        reason: &note,
-                    });
+                        max: self.max_retries,
+                        detail: &note,
+                    };
+                    self.limiter.note_wait(&self.name, shown, wait, reason);
                     tokio::time::sleep(wait).await;
                     waited += wait;
                 }
@@ -575,12 +612,14 @@ impl<'a> RequestBody<'a> {
 
 /// What one HTTP attempt came to.
 enum Attempt {
-    Done(Parsed),
+    Done(Parsed, Signals),
     Status {
         status: reqwest::StatusCode,
         detail: String,
         body: String,
         retry_after: Option<String>,
+        retry_after_ms: Option<String>,
+        signals: Signals,
     },
     BadBody(String),
     Timeout(String),

@@ -18,6 +18,9 @@ pub enum Outcome<'a> {
         body: &'a str,
         /// The raw `Retry-After` header, when the server sent one.
         retry_after: Option<&'a str>,
+        /// The raw `retry-after-ms` header (OpenAI, Azure): milliseconds, more precise than
+        /// `Retry-After`, which it overrides.
+        retry_after_ms: Option<&'a str>,
     },
     /// A 2xx whose body is not the JSON of a completion (HTML, truncated, malformed).
     BadBody,
@@ -59,10 +62,13 @@ pub fn classify(outcome: &Outcome<'_>) -> Verdict {
             status,
             body,
             retry_after,
+            retry_after_ms,
         } => match status {
             408 | 425 | 429 | 500..=599 => retry(
                 ErrorKind::RetriesExhausted,
-                retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
+                retry_after_ms
+                    .and_then(parse_retry_after_ms)
+                    .or_else(|| retry_after.and_then(|v| parse_retry_after(v, SystemTime::now()))),
             ),
             400 | 413 | 422 if mentions_context_length(body) => Verdict::Fatal(ErrorKind::ContextOverflow),
             401 | 403 => Verdict::Fatal(ErrorKind::Auth),
@@ -102,6 +108,12 @@ fn mentions_context_length(body: &str) -> bool {
     ]
     .iter()
     .any(|p| b.contains(p))
+}
+
+/// `retry-after-ms` as a wait: non-negative milliseconds, decimals tolerated.
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    let ms = value.trim().parse::<f64>().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64((ms / 1000.0).min(1e9)))
 }
 
 /// `Retry-After` as a wait: delay-seconds (decimals tolerated) or an HTTP date (IMF-fixdate, the
@@ -156,34 +168,6 @@ impl Backoff {
     }
 }
 
-/// One wait before a retry, for whoever watches (the worker's log).
-#[derive(Debug, Clone, Copy)]
-pub struct RetryNote<'a> {
-    pub model: &'a str,
-    pub url: &'a str,
-    /// The attempt that failed (1 for the first).
-    pub attempt: u32,
-    pub wait: Duration,
-    /// What went wrong, key already cut out.
-    pub reason: &'a str,
-}
-
-type Observer = Box<dyn Fn(&RetryNote<'_>) + Send + Sync>;
-
-static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
-
-/// Have `f` called at every retry wait of every HTTP backend in this process (at most one
-/// observer; returns false if one was already set). The library itself never prints.
-pub fn observe_retries(f: impl Fn(&RetryNote<'_>) + Send + Sync + 'static) -> bool {
-    OBSERVER.set(Box::new(f)).is_ok()
-}
-
-pub(crate) fn notify(note: &RetryNote<'_>) {
-    if let Some(f) = OBSERVER.get() {
-        f(note);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +179,7 @@ mod tests {
             status,
             body,
             retry_after: None,
+            retry_after_ms: None,
         })
     }
 
@@ -261,6 +246,7 @@ mod tests {
                 status: s,
                 body: "",
                 retry_after: Some("7"),
+                retry_after_ms: None,
             });
             assert_eq!(
                 v,
@@ -270,6 +256,23 @@ mod tests {
                 }
             );
         }
+        // `retry-after-ms` is the precise one, and wins; a bad one leaves `Retry-After`.
+        let with_ms = |ms| {
+            classify(&Outcome::Status {
+                status: 429,
+                body: "",
+                retry_after: Some("1"),
+                retry_after_ms: Some(ms),
+            })
+        };
+        let waits = |ra| Verdict::Retry {
+            retry_after: Some(ra),
+            give_up_as: ErrorKind::RetriesExhausted,
+        };
+        assert_eq!(with_ms("20"), waits(Duration::from_millis(20)));
+        assert_eq!(with_ms(" 2.5 "), waits(Duration::from_micros(2500)));
+        assert_eq!(with_ms("-5"), waits(Duration::from_secs(1)));
+        assert_eq!(with_ms("soon"), waits(Duration::from_secs(1)));
     }
 
     #[test]

@@ -8,10 +8,17 @@
 //! 400. `GET /stats` counts what was served, and in particular how many successful replies each
 //! call got, which lets tests prove that no completed call is ever made twice.
 //!
+//! With `--limit-rps` and `--limit-tps` it is also a rate-limited provider: token buckets of one
+//! second's worth refuse what exceeds R requests or T tokens a second with 429, `Retry-After`,
+//! `retry-after-ms` and OpenAI's `x-ratelimit-*` headers (which every completion response
+//! carries), and `/stats` counts the refusals under `limited` (and the tokens served under
+//! `tokens`).
+//!
 //! The handler is kept cheap (no locks but one short map update per success): the server is
 //! also the load target of benchmarks.
 
 use crate::experiment::{Role, SimSettings};
+use crate::llm::limits::Bucket;
 use crate::llm::sim::{SimOutput, sim_reply};
 use crate::llm::{CallKey, Message, Prompt};
 use crate::plan::UnitId;
@@ -19,7 +26,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::{Rng, SeedableRng};
@@ -33,7 +40,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -75,6 +82,11 @@ pub struct ServerConfig {
     /// that fills it is refused with 400, and a reply that would run past it is cut where the
     /// window is full (`finish_reason` "length", fewer tokens than asked).
     pub context_length: Option<u32>,
+    /// Requests a second the server accepts (a bucket of one second's worth); more get 429.
+    pub limit_rps: Option<f64>,
+    /// Tokens a second the server accepts: the prompt and `max_tokens` are taken on arrival, the
+    /// unused part of `max_tokens` given back with the reply.
+    pub limit_tps: Option<f64>,
 }
 
 /// The injectable faults, in the order their rates are laid out on the unit interval.
@@ -170,6 +182,13 @@ impl ServerConfig {
                 return Err(format!("`--{flag}`: {v} is out of range (0 to {max})"));
             }
         }
+        for (flag, v, max) in [("limit-rps", self.limit_rps, 1e6), ("limit-tps", self.limit_tps, 1e9)] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0 && v <= max)
+            {
+                return Err(format!("`--{flag}`: {v} is out of range (above 0, at most {max:e})"));
+            }
+        }
         Ok(())
     }
 }
@@ -183,6 +202,12 @@ struct Stats {
     server_errors: AtomicU64,
     dropped: AtomicU64,
     faults: [AtomicU64; 7],
+    /// Requests refused by `--limit-rps` and by `--limit-tps`.
+    limited_requests: AtomicU64,
+    limited_tokens: AtomicU64,
+    /// Tokens of the successful replies (their usage).
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
     /// Successful replies per call key (`unit/role/turn/attempt`, or `anonymous`).
     calls: Mutex<HashMap<String, u64>>,
 }
@@ -214,6 +239,14 @@ impl Stats {
                 "dropped": n(&self.dropped),
             },
             "faults": faults,
+            "limited": {
+                "requests": n(&self.limited_requests),
+                "tokens": n(&self.limited_tokens),
+            },
+            "tokens": {
+                "prompt": n(&self.prompt_tokens),
+                "completion": n(&self.completion_tokens),
+            },
             "calls": calls,
         })
     }
@@ -222,6 +255,112 @@ impl Stats {
 struct App {
     config: ServerConfig,
     stats: Stats,
+    limits: Option<Limits>,
+}
+
+/// The server's rate limits: one bucket per kind, each holding one second's worth (at least one
+/// request), the same token buckets clients keep (`llm::limits::Bucket`).
+struct Limits {
+    rps: Option<f64>,
+    tps: Option<f64>,
+    buckets: Mutex<(Option<Bucket>, Option<Bucket>)>,
+}
+
+/// Tokens a request took on arrival: its prompt's, and its `max_tokens`.
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    prompt: u64,
+    max_tokens: u64,
+    /// What the reply used (prompt and completion), once there is one.
+    used: Option<u64>,
+}
+
+/// Why a request is refused, and how long until it would not be.
+struct Refusal {
+    tokens: bool,
+    wait: Duration,
+}
+
+impl Limits {
+    fn new(rps: Option<f64>, tps: Option<f64>) -> Option<Limits> {
+        let now = Instant::now();
+        (rps.is_some() || tps.is_some()).then(|| Limits {
+            rps,
+            tps,
+            buckets: Mutex::new((
+                rps.map(|r| Bucket::per_minute(r * 60.0, now)),
+                tps.map(|t| Bucket::per_minute(t * 60.0, now)),
+            )),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Bucket>, Option<Bucket>)> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take one request and `cost` tokens now, or say which bucket is short and for how long.
+    fn admit(&self, cost: u64) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut b = self.lock();
+        let (requests, tokens) = &mut *b;
+        if let Some(r) = requests.as_ref().map(|r| r.earliest(now, 1.0)).filter(|t| *t > now) {
+            return Err(Refusal {
+                tokens: false,
+                wait: r - now,
+            });
+        }
+        if let Some(t) = tokens
+            .as_ref()
+            .map(|t| t.earliest(now, cost as f64))
+            .filter(|t| *t > now)
+        {
+            return Err(Refusal {
+                tokens: true,
+                wait: t - now,
+            });
+        }
+        if let Some(r) = requests {
+            r.take(now, 1.0);
+        }
+        if let Some(t) = tokens {
+            t.take(now, cost as f64);
+        }
+        Ok(())
+    }
+
+    /// Give back what an admitted request did not use: the unused `max_tokens` of a reply,
+    /// all of it when there was none.
+    fn settle(&self, a: Admission) {
+        let taken = a.prompt + a.max_tokens;
+        let used = a.used.unwrap_or(a.prompt);
+        if let Some(t) = &mut self.lock().1 {
+            t.adjust(Instant::now(), taken as f64 - used as f64);
+        }
+    }
+
+    /// OpenAI's headers: the limit per minute, what the bucket holds, when it is full again.
+    fn headers(&self, h: &mut HeaderMap) {
+        let now = Instant::now();
+        let b = self.lock();
+        for (kind, per_second, bucket) in [("requests", self.rps, &b.0), ("tokens", self.tps, &b.1)] {
+            let (Some(per_second), Some(bucket)) = (per_second, bucket) else {
+                continue;
+            };
+            let values = [
+                ("limit", ((per_second * 60.0).round() as u64).to_string()),
+                ("remaining", (bucket.level(now).max(0.0).floor() as u64).to_string()),
+                ("reset", crate::llm::limits::format_duration(bucket.until_full(now))),
+            ];
+            for (what, v) in values {
+                if let (Ok(name), Ok(v)) = (
+                    HeaderName::try_from(format!("x-ratelimit-{what}-{kind}")),
+                    HeaderValue::try_from(v),
+                ) {
+                    h.insert(name, v);
+                }
+            }
+        }
+    }
 }
 
 /// Serve on `listener` until `shutdown` completes; in-flight requests then get a short grace.
@@ -231,6 +370,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let app = Arc::new(App {
+        limits: Limits::new(config.limit_rps, config.limit_tps),
         config,
         stats: Stats::default(),
     });
@@ -308,9 +448,16 @@ fn openai_error(status: StatusCode, message: &str, kind: &str, code: Option<&str
 async fn complete(app: Arc<App>, conn: Conn, headers: HeaderMap, body: Bytes, chat: bool) -> Response {
     let n = app.stats.requests.fetch_add(1, Ordering::Relaxed);
     let cfg = &app.config;
-    let resp = answer(&app, cfg, n, &headers, &body, chat).await;
+    let mut admission = None;
+    let resp = answer(&app, cfg, n, &headers, &body, chat, &mut admission).await;
+    if let (Some(limits), Some(a)) = (&app.limits, admission) {
+        limits.settle(a);
+    }
     match resp {
-        Some(r) => {
+        Some(mut r) => {
+            if let Some(limits) = &app.limits {
+                limits.headers(r.headers_mut());
+            }
             app.stats.count_status(r.status());
             r
         }
@@ -324,7 +471,8 @@ async fn complete(app: Arc<App>, conn: Conn, headers: HeaderMap, body: Bytes, ch
     }
 }
 
-/// The response to send, or `None` to drop the connection instead.
+/// The response to send, or `None` to drop the connection instead. A request the rate limits
+/// admit leaves its `admission`, for [`Limits::settle`].
 async fn answer(
     app: &App,
     cfg: &ServerConfig,
@@ -332,6 +480,7 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
     chat: bool,
+    admission: &mut Option<Admission>,
 ) -> Option<Response> {
     if let Some(want) = &cfg.require_key {
         let given = headers
@@ -372,6 +521,25 @@ async fn answer(
             ));
         }
     };
+    if let Some(limits) = &app.limits {
+        let a = Admission {
+            prompt: sim_tokens(&req.prompt),
+            max_tokens: req.max_tokens.unwrap_or(0).max(0) as u64,
+            used: None,
+        };
+        match limits.admit(a.prompt + a.max_tokens) {
+            Ok(()) => *admission = Some(a),
+            Err(refusal) => {
+                let c = if refusal.tokens {
+                    &app.stats.limited_tokens
+                } else {
+                    &app.stats.limited_requests
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                return Some(rate_limited(&refusal, &a, limits));
+            }
+        }
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let fault = draw_fault(&cfg.fault_rates(), rng.random::<f64>());
     if let Some(f) = fault {
@@ -458,6 +626,16 @@ async fn answer(
                 Ok(reply) => reply,
                 Err(refusal) => return Some(*refusal),
             };
+            if let Some(a) = admission {
+                a.used = Some(u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens));
+            }
+            let stats = &app.stats;
+            stats
+                .prompt_tokens
+                .fetch_add(u64::from(reply.prompt_tokens), Ordering::Relaxed);
+            stats
+                .completion_tokens
+                .fetch_add(u64::from(reply.completion_tokens), Ordering::Relaxed);
             let body = completion_body(&req, chat, n, &reply);
             let stat = match &key {
                 Some(k) => format!("{}/{}/{}/{}", k.unit, k.role, k.turn, k.attempt),
@@ -473,6 +651,27 @@ async fn answer(
         }
     };
     Some(resp)
+}
+
+/// The 429 of a request beyond the rate limits, as OpenAI words it: `Retry-After` in whole
+/// seconds (rounded up), `retry-after-ms` exactly.
+fn rate_limited(refusal: &Refusal, a: &Admission, limits: &Limits) -> Response {
+    let (kind, limit, asked) = if refusal.tokens {
+        ("tokens", limits.tps, a.prompt + a.max_tokens)
+    } else {
+        ("requests", limits.rps, 1)
+    };
+    let ms = (refusal.wait.as_secs_f64() * 1000.0).ceil().max(1.0) as u64;
+    let msg = format!(
+        "Rate limit reached for {kind} per second (limit {}, requested {asked}). Please try again in {}.",
+        limit.unwrap_or_default(),
+        crate::llm::limits::format_duration(Duration::from_millis(ms))
+    );
+    let mut r = openai_error(StatusCode::TOO_MANY_REQUESTS, &msg, kind, Some("rate_limit_exceeded"));
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+    h.insert(HeaderName::from_static("retry-after-ms"), HeaderValue::from(ms));
+    r
 }
 
 /// A reply within the context window, as llama.cpp's server gives it: a prompt that fills the
@@ -802,6 +1001,8 @@ mod tests {
             seed: 0,
             require_key: None,
             context_length: None,
+            limit_rps: None,
+            limit_tps: None,
         }
     }
 
@@ -827,6 +1028,69 @@ mod tests {
         fails(&|c| c.sim.stop_after_turns = [0, 2], "`--stop-after-turns`");
         fails(&|c| c.latency_jitter_ms = f64::NAN, "`--latency-jitter-ms`");
         fails(&|c| c.faults.hang_secs = 1e9, "`--hang-secs`");
+        fails(&|c| c.limit_rps = Some(0.0), "`--limit-rps`: 0 is out of range");
+        fails(&|c| c.limit_tps = Some(f64::INFINITY), "`--limit-tps`");
+    }
+
+    #[test]
+    fn the_limits_refuse_beyond_one_seconds_worth_and_say_so_in_headers() {
+        let l = Limits::new(Some(3.0), Some(100.0)).expect("limits");
+        assert!(Limits::new(None, None).is_none());
+        for _ in 0..3 {
+            assert!(l.admit(10).is_ok());
+        }
+        let r = l.admit(10).expect_err("a fourth request within the second");
+        assert!(!r.tokens && r.wait > Duration::from_millis(300) && r.wait <= Duration::from_millis(334));
+        let mut h = HeaderMap::new();
+        l.headers(&mut h);
+        let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        assert_eq!(get("x-ratelimit-limit-requests"), "180");
+        assert_eq!(get("x-ratelimit-remaining-requests"), "0");
+        assert_eq!(get("x-ratelimit-limit-tokens"), "6000");
+        assert_eq!(get("x-ratelimit-remaining-tokens"), "70");
+        let reset = crate::llm::limits::parse_duration(&get("x-ratelimit-reset-requests")).expect("a duration");
+        assert!(
+            reset > Duration::from_millis(900) && reset <= Duration::from_secs(1),
+            "{reset:?}"
+        );
+        // Tokens: 70 left; a request of 80 is refused on tokens, and the request is not taken.
+        let l = Limits::new(None, Some(100.0)).expect("limits");
+        assert!(l.admit(30).is_ok());
+        let r = l.admit(80).expect_err("80 of 70");
+        assert!(r.tokens && r.wait > Duration::from_millis(90), "{:?}", r.wait);
+        // The reply used 10 of the 30 taken: 20 come back, and 80 fit again.
+        l.settle(Admission {
+            prompt: 5,
+            max_tokens: 25,
+            used: Some(10),
+        });
+        assert!(l.admit(80).is_ok());
+        // A request larger than the bucket goes when it is full, and leaves it in debt.
+        let l = Limits::new(None, Some(100.0)).expect("limits");
+        assert!(l.admit(250).is_ok());
+        assert!(l.admit(1).is_err());
+    }
+
+    #[test]
+    fn a_refusal_says_when_to_come_back() {
+        let l = Limits::new(Some(1.0), None).expect("limits");
+        let a = Admission {
+            prompt: 1,
+            max_tokens: 1,
+            used: None,
+        };
+        let r = rate_limited(
+            &Refusal {
+                tokens: false,
+                wait: Duration::from_millis(1234),
+            },
+            &a,
+            &l,
+        );
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = r.headers();
+        assert_eq!(h.get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("2"));
+        assert_eq!(h.get("retry-after-ms").map(|v| v.to_str().unwrap()), Some("1234"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod http_backend;
 mod merge_readers;
 mod pools;
 mod quality;
+mod rate_limits;
 mod reliability_crash;
 mod reliability_disk;
 mod reliability_faults;
