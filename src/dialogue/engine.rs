@@ -427,6 +427,7 @@ impl<'a> Side<'a> {
         .max(self.floor.min(pairs));
         let mut requests = Requests::default();
         let window = self.window.map(|w| w.tokens);
+        let halt = journal.recorder.halt();
         let (request, completion) = loop {
             if journal.recorder.stopping() {
                 return Ok(Got::Stopped);
@@ -443,8 +444,13 @@ impl<'a> Side<'a> {
             let Some(admitted) = journal.recorder.admit(&worst).await else {
                 return Ok(Got::Stopped);
             };
-            let answer = self.client.complete(&request).await;
+            let answer = self.client.complete_until(&request, &halt).await;
             journal.recorder.settle(admitted, &spent(&worst, &answer));
+            if answer.as_ref().is_err_and(|e| e.kind == ErrorKind::Stopped) {
+                // Not sent (or not sent again) after the stop: nothing to record; the dialogue
+                // goes on from its recorded calls next time.
+                return Ok(Got::Stopped);
+            }
             if let Ok(Completion {
                 prompt_tokens: Some(reported),
                 ..

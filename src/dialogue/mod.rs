@@ -43,6 +43,12 @@ pub trait Recorder: Send + Sync {
         false
     }
 
+    /// The same stop as the backends see it: set when [`Recorder::stopping`] is, so that a
+    /// request waiting for its rate or for a retry is not sent after the stop.
+    fn halt(&self) -> crate::llm::Halt {
+        crate::llm::Halt::never()
+    }
+
     /// May a request whose worst case is `worst` go out (perhaps after waiting for others to
     /// settle)? `None`: no, a budget is reached (the dialogue then waits in the journal, as after
     /// a stop).

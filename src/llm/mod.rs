@@ -97,6 +97,9 @@ pub enum ErrorKind {
     BadResponse,
     /// The replay file has no reply for this call.
     ReplayExhausted,
+    /// The run is stopping ([`Halt`]): the request was not sent, or not sent again. Never a
+    /// dialogue's end: the engine leaves the dialogue to be resumed from its recorded calls.
+    Stopped,
 }
 
 impl ErrorKind {
@@ -128,6 +131,7 @@ impl ErrorKind {
             ErrorKind::ReplayExhausted => {
                 "add replies for these calls to the replay file, or a `\"unit\": \"*\"` reply"
             }
+            ErrorKind::Stopped => "run it again to go on: the calls answered before the stop are kept",
         }
     }
 
@@ -142,6 +146,7 @@ impl ErrorKind {
             ErrorKind::Unreachable => "unreachable",
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::ReplayExhausted => "replay_exhausted",
+            ErrorKind::Stopped => "stopped",
         }
     }
 }
@@ -163,12 +168,57 @@ impl std::fmt::Display for CallError {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The run's stop as a backend sees it: once it is set, no HTTP attempt starts (not a first one,
+/// not a retry after its backoff, not one waiting for its rate), and a wait for the rate or a
+/// backoff ends at once. An attempt already sent is waited for (the worker's grace decides how
+/// long). The worker hands its stop signal down as one of these; [`Halt::never`] elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Halt(Option<tokio::sync::watch::Receiver<Option<String>>>);
+
+impl Halt {
+    /// A stop that never comes (a one-off call, a test).
+    pub fn never() -> Halt {
+        Halt(None)
+    }
+
+    /// Set once the channel holds a value (the worker's stop flag: the signal's name).
+    pub fn of(flag: tokio::sync::watch::Receiver<Option<String>>) -> Halt {
+        Halt(Some(flag))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| rx.borrow().is_some())
+    }
+
+    /// Resolves once the stop is set (never, for [`Halt::never`]).
+    pub async fn wait(&self) {
+        match &self.0 {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                if rx.wait_for(|v| v.is_some()).await.is_err() {
+                    // The flag's owner is gone: no stop can come any more.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// A model that completes prompts. Implementations are cheap to share (`Arc`) across many
 /// dialogues in flight.
 pub trait ChatModel: Send + Sync {
     /// The model's configured name (for messages).
     fn name(&self) -> &str;
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>>;
+
+    /// [`ChatModel::complete`], but no attempt starts once `halt` is set: then the call fails as
+    /// [`ErrorKind::Stopped`]. Backends without a server to spare (the simulator, replay) answer
+    /// at once and need not look.
+    fn complete_until<'a>(&'a self, req: &'a Request, halt: &'a Halt) -> BoxFuture<'a, Result<Completion, CallError>> {
+        let _ = halt;
+        self.complete(req)
+    }
 
     /// The context window in tokens as the server reports it, for models whose experiment sets no
     /// `context_length`; asked at most once per process. `None` when the backend has no server or

@@ -11,7 +11,7 @@
 
 use super::limits::{self, Answer, Reason, Signals};
 use super::retry::{self, Backoff, Outcome, Verdict};
-use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Message, Prompt, Request};
+use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, ErrorKind, Halt, Message, Prompt, Request};
 use crate::error::{Error, Result};
 use crate::experiment::{Backend, Model, Sampling};
 use bytes::Bytes;
@@ -261,7 +261,7 @@ impl OpenAiModel {
         }
     }
 
-    async fn call(&self, req: &Request) -> Result<Completion, CallError> {
+    async fn call(&self, req: &Request, halt: &Halt) -> Result<Completion, CallError> {
         let url = self.url(&req.prompt);
         let shown = url.as_str();
         let api_key = self.key(shown)?;
@@ -283,18 +283,34 @@ impl OpenAiModel {
             Prompt::Chat(ms) => ms.iter().map(|m| m.content.len()).sum(),
             Prompt::Text(t) => t.len(),
         };
+        let stopped = |attempts| fail(ErrorKind::Stopped, "not sent: the run is stopping", attempts);
         loop {
-            attempts += 1;
-            let permit = match &self.permits {
-                Some(s) => s.acquire().await.ok(),
-                None => None,
+            if halt.is_set() {
+                return Err(stopped(attempts));
+            }
+            // Waits for the concurrency cap, the window, the provider's pauses and the rates
+            // (logged there), not part of the call's latency; a stop ends them (dropping a
+            // ticket gives its place back).
+            let admitted = async {
+                let permit = match &self.permits {
+                    Some(s) => s.acquire().await.ok(),
+                    None => None,
+                };
+                let ticket = self
+                    .limiter
+                    .admit(&self.name, shown, prompt_chars, req.sampling.max_new_tokens)
+                    .await;
+                (permit, ticket)
             };
-            // Waits for the window, the provider's pauses and the rates (logged there), like the
-            // wait for the concurrency cap not part of the call's latency.
-            let ticket = self
-                .limiter
-                .admit(&self.name, shown, prompt_chars, req.sampling.max_new_tokens)
-                .await;
+            let (permit, ticket) = tokio::select! {
+                biased;
+                () = halt.wait() => return Err(stopped(attempts)),
+                admitted = admitted => admitted,
+            };
+            if halt.is_set() {
+                return Err(stopped(attempts));
+            }
+            attempts += 1;
             let started = Instant::now();
             // The headers are moved into the last attempt there can be (the only one when retries
             // are off) instead of cloned.
@@ -377,7 +393,10 @@ impl OpenAiModel {
                         detail: &note,
                     };
                     self.limiter.note_wait(&self.name, shown, wait, reason);
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = halt.wait() => return Err(stopped(attempts)),
+                        () = tokio::time::sleep(wait) => {}
+                    }
                     waited += wait;
                 }
             }
@@ -515,7 +534,11 @@ impl ChatModel for OpenAiModel {
     }
 
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
-        Box::pin(self.call(req))
+        Box::pin(async { self.call(req, &Halt::never()).await })
+    }
+
+    fn complete_until<'a>(&'a self, req: &'a Request, halt: &'a Halt) -> BoxFuture<'a, Result<Completion, CallError>> {
+        Box::pin(self.call(req, halt))
     }
 
     fn server_window(&self) -> BoxFuture<'_, Option<u32>> {

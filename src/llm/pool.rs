@@ -16,7 +16,7 @@
 //! Endpoints are not part of unit ids: adding or removing a replica changes where requests go,
 //! never what is generated.
 
-use super::{BoxFuture, CallError, ChatModel, Completion, ErrorKind, Request};
+use super::{BoxFuture, CallError, ChatModel, Completion, ErrorKind, Halt, Request};
 use crate::plan::UnitId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,7 +112,7 @@ impl Pool {
             .collect()
     }
 
-    async fn call(&self, req: &Request) -> Result<Completion, CallError> {
+    async fn call(&self, req: &Request, halt: &Halt) -> Result<Completion, CallError> {
         let mut tried: Vec<usize> = Vec::new();
         let mut earlier_attempts = 0u32;
         let mut last_error: Option<CallError> = None;
@@ -120,7 +120,7 @@ impl Pool {
             tried.push(i);
             let r = &self.replicas[i];
             r.in_flight.fetch_add(1, Ordering::Relaxed);
-            let answer = r.client.complete(req).await;
+            let answer = r.client.complete_until(req, halt).await;
             r.in_flight.fetch_sub(1, Ordering::Relaxed);
             match answer {
                 Ok(mut c) => {
@@ -168,7 +168,11 @@ impl ChatModel for Pool {
     }
 
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
-        Box::pin(self.call(req))
+        Box::pin(async { self.call(req, &Halt::never()).await })
+    }
+
+    fn complete_until<'a>(&'a self, req: &'a Request, halt: &'a Halt) -> BoxFuture<'a, Result<Completion, CallError>> {
+        Box::pin(self.call(req, halt))
     }
 
     /// The window of the first replica that reports one (replicas serve one model).

@@ -220,6 +220,10 @@ impl Recorder for JournalRecorder {
         self.cancel.is_cancelled()
     }
 
+    fn halt(&self) -> crate::llm::Halt {
+        self.cancel.halt()
+    }
+
     fn admit<'a>(&'a self, worst: &'a dialogue::Spend) -> crate::llm::BoxFuture<'a, Option<dialogue::Admitted>> {
         Box::pin(async move {
             match &self.ledger {

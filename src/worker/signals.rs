@@ -63,6 +63,11 @@ impl Cancel {
         self.rx.borrow().is_some()
     }
 
+    /// This stop as the model backends see it (set by [`Cancel::cancel`]).
+    pub fn halt(&self) -> crate::llm::Halt {
+        crate::llm::Halt::of(self.rx.clone())
+    }
+
     /// Resolves once the stop was asked for.
     pub async fn cancelled(&mut self) {
         let _ = self.rx.wait_for(|v| v.is_some()).await;

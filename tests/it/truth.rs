@@ -63,6 +63,8 @@ struct Grid {
     concurrency: u32,
     grace_secs: f64,
     parallel_shards: Option<u32>,
+    /// More keys for every HTTP model (TOML lines).
+    http_keys: String,
 }
 
 impl Grid {
@@ -79,6 +81,7 @@ impl Grid {
             concurrency: 4,
             grace_secs: 10.0,
             parallel_shards: None,
+            http_keys: String::new(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Grid {
                 if let Some(n) = context_length {
                     s.push_str(&format!("context_length = {n}\n"));
                 }
+                s.push_str(&self.http_keys);
             }
         }
         if role == "inquirer" {
@@ -605,6 +609,68 @@ fn ctrl_c_starts_no_new_request_and_a_resume_repeats_no_recorded_call() {
         before.len() + served.len(),
         "the journal holds the calls of both runs, each once"
     );
+}
+
+/// Runs `grid` against `server`, waits for `n` requests, sends SIGINT and returns the requests the
+/// server saw just before the signal and at the run's exit (which must be 75, with nothing
+/// recorded as failed), then resumes against a healthy server and checks every unit finished once.
+fn stop_while_waiting(tmp: &Path, server: &SimServer, grid: &Grid, n: u64) -> (u64, u64) {
+    let logs = tmp.join("logs");
+    let (file, run) = grid.write(tmp);
+    let mut p = Proc::spawn(&logs, &["run", s(&file), "--no-progress"], &[]);
+    let before = wait_for_requests(server, n, &mut p)["requests"].as_u64().unwrap();
+    p.signal("INT");
+    let out = p.wait(LIMIT);
+    out.expect_code(75);
+    let at_exit = server.stats()["requests"].as_u64().unwrap();
+    assert_journals_clean(&run);
+    let (_, _, failed, _) = status_units(&logs, &run);
+    assert_eq!(
+        failed,
+        0,
+        "a call stopped before it was sent is not a failure:\n{}",
+        out.text()
+    );
+
+    let fast = SimServer::start(tmp, &[]);
+    let again = roleplay(
+        &logs,
+        &["run", s(&run), "--no-progress"],
+        &[("ROLEPLAY_BASE_URL", &fast.base_url())],
+        LIMIT,
+    );
+    again.expect_code(0);
+    assert_each_unit_finished_once(&run, &HashSet::new());
+    (before, at_exit)
+}
+
+/// Requests queued behind a configured rate when the stop comes are not sent (the limiter's wait
+/// ends with the stop), and their dialogues resume later.
+#[test]
+fn ctrl_c_sends_no_request_that_waits_for_its_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = SimServer::start(tmp.path(), &[]);
+    let mut grid = Grid::new(http(&server.base_url()), http(&server.base_url()));
+    grid.seeds = 1;
+    grid.max_turns = 3;
+    grid.grace_secs = 30.0;
+    // Two requests a second for the server model both sides name: the dialogues queue for it.
+    grid.http_keys = "requests_per_minute = 120\n".into();
+    let (before, at_exit) = stop_while_waiting(tmp.path(), &server, &grid, 2);
+    assert_eq!(at_exit, before, "requests sent after the signal");
+}
+
+/// A retry waiting out its backoff when the stop comes is not sent.
+#[test]
+fn ctrl_c_sends_no_retry_after_the_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let failing = SimServer::start(tmp.path(), &["--fail-5xx-rate", "1.0"]);
+    let mut grid = Grid::new(http(&failing.base_url()), http(&failing.base_url()));
+    grid.concurrency = 4;
+    grid.grace_secs = 30.0;
+    grid.max_retries = 5;
+    let (before, at_exit) = stop_while_waiting(tmp.path(), &failing, &grid, 4);
+    assert_eq!(at_exit, before, "retries sent after the signal");
 }
 
 /// The shards of `status --offline --json`: (state, reason) per shard.
