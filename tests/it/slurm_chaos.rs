@@ -246,7 +246,7 @@ fn served_units(server: &SimServer, units: &HashMap<u32, BTreeSet<String>>, shar
 
 /// How often a worker's log says it got a stop signal.
 fn signals_logged(log: &str) -> usize {
-    log.matches("received: finishing in-flight calls").count()
+    log.matches("received: no new request starts").count()
 }
 
 /// A stop signal on its way to the worker of `shard` (task `job`), whose log held `logged_before`
