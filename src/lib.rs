@@ -11,6 +11,7 @@ pub mod commands;
 pub mod dialogue;
 pub mod error;
 pub mod experiment;
+pub mod judge;
 pub mod llm;
 pub mod merge;
 pub mod plan;
