@@ -15,3 +15,5 @@ pub mod verdict;
 
 pub use record::{Input, Judge, Stage, Status, Verdict};
 pub mod plan;
+pub mod scan;
+pub mod worker;

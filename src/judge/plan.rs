@@ -301,16 +301,16 @@ impl Planned {
         );
         let mut not = Vec::new();
         if s.failed > 0 {
-            not.push(format!("{} failed", s.failed));
+            not.push(format!("{} failed dialogues", s.failed));
         }
         if s.empty > 0 {
-            not.push(format!("{} without any turn", s.empty));
+            not.push(format!("{} dialogues without any turn", s.empty));
         }
         if s.missing > 0 {
-            not.push(format!("{} not finished yet", s.missing));
+            not.push(format!("{} dialogues not finished yet", s.missing));
         }
         if !not.is_empty() {
-            out.push_str(&format!("\n  not judged: {} dialogues", not.join(", ")));
+            out.push_str(&format!("\n  not judged: {}", not.join(", ")));
         }
         if let Some(k) = self.kept {
             out.push_str(&format!("\n  {k} units kept their id (and any verdict)"));
