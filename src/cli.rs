@@ -217,6 +217,9 @@ pub struct SimServerArgs {
     pub sim: SimFlags,
     #[command(flatten)]
     pub faults: FaultFlags,
+    /// Share of a judge's verdicts (`roleplay judge`) answered as malformed JSON.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, help_heading = "Simulator")]
+    pub judge_malformed_rate: f64,
 }
 
 /// The simulator's settings, named as in an experiment's `[models.sim]` table.

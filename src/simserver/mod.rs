@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// that fills it is refused with 400, and a reply that would run past it is cut where the
     /// window is full (`finish_reason` "length", fewer tokens than asked).
     pub context_length: Option<u32>,
+    /// Judge mode (`roleplay judge`): the share of a judge's verdicts that are malformed.
+    pub judge_malformed_rate: f64,
 }
 
 /// The injectable faults, in the order their rates are laid out on the unit interval.
@@ -324,6 +326,13 @@ async fn complete(app: Arc<App>, conn: Conn, headers: HeaderMap, body: Bytes, ch
     }
 }
 
+/// The simulator's reply, a judge's request answered in judge mode with malformed verdicts at
+/// `--judge-malformed-rate` (`sim_reply` alone answers judges with valid ones).
+fn judge_aware_reply(cfg: &ServerConfig, call: &CallKey, prompt: &Prompt) -> SimOutput {
+    crate::llm::sim::judge_reply(call, prompt, cfg.judge_malformed_rate)
+        .unwrap_or_else(|| sim_reply(&cfg.sim, call, prompt))
+}
+
 /// The response to send, or `None` to drop the connection instead.
 async fn answer(
     app: &App,
@@ -383,7 +392,7 @@ async fn answer(
         tokio::time::sleep(Duration::from_secs_f64(latency / 1000.0)).await;
     }
     let call = key.unwrap_or_else(|| anonymous_key(body));
-    let out = || sim_reply(&cfg.sim, &call, &req.prompt).limit(req.max_tokens);
+    let out = || judge_aware_reply(cfg, &call, &req.prompt).limit(req.max_tokens);
     let resp = match fault {
         Some(Fault::ContextError) => {
             let asked = sim_tokens(&req.prompt) + req.max_tokens.unwrap_or(1000).max(0) as u64;
@@ -802,6 +811,7 @@ mod tests {
             seed: 0,
             require_key: None,
             context_length: None,
+            judge_malformed_rate: 0.0,
         }
     }
 
