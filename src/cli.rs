@@ -51,7 +51,8 @@ pub enum Command {
     /// `GET /v1/models`, `GET /health`, and `GET /stats` (requests, responses by status class,
     /// faults injected, and successful replies per call). Stops on SIGTERM or SIGINT.
     SimServer(SimServerArgs),
-    /// Merge a run's journals into `out/dialogues.parquet` and `out/turns.parquet`.
+    /// Merge a run's journals into `out/dialogues.parquet` and `out/turns.parquet` (or, for a judge
+    /// stage `RUN_DIR/judge/NAME`, every stage's verdicts into `RUN_DIR/out/judgements.parquet`).
     ///
     /// Every planned dialogue appears exactly once (the last record of a unit wins); missing and
     /// failed units are listed, and the exit code is 1 unless `--allow-partial`. The files always
@@ -74,6 +75,16 @@ pub enum Command {
     /// or `roleplay-jsonl`); a `conversation` list reads like `messages`. Persona features in the
     /// reference (`persona_features`) add cells per feature value. Runs offline; writes nothing.
     Compare(CompareArgs),
+    /// Have one or more models judge a run's finished dialogues with a rubric: goal achieved (and
+    /// in which turn), persona adherence (1-5), human-likeness (1-5) and a short rationale.
+    ///
+    /// JUDGE.toml names the judge models (an experiment's `[[models]]` keys), the rubric and the
+    /// sharding. The verdicts are a stage of the run, `RUN_DIR/judge/NAME/`: planned into
+    /// content-addressed units (judging again keeps every verdict whose judge, rubric and dialogue
+    /// did not change), journaled and resumable like generation, run here (or with `--plan-only`,
+    /// on Slurm: `roleplay submit RUN_DIR/judge/NAME`), and merged into
+    /// `RUN_DIR/out/judgements.parquet`. Ctrl-C stops cleanly (exit 75); run it again to resume.
+    Judge(JudgeArgs),
     /// Render a planned run's Slurm batch scripts into RUN_DIR/slurm/, without submitting them.
     ///
     /// The shards are cut into job arrays that respect the cluster's MaxArraySize and
@@ -206,6 +217,9 @@ pub struct SimServerArgs {
     pub sim: SimFlags,
     #[command(flatten)]
     pub faults: FaultFlags,
+    /// Share of a judge's verdicts (`roleplay judge`) answered as malformed JSON.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, help_heading = "Simulator")]
+    pub judge_malformed_rate: f64,
     #[command(flatten)]
     pub limits: LimitFlags,
 }
@@ -309,6 +323,29 @@ impl std::str::FromStr for Range {
         let n = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
         Ok(Range([n(lo)?, n(hi)?]))
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JudgeArgs {
+    /// The run directory whose finished dialogues are judged.
+    pub run_dir: PathBuf,
+    /// The judge file (TOML): judge models, rubric, sharding, worker and Slurm settings.
+    pub judge_file: PathBuf,
+    /// Plan (or re-plan) the stage and stop, without judging: for `roleplay submit RUN_DIR/judge/NAME`.
+    #[arg(long)]
+    pub plan_only: bool,
+    /// Judge again the units whose judge failed with a backend error.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Shards open at once (default: enough to keep `worker.concurrency` verdicts in flight).
+    #[arg(long)]
+    pub parallel_shards: Option<u32>,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Do not fsync the journal (for benchmarks).
+    #[arg(long, hide = true)]
+    pub no_fsync: bool,
 }
 
 #[derive(Debug, clap::Args)]

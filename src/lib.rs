@@ -11,6 +11,7 @@ pub mod commands;
 pub mod dialogue;
 pub mod error;
 pub mod experiment;
+pub mod judge;
 pub mod llm;
 pub mod merge;
 pub mod plan;
@@ -40,6 +41,7 @@ pub fn run(cli: cli::Cli) -> Result<i32> {
         Command::Report(a) => commands::report::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Compare(a) => commands::compare::run(a),
+        Command::Judge(a) => commands::judge::run(a),
         Command::Render(a) => commands::render::run(a),
         Command::Submit(a) => commands::submit::run(a),
         Command::Status(a) => commands::status::run(a),

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod compare;
 pub mod export;
 pub mod init;
+pub mod judge;
 pub mod merge;
 pub mod plan;
 pub mod render;

@@ -83,8 +83,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     // The dataset is what the user came for: merge what finished (a partial merge is fine here;
     // missing and failed units are listed, and this command's exit code says whether all is done).
-    match crate::merge::merge_run(&rd, true) {
-        Ok(m) => crate::ui::print_merge(&m),
+    let merged = if plan.judge.is_some() {
+        // A judge stage: the run's judgements.
+        crate::merge::judgements::parent_of_stage(&rd)
+            .and_then(|p| crate::merge::judgements::merge_judgements(&p))
+            .map(|m| crate::ui::print_judgements(&m))
+    } else {
+        crate::merge::merge_run(&rd, true).map(|m| crate::ui::print_merge(&m))
+    };
+    match merged {
+        Ok(()) => {}
         Err(e) => {
             eprintln!("{e}");
             return Ok(exit::FAILURES);

@@ -65,7 +65,15 @@ fn config(a: &SimServerArgs) -> Result<ServerConfig> {
         context_length: a.context_length,
         limit_rps: a.limits.limit_rps,
         limit_tps: a.limits.limit_tps,
+        judge_malformed_rate: a.judge_malformed_rate,
     };
+    if !(0.0..=1.0).contains(&a.judge_malformed_rate) {
+        return Err(Error::config(format!(
+            "`--judge-malformed-rate {}` is not a rate",
+            a.judge_malformed_rate
+        ))
+        .with_hint("rates are from 0 to 1"));
+    }
     config
         .check()
         .map_err(|msg| Error::config(msg).with_hint("see `roleplay sim-server --help`"))?;

@@ -13,6 +13,10 @@
 //! attempt): the same call always gets the same reply, and a regeneration (attempt > 0) draws
 //! anew, so it can succeed where the first generation failed.
 
+mod judge;
+
+pub use judge::{is_judge_request, judge_reply};
+
 use super::{BoxFuture, CallError, CallKey, ChatModel, Completion, Prompt, Request};
 use crate::experiment::{Role, SimSettings};
 use crate::plan::UnitId;
@@ -81,8 +85,14 @@ fn call_rng(key: &CallKey) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
 }
 
-/// The simulator's reply to one call. Pure: the same arguments always give the same output.
+/// The simulator's reply to one call. Pure: the same arguments always give the same output. A
+/// judge's request gets a verdict ([`judge_reply`], never malformed here).
 pub fn sim_reply(settings: &SimSettings, key: &CallKey, prompt: &Prompt) -> SimOutput {
+    judge_reply(key, prompt, 0.0).unwrap_or_else(|| dialogue_reply(settings, key, prompt))
+}
+
+/// A dialogue side's reply (the inquirer's or the responder's).
+fn dialogue_reply(settings: &SimSettings, key: &CallKey, prompt: &Prompt) -> SimOutput {
     let mut rng = call_rng(key);
     let view = View::of(prompt);
     let topics = view.topics(key.role);
@@ -684,6 +694,8 @@ fn lower_first(s: &str) -> String {
 pub struct SimModel {
     name: String,
     settings: SimSettings,
+    /// Share of a judge's replies that are malformed (a judge stage's `[models.sim] malformed_rate`).
+    judge_malformed_rate: f64,
 }
 
 impl SimModel {
@@ -691,7 +703,14 @@ impl SimModel {
         SimModel {
             name: name.into(),
             settings,
+            judge_malformed_rate: 0.0,
         }
+    }
+
+    /// This model as a judge whose replies are malformed at `rate`.
+    pub fn with_judge_malformed_rate(mut self, rate: f64) -> SimModel {
+        self.judge_malformed_rate = rate;
+        self
     }
 }
 
@@ -702,7 +721,9 @@ impl ChatModel for SimModel {
 
     fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
         Box::pin(async move {
-            let out = sim_reply(&self.settings, &req.key, &req.prompt).limit(req.sampling.max_new_tokens);
+            let out = judge_reply(&req.key, &req.prompt, self.judge_malformed_rate)
+                .unwrap_or_else(|| dialogue_reply(&self.settings, &req.key, &req.prompt))
+                .limit(req.sampling.max_new_tokens);
             let latency = self.settings.latency_ms;
             if latency.is_finite() && latency > 0.0 {
                 tokio::time::sleep(std::time::Duration::from_secs_f64(latency.min(3.6e6) / 1000.0)).await;

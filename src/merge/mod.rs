@@ -46,6 +46,7 @@
 
 pub mod export;
 pub mod indicators;
+pub mod judgements;
 pub mod meta;
 pub mod scan;
 pub mod synth;

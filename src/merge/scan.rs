@@ -162,7 +162,7 @@ fn read_shard_journal(
             match serde_json::from_slice::<Entry>(json) {
                 Ok(Entry::Attempt(a)) => attempt = a.attempt,
                 Ok(Entry::Done(rec)) => keep(*rec, attempt),
-                Ok(Entry::Call(_)) => {}
+                Ok(Entry::Call(_) | Entry::Verdict(_)) => {}
                 Err(_) => return false,
             }
             true

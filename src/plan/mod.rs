@@ -20,7 +20,14 @@ use std::fmt;
 /// Bumped when the unit-id scheme changes: a different scheme means different ids.
 pub const UNIT_SCHEME: &str = "roleplay-unit-v1";
 pub const PLAN_FORMAT: &str = "roleplay-plan";
-pub const PLAN_VERSION: u32 = 1;
+/// The newest plan version this build reads. Generation plans are written as version 1 (as before
+/// judge stages existed, so older builds keep reading them); a judge stage's plan is version 2,
+/// which older builds refuse instead of running its units as dialogues.
+pub const PLAN_VERSION: u32 = 2;
+pub const GENERATION_PLAN_VERSION: u32 = 1;
+pub const JUDGE_PLAN_VERSION: u32 = 2;
+/// Bumped when the judge stage's plan hash or unit-id scheme changes.
+pub const JUDGE_SCHEME: &str = "roleplay-judge-v1";
 
 /// 80 bits of a blake3 hash: collisions are checked for, and would need ~10^12 units to be likely.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -274,7 +281,23 @@ pub struct Plan {
     /// them is detected.
     pub manifest_hash: String,
     pub shards: Vec<Shard>,
+    /// For a judge stage: its judge models, pairs (each judge against itself), sharding, worker
+    /// and Slurm settings, and the judged run's dialogue settings; no personas or goals.
     pub experiment: Experiment,
+    /// Present exactly in a judge stage's plan (version 2): what makes its units verdicts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::judge::Stage>,
+}
+
+/// A judge stage's plan hash: its settings and its units (whose ids cover what they judge).
+pub fn judge_plan_hash(exp: &Experiment, stage: &crate::judge::Stage, units_digest: &str) -> String {
+    let d = digest_json(JUDGE_SCHEME, &(exp, stage, units_digest));
+    blake3::Hash::from(d).to_hex()[..32].to_string()
+}
+
+/// The digest of a value's JSON under a tag (what unit ids and plan hashes are made of).
+pub fn digest_of<T: Serialize>(tag: &str, v: &T) -> [u8; 32] {
+    digest_json(tag, v)
 }
 
 /// The hash that decides whether a plan is unchanged.
@@ -289,7 +312,7 @@ impl Plan {
         let plan_hash = plan_hash(&exp);
         let mut plan = Plan {
             format: PLAN_FORMAT.into(),
-            version: PLAN_VERSION,
+            version: GENERATION_PLAN_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             units_file: format!("units-{}.tsv", &plan_hash[..16]),
             plan_hash,
@@ -303,9 +326,51 @@ impl Plan {
             manifest_hash: String::new(),
             shards: expansion.shards.clone(),
             experiment: exp,
+            judge: None,
         };
         plan.manifest_hash = plan.compute_manifest_hash();
         plan
+    }
+
+    /// A judge stage's plan: `units_tsv` is its units file (`judge::units`), `total_units` its lines.
+    pub fn judge(
+        exp: Experiment,
+        stage: crate::judge::Stage,
+        shards: Vec<Shard>,
+        total_units: u64,
+        source: String,
+        units_tsv: &[u8],
+    ) -> Plan {
+        let units_digest = blake3::hash(units_tsv).to_hex().to_string();
+        let plan_hash = judge_plan_hash(&exp, &stage, &units_digest);
+        let mut plan = Plan {
+            format: PLAN_FORMAT.into(),
+            version: JUDGE_PLAN_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            units_file: format!("units-{}.tsv", &units_digest[..16]),
+            plan_hash,
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            source,
+            total_units,
+            units_digest,
+            manifest_hash: String::new(),
+            shards,
+            experiment: exp,
+            judge: Some(stage),
+        };
+        plan.manifest_hash = plan.compute_manifest_hash();
+        plan
+    }
+
+    /// The plan hash its content gives: a hand edit of the experiment (or the judge section) shows.
+    pub fn content_hash(&self) -> String {
+        match &self.judge {
+            None => plan_hash(&self.experiment),
+            Some(stage) => judge_plan_hash(&self.experiment, stage, &self.units_digest),
+        }
     }
 
     pub fn compute_manifest_hash(&self) -> String {

@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod judgements;
 pub mod quality;
 pub mod text;
 
@@ -227,6 +228,9 @@ pub struct Report {
     /// Spent against the budget, when the experiment has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetReport>,
+    /// The verdicts of the run's judge stages (`roleplay judge`), per stage and judge model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub judgements: Vec<judgements::JudgeReport>,
     #[serde(skip)]
     pub stats: ScanStats,
 }
@@ -421,8 +425,10 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
         .collect();
     sorted_features.sort_by(|a, b| a.name.cmp(&b.name));
     let budget = budget_report(rd, plan)?;
+    let judgements = judgements::build(rd, plan)?;
     Ok(Report {
         budget,
+        judgements,
         experiment: exp.name.clone(),
         plan_hash: plan.plan_hash.clone(),
         stop_token: exp.dialogue.stop_token.clone(),

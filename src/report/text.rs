@@ -145,6 +145,7 @@ pub fn render(r: &Report) -> String {
     let goals: Vec<&Group> = r.goals.iter().collect();
     out.push_str(&table("by goal", "goal", &goals));
     out.push_str(&quality_section(r));
+    out.push_str(&judgement_section(r));
     if let Some(b) = &r.budget {
         out.push_str("\nbudget: spent (the servers' usage, from the journals) against the caps\n");
         for s in std::iter::once(&b.run).chain(&b.pairs) {
@@ -157,6 +158,55 @@ pub fn render(r: &Report) -> String {
                 } else {
                     String::new()
                 }
+            ));
+        }
+    }
+    out
+}
+
+// ---- The judgement section (`report::judgements`). ----
+
+/// Per judge stage and model: verdicts in all, per pair and per persona feature value.
+fn judgement_section(r: &Report) -> String {
+    let mut out = String::new();
+    for j in &r.judgements {
+        out.push_str(&format!(
+            "\njudge `{}` ({}, rubric {}): {} of {} dialogues judged{}\n\
+             goal: share of ok verdicts saying the goal was achieved; persona, human: mean scores (1-5) of ok verdicts\n",
+            j.stage,
+            j.judge,
+            j.rubric_digest,
+            j.all.verdicts,
+            j.planned,
+            if j.unplaced > 0 {
+                format!("; {} on dialogues the plan no longer has", j.unplaced)
+            } else {
+                String::new()
+            }
+        ));
+        let row = |g: &super::judgements::JudgeGroup| {
+            vec![
+                g.key.clone(),
+                g.verdicts.to_string(),
+                g.ok.to_string(),
+                pct(g.goal_achieved_share),
+                num(g.persona_adherence_mean, 2),
+                num(g.human_likeness_mean, 2),
+                g.unparsable.to_string(),
+                g.failed.to_string(),
+            ]
+        };
+        let header = ["", "judged", "ok", "goal", "persona", "human", "unparsable", "failed"];
+        let mut rows = vec![row(&j.all)];
+        rows.extend(j.pairs.iter().map(row));
+        out.push_str(&layout("by pair (inquirer -> responder)", &header, &rows, |i| i == 0));
+        for f in &j.features {
+            let rows: Vec<Vec<String>> = f.values.iter().map(row).collect();
+            out.push_str(&layout(
+                &format!("by persona feature `{}`", f.name),
+                &header,
+                &rows,
+                |i| i == 0,
             ));
         }
     }

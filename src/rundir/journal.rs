@@ -51,6 +51,8 @@ pub enum Entry {
     Attempt(AttemptStart),
     Call(Box<CallEvent>),
     Done(Box<DialogueRecord>),
+    /// A judge stage's verdict on one unit (only in a judge stage's journals; see `judge::worker`).
+    Verdict(Box<crate::judge::Verdict>),
 }
 
 /// Everything a journal holds, read back.
@@ -183,7 +185,7 @@ pub fn spent(entries: &[Entry], prices: &[Option<crate::experiment::Price>; 2]) 
                     ));
                 }
             }
-            Entry::Attempt(_) => {}
+            Entry::Attempt(_) | Entry::Verdict(_) => {}
         }
     }
     total
@@ -212,6 +214,7 @@ impl Replay {
                 Entry::Done(d) => {
                     r.done.insert(d.unit, *d);
                 }
+                Entry::Verdict(_) => {}
             }
         }
         r

@@ -15,6 +15,9 @@
 //!   logs/slurm/                 one log per Slurm array task and merge job
 //!   out/                        the dataset (dialogues.parquet, turns.parquet, exports)
 //!   archive/<plan-hash>/        plans, journals and states replaced by --replan
+//!   judge/<name>/               judge stages: run directories of their own (plan.json, units,
+//!                               inputs-<digest>/shard-NNNNN.jsonl, journal/, state/, locks/, ...)
+//!   out/judgements.parquet      every stage's verdicts, by the judged dialogue's unit id
 //! ```
 //!
 //! Rooms: [`atomic`] (files replaced whole: temporary file, fsync, rename), [`lock`] (advisory
@@ -42,6 +45,7 @@ const LOG_DIR: &str = "logs";
 const SLURM_DIR: &str = "slurm";
 const OUT_DIR: &str = "out";
 const ARCHIVE_DIR: &str = "archive";
+const JUDGE_DIR: &str = "judge";
 const SUBMISSIONS_FILE: &str = "submissions.jrnl";
 /// The journal of submissions before it became a checksummed log (read, never written).
 const LEGACY_SUBMISSIONS_FILE: &str = "submissions.jsonl";
@@ -54,6 +58,11 @@ pub const SLURM_MERGE_LOG: &str = "merge-%j.out";
 /// The file name of a shard's journal, state file and lock, without extension.
 fn shard_stem(shard: u32) -> String {
     format!("shard-{shard:05}")
+}
+
+/// The file, in a judge stage's inputs folder, of what one shard's units judge.
+pub fn shard_inputs_name(shard: u32) -> String {
+    format!("{}.jsonl", shard_stem(shard))
 }
 
 /// The shard a journal file name (`shard-00042.jrnl`) belongs to.
@@ -181,6 +190,25 @@ impl RunDir {
     /// The dataset: `dialogues.parquet`, `turns.parquet`, exports.
     pub fn out_dir(&self) -> PathBuf {
         self.root.join(OUT_DIR)
+    }
+
+    /// Where a run's judge stages live (`judge/<name>/`, each a run directory of its own).
+    pub fn judge_dir(&self) -> PathBuf {
+        self.root.join(JUDGE_DIR)
+    }
+
+    pub fn judge_stage_dir(&self, name: &str) -> PathBuf {
+        self.judge_dir().join(name)
+    }
+
+    /// In a judge stage: what shard `shard`'s units judge (`inputs` is the plan's inputs folder).
+    pub fn judge_inputs_path(&self, inputs: &str, shard: u32) -> PathBuf {
+        self.root.join(inputs).join(shard_inputs_name(shard))
+    }
+
+    /// One merge of the run's judgements at a time (in the judged run).
+    pub fn judgements_lock_path(&self) -> PathBuf {
+        self.lock_dir().join("judgements.lock")
     }
 
     pub fn archive_dir(&self) -> PathBuf {

@@ -100,7 +100,7 @@ pub fn load(rd: &RunDir) -> Result<Plan> {
         ))
         .with_hint("the units file must not be edited; plan again with `roleplay plan --replan`"));
     }
-    if plan::plan_hash(&plan.experiment) != plan.plan_hash || plan.compute_manifest_hash() != plan.manifest_hash {
+    if plan.content_hash() != plan.plan_hash || plan.compute_manifest_hash() != plan.manifest_hash {
         return Err(Error::config(format!(
             "`{}` was changed after it was written (its hash does not match its content)",
             path.display()
@@ -108,6 +108,82 @@ pub fn load(rd: &RunDir) -> Result<Plan> {
         .with_hint("plans must not be edited by hand: edit the experiment file and run `roleplay plan --replan`"));
     }
     Ok(plan)
+}
+
+/// What a plan brings to the store beside its manifest.
+pub struct PlanFiles<'a> {
+    /// Every unit's id and shard.
+    pub units: &'a [(UnitId, u32)],
+    /// The units file's bytes.
+    pub units_tsv: &'a [u8],
+    /// A folder built beforehand (a judge stage's inputs) that moves into the run directory under
+    /// this name with the plan; replaced by the next plan's, never archived (it is made again
+    /// from the judged run).
+    pub staged: Option<(&'a Path, &'a str)>,
+}
+
+/// Write a plan into `rd` (created whole, left unchanged, or re-planned with `replan`: the old plan
+/// archived and every unchanged unit's work carried over). Returns the status and, for a re-plan,
+/// how many units kept their id.
+pub fn store(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>, replan: bool) -> Result<(Status, Option<u64>)> {
+    if !rd.has_plan() {
+        create(rd, plan, files)?;
+        return Ok((Status::Created, None));
+    }
+    let old = load(rd)?;
+    if old.plan_hash == plan.plan_hash {
+        return Ok((Status::Unchanged, None));
+    }
+    let old_ids: HashSet<UnitId> = unit_ids(rd, &old)?.into_iter().collect();
+    let kept = files.units.iter().filter(|(id, _)| old_ids.contains(id)).count() as u64;
+    if !replan {
+        return Err(Error::config(format!(
+            "the experiment changed since `{}` was planned: {kept} units unchanged, {} new, {} no longer planned",
+            rd.root.display(),
+            files.units.len() as u64 - kept,
+            old_ids.len() as u64 - kept
+        ))
+        .with_hint(format!(
+            "run `roleplay plan {} --replan` to replace the plan (unchanged units keep their finished work), or use another `--run-dir`",
+            plan.source
+        )));
+    }
+    let _lock = Lock::try_acquire(&rd.run_lock_path(), "another command on this run")?;
+    archive_plan(rd, &old)?;
+    let with_work = carry_over(rd, &rd.archive_of(&old.plan_hash), &plan.plan_hash, files.units)?;
+    if with_work > 0 {
+        eprintln!("carried the recorded work of {with_work} unchanged units over to the new plan");
+    }
+    if let Some((dir, name)) = files.staged {
+        let dest = rd.root.join(name);
+        if dest.exists() {
+            fs_err::remove_dir_all(&dest)?;
+        }
+        fs_err::rename(dir, &dest)?;
+    }
+    write_files(rd, plan, files.units_tsv)?;
+    if old.units_file != plan.units_file {
+        let _ = fs_err::remove_file(rd.units_path(&old));
+    }
+    let old_staged = old.judge.as_ref().map(|j| j.inputs.as_str());
+    if let Some(old_name) = old_staged.filter(|o| Some(*o) != files.staged.map(|(_, n)| n)) {
+        let _ = fs_err::remove_dir_all(rd.root.join(old_name));
+    }
+    sync_dir(&rd.root)?;
+    Ok((Status::Replanned, Some(kept)))
+}
+
+/// The ids of a plan's units, from its units file (a judge stage's has its own layout).
+pub fn unit_ids(rd: &RunDir, plan: &Plan) -> Result<Vec<UnitId>> {
+    let path = rd.units_path(plan);
+    Ok(if plan.judge.is_some() {
+        crate::judge::units::read(&path, None)?
+            .into_iter()
+            .map(|u| u.id)
+            .collect()
+    } else {
+        plan::read_units(&path)?.into_iter().map(|u| u.id).collect()
+    })
 }
 
 /// Write the plan; returns the status and, for a re-plan, how many units kept their id.
@@ -118,46 +194,17 @@ fn write_plan(
     units_tsv: &[u8],
     replan: bool,
 ) -> Result<(Status, Option<u64>)> {
-    if !rd.has_plan() {
-        create(rd, plan, units_tsv)?;
-        return Ok((Status::Created, None));
-    }
-    let old = load(rd)?;
-    if old.plan_hash == plan.plan_hash {
-        return Ok((Status::Unchanged, None));
-    }
-    let old_ids: HashSet<_> = plan::read_units(&rd.units_path(&old))?
-        .into_iter()
-        .map(|u| u.id)
-        .collect();
-    let kept = x.units.iter().filter(|u| old_ids.contains(&u.id)).count() as u64;
-    if !replan {
-        return Err(Error::config(format!(
-            "the experiment changed since `{}` was planned: {kept} units unchanged, {} new, {} no longer planned",
-            rd.root.display(),
-            x.units.len() as u64 - kept,
-            old_ids.len() as u64 - kept
-        ))
-        .with_hint(format!(
-            "run `roleplay plan {} --replan` to replace the plan (unchanged units keep their finished work), or use another `--run-dir`",
-            plan.source
-        )));
-    }
-    let _lock = Lock::try_acquire(&rd.run_lock_path(), "another command on this run")?;
-    archive_plan(rd, &old)?;
-    let with_work = carry_over(rd, &rd.archive_of(&old.plan_hash), &plan.plan_hash, &x.units)?;
-    if with_work > 0 {
-        eprintln!("carried the recorded work of {with_work} unchanged units over to the new plan");
-    }
-    write_files(rd, plan, units_tsv)?;
-    if old.units_file != plan.units_file {
-        let _ = fs_err::remove_file(rd.units_path(&old));
-    }
-    Ok((Status::Replanned, Some(kept)))
+    let units: Vec<(UnitId, u32)> = x.units.iter().map(|u| (u.id, u.shard)).collect();
+    let files = PlanFiles {
+        units: &units,
+        units_tsv,
+        staged: None,
+    };
+    store(rd, plan, &files, replan)
 }
 
 /// A new run directory, built beside its final place and renamed into it: never half of one.
-fn create(rd: &RunDir, plan: &Plan, units_tsv: &[u8]) -> Result<()> {
+fn create(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>) -> Result<()> {
     let root = &rd.root;
     if root.exists() {
         let empty = fs_err::read_dir(root)?.next().is_none();
@@ -182,7 +229,10 @@ fn create(rd: &RunDir, plan: &Plan, units_tsv: &[u8]) -> Result<()> {
         .prefix(&format!(".{name}.planning."))
         .tempdir_in(&parent)
         .map_err(|e| Error::io(format!("cannot create a folder in `{}`: {e}", parent.display()), e))?;
-    write_files(&RunDir::new(tmp.path()), plan, units_tsv)?;
+    if let Some((dir, name)) = files.staged {
+        fs_err::rename(dir, tmp.path().join(name))?;
+    }
+    write_files(&RunDir::new(tmp.path()), plan, files.units_tsv)?;
     let tmp_path = tmp.keep();
     if root.exists() {
         fs_err::remove_dir(root)?;
@@ -229,7 +279,7 @@ fn free_name(archive: &Path, name: &str) -> PathBuf {
 /// Returns how many units brought work along. Workers must not be running (their shard locks are
 /// taken here). Safe to repeat after a crash: the old plan stays in force until the caller writes
 /// the new `plan.json`, and a repeat reads whatever journals are in place.
-fn carry_over(rd: &RunDir, archive: &Path, new_plan_hash: &str, units: &[plan::Unit]) -> Result<u64> {
+fn carry_over(rd: &RunDir, archive: &Path, new_plan_hash: &str, units: &[(UnitId, u32)]) -> Result<u64> {
     let dir = rd.journal_dir();
     if !dir.is_dir() {
         return Ok(0);
@@ -246,7 +296,7 @@ fn carry_over(rd: &RunDir, archive: &Path, new_plan_hash: &str, units: &[plan::U
         .iter()
         .map(|(shard, _)| Lock::try_acquire(&rd.shard_lock_path(*shard), &format!("a worker of shard {shard}")))
         .collect::<Result<Vec<_>>>()?;
-    let shard_of: HashMap<UnitId, u32> = units.iter().map(|u| (u.id, u.shard)).collect();
+    let shard_of: HashMap<UnitId, u32> = units.iter().copied().collect();
     let mut per_shard: BTreeMap<u32, Vec<journal::Entry>> = BTreeMap::new();
     let mut carried = HashSet::new();
     for (_, f) in &journals {
@@ -256,6 +306,7 @@ fn carry_over(rd: &RunDir, archive: &Path, new_plan_hash: &str, units: &[plan::U
                 journal::Entry::Attempt(_) => continue,
                 journal::Entry::Call(c) => c.key.unit,
                 journal::Entry::Done(d) => d.unit,
+                journal::Entry::Verdict(v) => v.unit,
             };
             if let Some(&shard) = shard_of.get(&unit) {
                 carried.insert(unit);

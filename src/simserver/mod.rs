@@ -87,6 +87,8 @@ pub struct ServerConfig {
     /// Tokens a second the server accepts: the prompt and `max_tokens` are taken on arrival, the
     /// unused part of `max_tokens` given back with the reply.
     pub limit_tps: Option<f64>,
+    /// Judge mode (`roleplay judge`): the share of a judge's verdicts that are malformed.
+    pub judge_malformed_rate: f64,
 }
 
 /// The injectable faults, in the order their rates are laid out on the unit interval.
@@ -471,6 +473,13 @@ async fn complete(app: Arc<App>, conn: Conn, headers: HeaderMap, body: Bytes, ch
     }
 }
 
+/// The simulator's reply, a judge's request answered in judge mode with malformed verdicts at
+/// `--judge-malformed-rate` (`sim_reply` alone answers judges with valid ones).
+fn judge_aware_reply(cfg: &ServerConfig, call: &CallKey, prompt: &Prompt) -> SimOutput {
+    crate::llm::sim::judge_reply(call, prompt, cfg.judge_malformed_rate)
+        .unwrap_or_else(|| sim_reply(&cfg.sim, call, prompt))
+}
+
 /// The response to send, or `None` to drop the connection instead. A request the rate limits
 /// admit leaves its `admission`, for [`Limits::settle`].
 async fn answer(
@@ -551,7 +560,7 @@ async fn answer(
         tokio::time::sleep(Duration::from_secs_f64(latency / 1000.0)).await;
     }
     let call = key.unwrap_or_else(|| anonymous_key(body));
-    let out = || sim_reply(&cfg.sim, &call, &req.prompt).limit(req.max_tokens);
+    let out = || judge_aware_reply(cfg, &call, &req.prompt).limit(req.max_tokens);
     let resp = match fault {
         Some(Fault::ContextError) => {
             let asked = sim_tokens(&req.prompt) + req.max_tokens.unwrap_or(1000).max(0) as u64;
@@ -1001,6 +1010,7 @@ mod tests {
             seed: 0,
             require_key: None,
             context_length: None,
+            judge_malformed_rate: 0.0,
             limit_rps: None,
             limit_tps: None,
         }

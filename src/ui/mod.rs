@@ -67,6 +67,27 @@ pub fn print_merge(s: &MergeSummary) {
     crate::outln!("{}", s.turns_path.display());
 }
 
+/// What merging the judgements did, on stderr, and the file's path on stdout.
+pub fn print_judgements(s: &crate::merge::judgements::JudgementsSummary) {
+    if s.up_to_date {
+        eprintln!("judgements are up to date: no judge journal changed since the last merge");
+    }
+    for (name, st) in &s.stages {
+        eprintln!(
+            "judge `{name}`: {} of {} verdicts ({} ok, {} unparsable, {} failed, {} missing)",
+            st.judged, st.planned, st.ok, st.unparsable, st.failed.count, st.missing.count
+        );
+        if !st.damaged.is_empty() {
+            eprintln!(
+                "warning: skipped {} damaged journal record(s) at {}",
+                st.damaged.count,
+                st.damaged.describe()
+            );
+        }
+    }
+    crate::outln!("{}", s.path.display());
+}
+
 /// Failed dialogues grouped by model and kind, each with its count, one example message and the
 /// hint that fixes it; then the models whose breaker stopped new dialogues.
 pub fn print_failures(progress: &crate::worker::Progress, trips: &[crate::worker::breaker::Trip]) {

@@ -57,7 +57,7 @@ pub struct FailureGroup {
 }
 
 impl Progress {
-    fn finish(&self, pair: &crate::experiment::Pair, rec: &DialogueRecord) {
+    pub(crate) fn finish(&self, pair: &crate::experiment::Pair, rec: &DialogueRecord) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         if rec.ending.reason.is_failure() {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +316,10 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
 
 /// Run one shard to completion, or until the stop signal.
 pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
+    // A judge stage's plan: its units are verdicts (`judge::worker`).
+    if shared.plan.judge.is_some() {
+        return crate::judge::worker::run_shard(shared, shard).await;
+    }
     let mut open = open_shard(shared, shard)?;
     let units = open.units.len() as u64;
     let nothing_to_do = open.todo.is_empty();

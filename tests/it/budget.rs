@@ -33,7 +33,7 @@ fn spent_of(run: &Path) -> Vec<(u32, Usage)> {
                         u.requests += u64::from(f.attempts);
                     }
                 }
-                Entry::Attempt(_) => {}
+                Entry::Attempt(_) | Entry::Verdict(_) => {}
             }
         }
         out.push((shard, u));

@@ -10,6 +10,7 @@ mod engine;
 mod export;
 mod fuzz_parsers;
 mod http_backend;
+mod judge;
 mod merge_readers;
 mod pools;
 mod quality;

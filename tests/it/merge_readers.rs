@@ -141,7 +141,7 @@ fn expectation(rd: &RunDir, plan: &Plan) -> Value {
                 Entry::Done(d) => {
                     done.insert(d.unit, (*d, attempt));
                 }
-                Entry::Call(_) => {}
+                Entry::Call(_) | Entry::Verdict(_) => {}
             }
         }
     }

@@ -82,7 +82,7 @@ fn cut_dialogues(run: &Path) -> usize {
                 Entry::Done(d) => {
                     done.insert(d.unit);
                 }
-                Entry::Attempt(_) => {}
+                Entry::Attempt(_) | Entry::Verdict(_) => {}
             }
         }
     }

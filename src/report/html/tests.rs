@@ -44,6 +44,7 @@ fn report() -> Report {
     let ask_b = group("ask-b", &[("stop", 2), ("no_prompt", 1)], 0.0);
     Report {
         budget: None,
+        judgements: Vec::new(),
         experiment: "exp <i>one</i>".into(),
         plan_hash: "0123456789abcdef".into(),
         stop_token: "<END>".into(),
