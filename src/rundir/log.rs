@@ -303,6 +303,13 @@ impl Log {
 
     /// Append one record given as its JSON.
     pub fn append_json(&self, json: &[u8]) -> Result<()> {
+        self.append_json_then(json, || ())
+    }
+
+    /// Append one record given as its JSON, then run `then` before any other record can follow
+    /// (under the lock that orders appends): what `then` records about the log holds exactly up to
+    /// this record for [`Log::at_end`].
+    pub fn append_json_then(&self, json: &[u8], then: impl FnOnce()) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let line = encode(json);
         let fail = |e: std::io::Error| {
@@ -320,9 +327,17 @@ impl Log {
             return Err(fail(e));
         }
         *end += line.len() as u64;
+        then();
         drop(end);
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Runs `f` on the open file between two appends: what it sees of the file (its length, its
+    /// modification time) and what [`Log::append_json_then`] recorded agree.
+    pub fn at_end<R>(&self, f: impl FnOnce(&std::fs::File) -> R) -> R {
+        let _end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        f(&self.file)
     }
 
     /// fsync if anything was written since the last sync.

@@ -347,6 +347,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             error: None,
         },
         counts: counts.clone(),
+        journal: open.journal.clone(),
     };
     let outcome = |c: &ShardCounts, interrupted: bool| ShardOutcome {
         shard,
@@ -492,6 +493,8 @@ struct StateReporter {
     rd: RunDir,
     base: ShardState,
     counts: Arc<Mutex<ShardCounts>>,
+    /// Its mark goes into the state file, so that `status` need not read the journal.
+    journal: Arc<Journal>,
 }
 
 impl StateReporter {
@@ -506,7 +509,10 @@ impl StateReporter {
             error,
             ..self.base.clone()
         };
-        state::write(&self.rd, &s)
+        match self.journal.mark() {
+            Ok(mark) => state::write_marked(&self.rd, &s, mark),
+            Err(_) => state::write(&self.rd, &s),
+        }
     }
 }
 

@@ -7,21 +7,14 @@
 //! so a task that finishes meanwhile shows as done, never as failed.
 
 use super::StatusOptions;
-use crate::dialogue::EndReason;
-use crate::plan::UnitId;
 use crate::rundir::state::{self, ShardState as WorkerState};
 use crate::slurm::records::{Accepted, EndCause, JobKind, Submissions};
 use crate::slurm::render::RunCtx;
 use crate::slurm::{AccountingRecord, ArrayTask, JobRef, JobState, QueueFilter, QueueRecord, Scheduler};
-use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 
 /// What a journal says: units finished, and failed among them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JournalSummary {
-    pub done: u64,
-    pub failed: u64,
-}
+pub use crate::rundir::journal::Summary as JournalSummary;
 
 /// One array task that was submitted for a shard, with what is known of it.
 #[derive(Debug, Clone)]
@@ -135,8 +128,8 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
     }
 
     // First look at the records, to know which shards need the scheduler at all.
-    let mut journals: Vec<JournalSummary> = (0..n as u32).map(|s| journal_summary(ctx, s, &mut warnings)).collect();
-    let mut states: Vec<Option<WorkerState>> = (0..n as u32).map(|s| state::read(&ctx.rd, s)).collect();
+    let (mut journals, mut states): (Vec<JournalSummary>, Vec<Option<WorkerState>>) =
+        (0..n as u32).map(|s| shard_records(ctx, s, &mut warnings)).unzip();
     let undone: Vec<usize> = (0..n)
         .filter(|&s| journals[s].done < u64::from(plan.shards[s].units) && !submitted.tasks[s].is_empty())
         .collect();
@@ -157,8 +150,7 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
         (queue, accounting) = sched_ev.ask(sched, &submitted, &undone, &ran, &mut warnings);
         // Read again what may have changed while the scheduler was asked.
         for &s in &undone {
-            journals[s] = journal_summary(ctx, s as u32, &mut Vec::new());
-            states[s] = state::read(&ctx.rd, s as u32);
+            (journals[s], states[s]) = shard_records(ctx, s as u32, &mut Vec::new());
         }
     }
 
@@ -408,58 +400,163 @@ impl SchedulerEvidence {
     }
 }
 
-#[derive(Deserialize)]
-struct DoneLite {
-    unit: UnitId,
-    ending: EndingLite,
-}
-
-#[derive(Deserialize)]
-struct EndingLite {
-    reason: EndReason,
-}
-
-/// Reads only the `done` records of a journal through the one journal reader (the calls, most of
-/// its bytes, are skipped unparsed); the latest record of a unit wins, as for the worker.
-fn journal_summary(ctx: &RunCtx, shard: u32, warnings: &mut Vec<String>) -> JournalSummary {
+/// A shard's journal summary and its state file. The summary comes from the mark the worker wrote
+/// into the state file while that mark is current (the journal is the very file it was taken of,
+/// unchanged: see [`crate::rundir::journal::Mark::is_current`]); otherwise, and for state files
+/// without a mark or of another plan, the journal is read.
+fn shard_records(ctx: &RunCtx, shard: u32, warnings: &mut Vec<String>) -> (JournalSummary, Option<WorkerState>) {
     let path = ctx.rd.journal_path(shard);
-    let Ok(file) = std::fs::File::open(&path) else {
-        return JournalSummary::default();
+    let (worker, mark) = match state::read_marked(&ctx.rd, shard) {
+        Some((w, mark)) => (Some(w), mark),
+        None => (None, None),
     };
-    let mut units: HashMap<UnitId, bool> = HashMap::new();
-    let scanned = crate::rundir::journal::scan(
-        &path,
-        std::io::BufReader::new(file),
-        |json| json.starts_with(br#"{"t":"done""#),
-        |_, json| match serde_json::from_slice::<DoneLite>(json) {
-            Ok(d) => {
-                units.insert(d.unit, d.ending.reason.is_failure());
-                true
-            }
-            Err(_) => false,
-        },
-    );
-    match scanned {
-        Err(e) => {
-            warnings.push(e.message);
-            return JournalSummary::default();
-        }
-        Ok(info)
-            if info
-                .header
-                .as_ref()
-                .is_some_and(|h| h.meta.plan_hash != ctx.plan.plan_hash) =>
-        {
-            warnings.push(format!(
-                "`{}` belongs to another plan: its records are not counted",
-                path.display()
-            ));
-            return JournalSummary::default();
-        }
-        Ok(_) => {}
+    let trusted =
+        mark.filter(|m| worker.as_ref().is_some_and(|w| w.plan_hash == ctx.plan.plan_hash) && m.is_current(&path));
+    let summary = match trusted {
+        Some(m) => m.summary,
+        None => crate::rundir::journal::summary_of(&path, &ctx.plan.plan_hash, warnings),
+    };
+    (summary, worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{StatusOptions, collect};
+    use crate::rundir::journal::Mark;
+    use crate::rundir::state;
+    use crate::slurm::records::Submissions;
+    use crate::slurm::render::RunCtx;
+    use crate::slurm::status::tests::{finish, fixture};
+    use crate::worker::{Options, Shared, run_shard, signals::Cancel};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Runs the real worker on a shard of the fixture (simulated models) to its end.
+    fn run_worker(ctx: &RunCtx, shard: u32) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = Options {
+            retry_failed: false,
+            durable: false,
+            grace: Duration::from_secs(1),
+            slurm_job_id: None,
+        };
+        let plan = Arc::new(ctx.plan.clone());
+        let outcome = rt.block_on(async {
+            let shared = Shared::new(ctx.rd.clone(), plan, options, Cancel::new(), crate::llm::client_for).unwrap();
+            run_shard(&shared, shard).await.unwrap()
+        });
+        assert_eq!(outcome.already_done + outcome.finished, outcome.units);
     }
-    JournalSummary {
-        done: units.len() as u64,
-        failed: units.values().filter(|f| **f).count() as u64,
+
+    /// Bytes this thread has read through system calls so far (`rchar`).
+    fn read_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
+    fn offline() -> StatusOptions {
+        StatusOptions {
+            offline: true,
+            ..StatusOptions::default()
+        }
+    }
+
+    /// (done, failed units) per shard, and the bytes the look read.
+    fn look(ctx: &RunCtx) -> (Vec<(u64, u64)>, u64) {
+        let before = read_by_this_thread();
+        let r = collect(ctx, None, &Submissions::default(), &offline());
+        let read = read_by_this_thread() - before;
+        (r.shards.iter().map(|s| (s.done, s.failed_units)).collect(), read)
+    }
+
+    fn size(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn status_takes_the_counts_of_a_current_state_file_without_reading_the_journal() {
+        let f = fixture();
+        let ctx = &f.ctx;
+        for shard in 0..4 {
+            run_worker(ctx, shard);
+        }
+        let journals: u64 = (0..4).map(|s| size(&ctx.rd.journal_path(s))).sum();
+        let states: u64 = (0..4).map(|s| size(&ctx.rd.state_path(s))).sum();
+        assert!(journals > 4 * states, "journals {journals} B, state files {states} B");
+        let (counts, read) = look(ctx);
+        assert_eq!(counts, vec![(2, 0); 4]);
+        assert!(
+            read < states + 1024,
+            "read {read} B: more than the state files ({states} B); the journals hold {journals} B"
+        );
+        // The same state files without the journal's mark (an earlier version's): every journal is read.
+        for shard in 0..4 {
+            let (w, mark) = state::read_marked(&ctx.rd, shard).unwrap();
+            assert!(mark.is_some(), "the worker wrote the journal's mark");
+            state::write(&ctx.rd, &w).unwrap();
+        }
+        let (counts, read) = look(ctx);
+        assert_eq!(counts, vec![(2, 0); 4]);
+        assert!(read >= journals, "read {read} B of {journals} B of journals");
+    }
+
+    #[test]
+    fn a_journal_changed_after_its_state_file_was_written_is_read_again() {
+        let f = fixture();
+        let ctx = &f.ctx;
+        run_worker(ctx, 0);
+        run_worker(ctx, 1);
+        assert_eq!(look(ctx).0[..2], [(2, 0), (2, 0)]);
+        // Appended to since (here: a later failed record of unit 0 supersedes its finished one).
+        finish(ctx, 0, 1, 1);
+        assert_eq!(look(ctx).0[0], (2, 1));
+
+        // A state file whose mark matches the journal is believed: forge one that says 0 done to
+        // see that it is, then change the journal in the ways another writer would.
+        let path = ctx.rd.journal_path(1);
+        let forge = |ctx: &RunCtx| {
+            let (w, mark) = state::read_marked(&ctx.rd, 1).unwrap();
+            let mut mark: Mark = mark.unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            (mark.len, mark.ino, mark.mtime_s, mark.mtime_ns) =
+                (meta.len(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+            mark.summary.done = 0;
+            state::write_marked(&ctx.rd, &w, mark).unwrap();
+        };
+        forge(ctx);
+        assert_eq!(look(ctx).0[1], (0, 0), "a current mark is taken as it is");
+        // Rewritten whole by another writer (a re-plan's carry-over renames a new file into place):
+        // same length and content, another inode.
+        let bytes = std::fs::read(&path).unwrap();
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(look(ctx).0[1], (2, 0));
+        // Written in place, same length, same inode: the modification time tells.
+        forge(ctx);
+        assert_eq!(look(ctx).0[1], (0, 0));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(look(ctx).0[1], (2, 0));
+        // Gone: nothing is done, whatever the state file says.
+        forge(ctx);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(look(ctx).0[1], (0, 0));
+        // A state file of another plan is not believed either.
+        run_worker(ctx, 2);
+        let (mut w, mark) = state::read_marked(&ctx.rd, 2).unwrap();
+        w.plan_hash = "another".into();
+        let mut mark = mark.unwrap();
+        mark.summary.done = 0;
+        state::write_marked(&ctx.rd, &w, mark).unwrap();
+        assert_eq!(look(ctx).0[2], (2, 0));
     }
 }
