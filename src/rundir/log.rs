@@ -216,6 +216,17 @@ pub fn parse<M: DeserializeOwned, T: DeserializeOwned>(
     Ok(Contents { info, records })
 }
 
+#[cfg(test)]
+thread_local! {
+    static SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many logs this thread has synced (tests count fsyncs with it).
+#[cfg(test)]
+pub(crate) fn syncs_on_this_thread() -> u64 {
+    SYNCS.with(|n| n.get())
+}
+
 /// A log open for appending.
 pub struct Log {
     path: PathBuf,
@@ -349,7 +360,10 @@ impl Log {
             // Not synced after all: the next sync must try again.
             self.dirty.store(true, Ordering::Release);
             Error::io(format!("cannot sync `{}`: {e}", self.path.display()), e).with_hint(WRITE_HINT)
-        })
+        })?;
+        #[cfg(test)]
+        SYNCS.with(|n| n.set(n.get() + 1));
+        Ok(())
     }
 }
 

@@ -596,9 +596,9 @@ pub fn resume(
         ));
     }
     if !opts.submit.dry_run {
-        for o in &before.new_outcomes {
-            subs.push(&ctx.rd, Record::Outcome(o.clone()))?;
-        }
+        // One sync for every outcome learnt (thousands after a wave of task ends).
+        let outcomes = before.new_outcomes.iter().cloned().map(Record::Outcome).collect();
+        subs.push_all(&ctx.rd, outcomes)?;
     }
     let mut resubmitted = Vec::new();
     let mut over_budget = Vec::new();
@@ -699,5 +699,7 @@ pub fn cancel(ctx: &RunCtx, sched: &dyn Scheduler) -> Result<Vec<u64>> {
     Ok(live)
 }
 
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;
