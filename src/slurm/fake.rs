@@ -1,7 +1,9 @@
 //! [`FakeScheduler`]: an in-memory [`Scheduler`] for unit tests of code that submits and watches
 //! jobs. It records what it was asked and answers what the test set; it does not simulate Slurm.
 
-use super::{AccountingRecord, ArrayTask, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, Submitted};
+use super::{
+    AccountingRecord, ArrayTask, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, Steps, Submitted,
+};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -25,6 +27,7 @@ struct State {
     requeued: Vec<JobRef>,
     submit_error: Option<String>,
     kill_wait_secs: Option<u64>,
+    accounting_calls: Vec<(Vec<JobRef>, Steps)>,
 }
 
 /// Submissions get job ids 1000, 1001, ...; `queue` and `accounting` answer from the records the
@@ -61,6 +64,7 @@ impl FakeScheduler {
                 requeued: Vec::new(),
                 submit_error: None,
                 kill_wait_secs: Some(30),
+                accounting_calls: Vec::new(),
             }),
         }
     }
@@ -109,6 +113,11 @@ impl FakeScheduler {
     pub fn requeued(&self) -> Vec<JobRef> {
         self.lock().requeued.clone()
     }
+
+    /// Every accounting question asked, in order: the jobs, and whether steps were asked for.
+    pub fn accounting_calls(&self) -> Vec<(Vec<JobRef>, Steps)> {
+        self.lock().accounting_calls.clone()
+    }
 }
 
 fn matches(jobs: &[JobRef], job_id: u64, array: Option<ArrayTask>) -> bool {
@@ -151,12 +160,26 @@ impl Scheduler for FakeScheduler {
     }
 
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>> {
-        let s = self.lock();
+        self.accounting_rows(jobs, Steps::With)
+    }
+
+    /// Without steps, what the steps added (the batch step, a step out of memory) is left out,
+    /// as `sacct -X` leaves it out.
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
+        let mut s = self.lock();
+        s.accounting_calls.push((jobs.to_vec(), steps));
         Ok(s.accounting.as_ref().map(|records| {
             records
                 .iter()
                 .filter(|r| matches(jobs, r.job_id, r.array))
-                .cloned()
+                .map(|r| match steps {
+                    Steps::With => r.clone(),
+                    Steps::Without => AccountingRecord {
+                        batch: None,
+                        step_out_of_memory: false,
+                        ..r.clone()
+                    },
+                })
                 .collect()
         }))
     }

@@ -36,6 +36,18 @@ pub enum QueueFilter {
     Name(String),
 }
 
+/// Which rows [`Scheduler::accounting_rows`] asks sacct for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steps {
+    /// The allocations only (`sacct -X`).
+    Without,
+    /// The allocations and their steps (the batch step's exit code, a step out of memory).
+    With,
+}
+
+/// The most job ids one sacct call is given (a single argument must stay under Linux's 128 KiB).
+const SACCT_IDS_PER_CALL: usize = 2000;
+
 /// What roleplay needs from a batch scheduler.
 pub trait Scheduler: Send + Sync {
     /// Submits `script` with sbatch options `args` (`--array=0-99%10`, `--job-name=...`); the
@@ -48,9 +60,18 @@ pub trait Scheduler: Send + Sync {
     fn queue(&self, filter: &QueueFilter) -> Result<Vec<QueueRecord>>;
 
     /// The accounting records of these jobs (an array job id stands for all its tasks), one per
-    /// run of a requeued job, in order; `None` when the cluster keeps no accounting. Records may
-    /// lag behind squeue by seconds.
+    /// run of a requeued job, in order, with what their steps tell folded in; `None` when the
+    /// cluster keeps no accounting. Records may lag behind squeue by seconds.
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>>;
+
+    /// Like [`Scheduler::accounting`], but asking for the rows `steps` says: the allocations
+    /// alone (`sacct -X`, many times cheaper: no `batch` step, no step ran out of memory) or with
+    /// their steps. A pending array task that never started has no row of its own: ask for its
+    /// array. Schedulers that cannot tell the difference answer with the steps.
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
+        let _ = steps;
+        self.accounting(jobs)
+    }
 
     /// The accounting records of the current user's jobs named `name` that were eligible, ran or
     /// ended in the last `within_secs` seconds (`sacct --name`), to find a job that left the queue
@@ -195,12 +216,28 @@ impl Scheduler for SlurmCli {
     }
 
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>> {
+        self.accounting_rows(jobs, Steps::With)
+    }
+
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
         if jobs.is_empty() {
             return Ok(self.config()?.accounting.then(Vec::new));
         }
         // `--duplicates`: every run of a requeued task (NODE_FAIL, PREEMPTED, REQUEUED, ...), not
-        // only its latest.
-        self.sacct(vec!["--duplicates".to_string(), format!("--jobs={}", id_list(jobs))])
+        // only its latest; ids in chunks, each `--jobs=` argument under Linux's 128 KiB.
+        let mut records = Vec::new();
+        for chunk in jobs.chunks(SACCT_IDS_PER_CALL) {
+            let mut args = vec!["--duplicates".to_string()];
+            if steps == Steps::Without {
+                args.push("--allocations".to_string());
+            }
+            args.push(format!("--jobs={}", id_list(chunk)));
+            match self.sacct(args)? {
+                Some(r) => records.extend(r),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(records))
     }
 
     fn accounting_named(&self, name: &str, within_secs: u64) -> Result<Option<Vec<AccountingRecord>>> {
