@@ -11,7 +11,10 @@
 
 mod units_file;
 
-pub use units_file::{UnitsReader, read_units, read_units_of_shard, write_units};
+pub use units_file::{
+    INDEX_RECORD_LEN, ShardSpan, UnitsReader, encode_index, parse_shard_lines, read_units, read_units_of_shard,
+    write_units, write_units_indexed,
+};
 
 use crate::experiment::{Experiment, Sharding};
 use serde::{Deserialize, Serialize};
@@ -20,7 +23,9 @@ use std::fmt;
 /// Bumped when the unit-id scheme changes: a different scheme means different ids.
 pub const UNIT_SCHEME: &str = "roleplay-unit-v1";
 pub const PLAN_FORMAT: &str = "roleplay-plan";
-pub const PLAN_VERSION: u32 = 1;
+/// 2: the manifest names a shard index (`shard_index`, `shard_index_digest`). Version-1 plans are
+/// still read (workers then read the whole units file, as that version did).
+pub const PLAN_VERSION: u32 = 2;
 
 /// 80 bits of a blake3 hash: collisions are checked for, and would need ~10^12 units to be likely.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -270,8 +275,15 @@ pub struct Plan {
     pub total_units: u64,
     /// blake3 of the units file's bytes.
     pub units_digest: String,
-    /// Hash over plan_hash, units_file, units_digest, total_units and shards: a hand edit of any of
-    /// them is detected.
+    /// Name of the shard index beside this manifest (version 2 on): each shard's byte range in the
+    /// units file and its digest, so that a worker reads only its shard's units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<String>,
+    /// blake3 of the shard index's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index_digest: Option<String>,
+    /// Hash over plan_hash, units_file, units_digest, total_units, shards and (version 2 on) the
+    /// shard index's name and digest: a hand edit of any of them is detected.
     pub manifest_hash: String,
     pub shards: Vec<Shard>,
     pub experiment: Experiment,
@@ -284,9 +296,11 @@ pub fn plan_hash(exp: &Experiment) -> String {
 }
 
 impl Plan {
-    /// A plan for `exp`; `units_tsv` is the units file's content (see [`write_units`]).
-    pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8]) -> Plan {
+    /// A plan for `exp`; `units_tsv` is the units file's content and `index` the shard index's
+    /// (see [`write_units_indexed`] and [`encode_index`]).
+    pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8], index: &[u8]) -> Plan {
         let plan_hash = plan_hash(&exp);
+        let shard_index = format!("shards-{}.idx", &plan_hash[..16]);
         let mut plan = Plan {
             format: PLAN_FORMAT.into(),
             version: PLAN_VERSION,
@@ -300,6 +314,8 @@ impl Plan {
             source,
             total_units: expansion.units.len() as u64,
             units_digest: blake3::hash(units_tsv).to_hex().to_string(),
+            shard_index: Some(shard_index),
+            shard_index_digest: Some(blake3::hash(index).to_hex().to_string()),
             manifest_hash: String::new(),
             shards: expansion.shards.clone(),
             experiment: exp,
@@ -316,7 +332,12 @@ impl Plan {
             self.total_units,
             &self.shards,
         );
-        blake3::Hash::from(digest_json("manifest", &v)).to_hex()[..32].to_string()
+        let d = match (&self.shard_index, &self.shard_index_digest) {
+            // Version 1: the hash it was written with.
+            (None, None) => digest_json("manifest", &v),
+            (index, digest) => digest_json("manifest", &(v, index, digest)),
+        };
+        blake3::Hash::from(d).to_hex()[..32].to_string()
     }
 }
 
