@@ -14,6 +14,7 @@ mod fake;
 pub mod parse;
 pub mod records;
 pub mod render;
+pub mod room;
 pub mod shell;
 pub mod status;
 pub mod submit;
@@ -23,6 +24,7 @@ pub use parse::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, Limits,
 
 use crate::error::Result;
 use cmd::{Invocation, Output};
+pub use room::JobRoom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,6 +92,17 @@ pub trait Scheduler: Send + Sync {
 
     /// The limits a submission must respect.
     fn config(&self) -> Result<Limits>;
+
+    /// How many more jobs the cluster takes now (MaxJobCount against the jobs slurmctld holds,
+    /// the user's association's submit limits in `account`, else the default one). Schedulers that
+    /// cannot count say only MaxJobCount, which limits nothing by itself.
+    fn job_room(&self, account: Option<&str>) -> Result<JobRoom> {
+        let _ = account;
+        Ok(JobRoom {
+            max_job_count: self.config()?.max_job_count,
+            ..JobRoom::default()
+        })
+    }
 
     /// Cancels jobs; jobs that already ended are not an error.
     fn cancel(&self, jobs: &[JobRef]) -> Result<()>;
@@ -254,6 +267,48 @@ impl Scheduler for SlurmCli {
         let inv = self.invocation("scontrol", vec!["show".to_string(), "config".to_string()]);
         let out = self.run_ok(&inv)?;
         parse::parse_config(&out.stdout).map_err(|e| inv.unreadable(e))
+    }
+
+    fn job_room(&self, account: Option<&str>) -> Result<JobRoom> {
+        let limits = self.config()?;
+        let jobs_in_controller = match limits.max_job_count {
+            None => None,
+            Some(_) => {
+                // Every job slurmctld holds, array tasks one per line (all users' jobs, where
+                // PrivateData lets us see them).
+                let inv = self.invocation(
+                    "squeue",
+                    vec![
+                        "--noheader".to_string(),
+                        "--array".to_string(),
+                        "--states=all".to_string(),
+                        "--format=%i".to_string(),
+                    ],
+                );
+                let out = self.run_ok(&inv)?;
+                Some(out.stdout.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+            }
+        };
+        // Submit limits where accounting enforces them; a cluster that cannot tell limits nothing.
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok();
+        let submit_limit = user.filter(|_| limits.accounting).and_then(|user| {
+            let inv = self.invocation(
+                "scontrol",
+                vec![
+                    "show".to_string(),
+                    "assoc_mgr".to_string(),
+                    format!("users={user}"),
+                    "flags=assoc".to_string(),
+                ],
+            );
+            let out = inv.run(self.timeout).ok().filter(Output::success)?;
+            room::parse_assoc_submit_limit(&out.stdout, &user, account)
+        });
+        Ok(JobRoom {
+            max_job_count: limits.max_job_count,
+            jobs_in_controller,
+            submit_limit,
+        })
     }
 
     fn cancel(&self, jobs: &[JobRef]) -> Result<()> {
