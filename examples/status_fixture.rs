@@ -37,8 +37,8 @@ fn num(text: &str) -> u32 {
 /// with the journal's mark.
 fn write_shards(rd: &RunDir, plan: &Plan, from: u32, to: u32, half: bool) {
     let opts = synth::Options {
-        turns: [1, 6],
-        words: [5, 30],
+        turns: [1, 4],
+        words: [5, 20],
         ..synth::Options::default()
     };
     let vocab = synth::vocabulary();

@@ -147,9 +147,11 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
     let mut sched_ev = SchedulerEvidence::default();
     let (mut queue, mut accounting) = ("not asked".to_string(), "not asked".to_string());
     let recorded = subs.outcomes();
+    // Settled by the records as first read (before the state files are read again).
+    let first_states = states.clone();
+    let settled =
+        |s: usize, t: ArrayTask| end_is_settled(recorded.get(&JobRef::Task(t)).copied(), first_states[s].as_ref(), t);
     if let Some(sched) = sched.filter(|_| !opts.offline) {
-        let settled =
-            |s: usize, t: ArrayTask| end_is_settled(recorded.get(&JobRef::Task(t)).copied(), states[s].as_ref(), t);
         (queue, accounting) = sched_ev.ask(sched, &submitted, &undone, &ran, settled, &mut warnings);
         // Read again what may have changed while the scheduler was asked.
         for &s in &undone {
@@ -179,7 +181,13 @@ pub fn gather(ctx: &RunCtx, sched: Option<&dyn Scheduler>, subs: &Submissions, o
                         round,
                         array,
                         task,
-                        queue: sched_ev.queue.get(&task).cloned(),
+                        // A final squeue record says less than an end settled in the journal
+                        // (no exit code): the journal's is kept, as sacct was not asked again.
+                        queue: sched_ev
+                            .queue
+                            .get(&task)
+                            .filter(|q| !(q.state.is_final() && settled(s, task)))
+                            .cloned(),
                         accounting: sched_ev.accounting.get(&task).cloned(),
                         earlier_runs: sched_ev.earlier_runs.get(&task).cloned().unwrap_or_default(),
                         log: ctx
@@ -642,7 +650,7 @@ mod tests {
 
     use crate::rundir::state::ShardStatus;
     use crate::slurm::records::{EndCause, Record};
-    use crate::slurm::status::tests::{accepted, acct, worker_state};
+    use crate::slurm::status::tests::{accepted, acct, queued, worker_state};
     use crate::slurm::{AccountingRecord, ArrayTask, ExitCode, FakeScheduler, JobRef, JobState, StepSummary, Steps};
 
     fn task(array_job_id: u64, task_id: u32) -> JobRef {
@@ -711,6 +719,11 @@ mod tests {
         // Recorded (as `status` does): the next look asks sacct nothing and says the same.
         subs.push_all(&f.ctx.rd, r.new_outcomes.iter().cloned().map(Record::Outcome).collect())
             .unwrap();
+        // squeue still shows the ends (within MinJobAge), without their exit codes.
+        fake.set_queue(vec![
+            queued(500, 0, JobState::Failed, Some("NonZeroExitCode")),
+            queued(500, 3, JobState::Failed, Some("NonZeroExitCode")),
+        ]);
         let again = look_at(&f.ctx, &fake, &subs);
         assert_eq!(fake.accounting_calls().len(), 2, "{:?}", fake.accounting_calls());
         assert_eq!(again.accounting, "not needed");
