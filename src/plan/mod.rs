@@ -296,9 +296,16 @@ pub fn plan_hash(exp: &Experiment) -> String {
 }
 
 impl Plan {
-    /// A plan for `exp`; `units_tsv` is the units file's content and `index` the shard index's
-    /// (see [`write_units_indexed`] and [`encode_index`]).
-    pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8], index: &[u8]) -> Plan {
+    /// A plan for `exp`; `units_tsv` is the units file's content (see [`write_units`]); its shard
+    /// index is derived from it.
+    pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8]) -> Plan {
+        let index = encode_index(&units_file::spans_of(units_tsv));
+        Plan::with_index(exp, expansion, source, units_tsv, &index)
+    }
+
+    /// Like [`Plan::new`], with the shard index's content given (see [`write_units_indexed`] and
+    /// [`encode_index`]).
+    pub fn with_index(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8], index: &[u8]) -> Plan {
         let plan_hash = plan_hash(&exp);
         let shard_index = format!("shards-{}.idx", &plan_hash[..16]);
         let mut plan = Plan {

@@ -99,18 +99,33 @@ pub fn encode_index(spans: &[ShardSpan]) -> Vec<u8> {
 pub fn write_units_indexed(out: &mut Vec<u8>, units: &[Unit]) -> Vec<ShardSpan> {
     let start = out.len();
     write_units(out, units).expect("writing to memory");
-    // The lines are in shard order: cut them where the shard changes.
+    spans_of(&out[start..])
+}
+
+/// Each shard's span in a units file's bytes (sorted by shard, as [`write_units`] writes it), in
+/// shard order; a line that names no shard ends up in the span before it.
+pub fn spans_of(units_tsv: &[u8]) -> Vec<ShardSpan> {
     let mut spans: Vec<ShardSpan> = Vec::new();
-    let mut pos = start + HEADER.len() + 1;
-    let mut order: Vec<&Unit> = units.iter().collect();
-    order.sort_unstable_by_key(|u| (u.shard, u.id));
-    for u in order {
-        let end = pos + out[pos..].iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        match spans.last_mut() {
-            Some(last) if last.shard == u.shard => last.len = (end - start) as u64 - last.offset,
-            _ => spans.push(ShardSpan {
-                shard: u.shard,
-                offset: (pos - start) as u64,
+    let mut pos = units_tsv
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(units_tsv.len(), |i| i + 1);
+    while pos < units_tsv.len() {
+        let end = units_tsv[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(units_tsv.len(), |i| pos + i + 1);
+        let line = &units_tsv[pos..end];
+        let shard = line
+            .split(|&b| b == b'\t')
+            .nth(1)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|f| f.parse::<u32>().ok());
+        match (spans.last_mut(), shard) {
+            (Some(last), s) if s.is_none_or(|s| s == last.shard) => last.len = end as u64 - last.offset,
+            (_, s) => spans.push(ShardSpan {
+                shard: s.unwrap_or(0),
+                offset: pos as u64,
                 len: (end - pos) as u64,
                 digest: [0; 16],
             }),
@@ -118,8 +133,8 @@ pub fn write_units_indexed(out: &mut Vec<u8>, units: &[Unit]) -> Vec<ShardSpan> 
         pos = end;
     }
     for s in &mut spans {
-        let from = start + s.offset as usize;
-        s.digest = span_digest(&out[from..from + s.len as usize]);
+        let from = s.offset as usize;
+        s.digest = span_digest(&units_tsv[from..from + s.len as usize]);
     }
     spans
 }

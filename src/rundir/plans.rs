@@ -43,7 +43,7 @@ pub fn plan_experiment(loaded: Loaded, run_dir: Option<&Path>, replan: bool, dry
     let mut units_tsv = Vec::with_capacity(expansion.units.len() * 48);
     let spans = plan::write_units_indexed(&mut units_tsv, &expansion.units);
     let index = plan::encode_index(&spans);
-    let plan = Plan::new(exp, &expansion, loaded.source.display().to_string(), &units_tsv, &index);
+    let plan = Plan::with_index(exp, &expansion, loaded.source.display().to_string(), &units_tsv, &index);
     let files = PlanFiles {
         units_tsv: &units_tsv,
         index: &index,
