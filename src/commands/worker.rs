@@ -46,8 +46,9 @@ fn shard_number(args: &WorkerArgs) -> Result<u32> {
 
 pub fn run(args: WorkerArgs) -> Result<i32> {
     let rd = RunDir::new(&args.run_dir);
-    let plan = Arc::new(rd.load_plan()?);
     let shard = shard_number(&args)?;
+    // The manifest and this shard's part of the plan: start-up does not grow with the plan.
+    let plan = Arc::new(crate::rundir::plans::load_for_shard(&rd, shard)?);
     let options = Options {
         retry_failed: args.retry_failed,
         durable: !args.no_fsync,

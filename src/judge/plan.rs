@@ -266,6 +266,7 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
     let files = PlanFiles {
         units: &pairs,
         units_tsv: &tsv,
+        index: None,
         staged: Some((staging.path(), &inputs)),
     };
     let (status, kept) = crate::rundir::plans::store(&rd, &plan, &files, true)?;

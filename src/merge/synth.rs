@@ -60,7 +60,8 @@ const SYLLABLES: &[&str] = &[
     "su", "ta", "ve", "wa", "xi", "yo", "ze", "an", "el", "in", "or", "un", "st", "pr", "tr",
 ];
 
-fn vocabulary() -> Vec<String> {
+/// The pseudo-word vocabulary the texts are drawn from.
+pub fn vocabulary() -> Vec<String> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     (0..4096)
         .map(|_| {
@@ -118,7 +119,8 @@ pub fn record(unit: &Unit, max_turns: u32, stop_token: &str, opts: &Options, fai
     record_with(&vocabulary(), unit, max_turns, stop_token, opts, failed)
 }
 
-fn record_with(
+/// Like [`record`], with the vocabulary built once by the caller.
+pub fn record_with(
     vocab: &[String],
     unit: &Unit,
     max_turns: u32,
@@ -222,7 +224,8 @@ fn record_with(
     }
 }
 
-fn call_events(rec: &DialogueRecord, seed: u64) -> Vec<CallEvent> {
+/// The calls a worker journals before a dialogue's `done` record.
+pub fn call_events(rec: &DialogueRecord, seed: u64) -> Vec<CallEvent> {
     let key = |turn: u32, role: Role| CallKey {
         unit: rec.unit,
         seed,

@@ -11,7 +11,10 @@
 
 mod units_file;
 
-pub use units_file::{UnitsReader, read_units, read_units_of_shard, write_units};
+pub use units_file::{
+    INDEX_RECORD_LEN, ShardSpan, UnitsReader, encode_index, parse_shard_lines, read_units, read_units_of_shard,
+    write_units, write_units_indexed,
+};
 
 use crate::experiment::{Experiment, Sharding};
 use serde::{Deserialize, Serialize};
@@ -20,12 +23,11 @@ use std::fmt;
 /// Bumped when the unit-id scheme changes: a different scheme means different ids.
 pub const UNIT_SCHEME: &str = "roleplay-unit-v1";
 pub const PLAN_FORMAT: &str = "roleplay-plan";
-/// The newest plan version this build reads. Generation plans are written as version 1 (as before
-/// judge stages existed, so older builds keep reading them); a judge stage's plan is version 2,
-/// which older builds refuse instead of running its units as dialogues.
+/// The newest plan version this build writes and reads. 2: the manifest names a shard index
+/// (`shard_index`, `shard_index_digest`), and a judge stage's plan (its `judge` section) exists;
+/// builds that read only version 1 refuse both, rather than run a judge stage's units as
+/// dialogues. Version-1 plans are still read (workers then read the whole units file).
 pub const PLAN_VERSION: u32 = 2;
-pub const GENERATION_PLAN_VERSION: u32 = 1;
-pub const JUDGE_PLAN_VERSION: u32 = 2;
 /// Bumped when the judge stage's plan hash or unit-id scheme changes.
 pub const JUDGE_SCHEME: &str = "roleplay-judge-v1";
 
@@ -277,8 +279,15 @@ pub struct Plan {
     pub total_units: u64,
     /// blake3 of the units file's bytes.
     pub units_digest: String,
-    /// Hash over plan_hash, units_file, units_digest, total_units and shards: a hand edit of any of
-    /// them is detected.
+    /// Name of the shard index beside this manifest (version 2 on): each shard's byte range in the
+    /// units file and its digest, so that a worker reads only its shard's units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<String>,
+    /// blake3 of the shard index's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_index_digest: Option<String>,
+    /// Hash over plan_hash, units_file, units_digest, total_units, shards and (version 2 on) the
+    /// shard index's name and digest: a hand edit of any of them is detected.
     pub manifest_hash: String,
     pub shards: Vec<Shard>,
     /// For a judge stage: its judge models, pairs (each judge against itself), sharding, worker
@@ -307,12 +316,21 @@ pub fn plan_hash(exp: &Experiment) -> String {
 }
 
 impl Plan {
-    /// A plan for `exp`; `units_tsv` is the units file's content (see [`write_units`]).
+    /// A plan for `exp`; `units_tsv` is the units file's content (see [`write_units`]); its shard
+    /// index is derived from it.
     pub fn new(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8]) -> Plan {
+        let index = encode_index(&units_file::spans_of(units_tsv));
+        Plan::with_index(exp, expansion, source, units_tsv, &index)
+    }
+
+    /// Like [`Plan::new`], with the shard index's content given (see [`write_units_indexed`] and
+    /// [`encode_index`]).
+    pub fn with_index(exp: Experiment, expansion: &Expansion, source: String, units_tsv: &[u8], index: &[u8]) -> Plan {
         let plan_hash = plan_hash(&exp);
+        let shard_index = format!("shards-{}.idx", &plan_hash[..16]);
         let mut plan = Plan {
             format: PLAN_FORMAT.into(),
-            version: GENERATION_PLAN_VERSION,
+            version: PLAN_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             units_file: format!("units-{}.tsv", &plan_hash[..16]),
             plan_hash,
@@ -323,6 +341,8 @@ impl Plan {
             source,
             total_units: expansion.units.len() as u64,
             units_digest: blake3::hash(units_tsv).to_hex().to_string(),
+            shard_index: Some(shard_index),
+            shard_index_digest: Some(blake3::hash(index).to_hex().to_string()),
             manifest_hash: String::new(),
             shards: expansion.shards.clone(),
             experiment: exp,
@@ -345,7 +365,7 @@ impl Plan {
         let plan_hash = judge_plan_hash(&exp, &stage, &units_digest);
         let mut plan = Plan {
             format: PLAN_FORMAT.into(),
-            version: JUDGE_PLAN_VERSION,
+            version: PLAN_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             units_file: format!("units-{}.tsv", &units_digest[..16]),
             plan_hash,
@@ -356,6 +376,9 @@ impl Plan {
             source,
             total_units,
             units_digest,
+            // A judge stage's worker reads its units and inputs by itself (`judge::units`).
+            shard_index: None,
+            shard_index_digest: None,
             manifest_hash: String::new(),
             shards,
             experiment: exp,
@@ -381,7 +404,12 @@ impl Plan {
             self.total_units,
             &self.shards,
         );
-        blake3::Hash::from(digest_json("manifest", &v)).to_hex()[..32].to_string()
+        let d = match (&self.shard_index, &self.shard_index_digest) {
+            // Version 1: the hash it was written with.
+            (None, None) => digest_json("manifest", &v),
+            (index, digest) => digest_json("manifest", &(v, index, digest)),
+        };
+        blake3::Hash::from(d).to_hex()[..32].to_string()
     }
 }
 

@@ -14,6 +14,7 @@ use crate::plan::UnitId;
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub const FORMAT: Format = Format {
@@ -101,9 +102,112 @@ pub fn scan(
     log::scan(path, &FORMAT, r, want, record)
 }
 
-/// An open journal: appends records, and syncs them in groups.
+/// What a journal says about its units: how many have a finished record, and how many of those
+/// ended with a backend failure (the latest record of a unit wins, as for the worker).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub done: u64,
+    pub failed: u64,
+}
+
+impl Summary {
+    fn of(units: &std::collections::HashMap<UnitId, bool>) -> Summary {
+        Summary {
+            done: units.len() as u64,
+            failed: units.values().filter(|f| **f).count() as u64,
+        }
+    }
+}
+
+/// A journal's [`Summary`] as its writer knew it, with what identifies the file's content at that
+/// moment: its length, modification time and inode. The worker writes it into the shard's state
+/// file; a reader that finds the journal with the same identity may take the summary instead of
+/// reading the journal (see [`Mark::is_current`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub len: u64,
+    pub mtime_s: i64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+impl Mark {
+    fn of(meta: &std::fs::Metadata, summary: Summary) -> Mark {
+        use std::os::unix::fs::MetadataExt;
+        Mark {
+            len: meta.len(),
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+            ino: meta.ino(),
+            summary,
+        }
+    }
+
+    /// The journal at `path` is still the file this mark was taken of, unchanged since: same
+    /// inode, length and modification time. A journal appended to since (by its worker, or a
+    /// torn record cut), rewritten by another writer (a re-plan's carry-over) or missing is not.
+    /// The file is opened rather than stat'ed, so that on NFS its attributes are fetched afresh
+    /// (close-to-open consistency).
+    pub fn is_current(&self, path: &Path) -> bool {
+        std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .is_ok_and(|meta| Mark::of(&meta, self.summary) == *self)
+    }
+}
+
+/// Reads a journal's [`Summary`] from its `done` records alone (the calls, most of its bytes, are
+/// skipped unparsed). No journal is an empty summary; a journal of another plan counts nothing.
+/// What could not be read is said in `warnings`.
+pub fn summary_of(path: &Path, plan_hash: &str, warnings: &mut Vec<String>) -> Summary {
+    #[derive(Deserialize)]
+    struct DoneLite {
+        unit: UnitId,
+        ending: EndingLite,
+    }
+    #[derive(Deserialize)]
+    struct EndingLite {
+        reason: crate::dialogue::EndReason,
+    }
+    let Ok(file) = std::fs::File::open(path) else {
+        return Summary::default();
+    };
+    let mut units: std::collections::HashMap<UnitId, bool> = std::collections::HashMap::new();
+    let scanned = scan(
+        path,
+        std::io::BufReader::with_capacity(1 << 16, file),
+        |json| json.starts_with(br#"{"t":"done""#),
+        |_, json| match serde_json::from_slice::<DoneLite>(json) {
+            Ok(d) => {
+                units.insert(d.unit, d.ending.reason.is_failure());
+                true
+            }
+            Err(_) => false,
+        },
+    );
+    match scanned {
+        Err(e) => {
+            warnings.push(e.message);
+            Summary::default()
+        }
+        Ok(info) if info.header.as_ref().is_some_and(|h| h.meta.plan_hash != plan_hash) => {
+            warnings.push(format!(
+                "`{}` belongs to another plan: its records are not counted",
+                path.display()
+            ));
+            Summary::default()
+        }
+        Ok(_) => Summary::of(&units),
+    }
+}
+
+/// An open journal: appends records, and syncs them in groups. It keeps the [`Summary`] of what it
+/// holds up to date with every `done` record, for [`Journal::mark`].
 pub struct Journal {
     log: Log,
+    /// Per unit with a finished record: whether the latest one is a failure.
+    finished: Mutex<std::collections::HashMap<UnitId, bool>>,
 }
 
 impl Journal {
@@ -128,7 +232,17 @@ impl Journal {
             }
             Ok(())
         })?;
-        Ok((Journal { log }, contents.into()))
+        let mut finished = std::collections::HashMap::new();
+        for e in &contents.records {
+            if let Entry::Done(d) = e {
+                finished.insert(d.unit, d.ending.reason.is_failure());
+            }
+        }
+        let journal = Journal {
+            log,
+            finished: Mutex::new(finished),
+        };
+        Ok((journal, contents.into()))
     }
 
     pub fn path(&self) -> &Path {
@@ -137,7 +251,28 @@ impl Journal {
 
     /// Append one record with a single write (whole or, after a crash, torn — never interleaved).
     pub fn append(&self, entry: &Entry) -> Result<()> {
-        self.log.append(entry)
+        let json = serde_json::to_vec(entry).expect("serialisable");
+        match entry {
+            Entry::Done(d) => self.log.append_json_then(&json, || {
+                self.finished_units().insert(d.unit, d.ending.reason.is_failure());
+            }),
+            _ => self.log.append_json(&json),
+        }
+    }
+
+    fn finished_units(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<UnitId, bool>> {
+        self.finished.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the journal holds now, and the file's identity at that moment, taken between two
+    /// appends (see [`Mark`]).
+    pub fn mark(&self) -> Result<Mark> {
+        self.log.at_end(|file| {
+            let meta = file
+                .metadata()
+                .map_err(|e| Error::io(format!("cannot stat `{}`: {e}", self.path().display()), e))?;
+            Ok(Mark::of(&meta, Summary::of(&self.finished_units())))
+        })
     }
 
     /// Append a `call` record without copying the event into an [`Entry`] first.

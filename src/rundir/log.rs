@@ -216,6 +216,17 @@ pub fn parse<M: DeserializeOwned, T: DeserializeOwned>(
     Ok(Contents { info, records })
 }
 
+#[cfg(test)]
+thread_local! {
+    static SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many logs this thread has synced (tests count fsyncs with it).
+#[cfg(test)]
+pub(crate) fn syncs_on_this_thread() -> u64 {
+    SYNCS.with(|n| n.get())
+}
+
 /// A log open for appending.
 pub struct Log {
     path: PathBuf,
@@ -303,6 +314,13 @@ impl Log {
 
     /// Append one record given as its JSON.
     pub fn append_json(&self, json: &[u8]) -> Result<()> {
+        self.append_json_then(json, || ())
+    }
+
+    /// Append one record given as its JSON, then run `then` before any other record can follow
+    /// (under the lock that orders appends): what `then` records about the log holds exactly up to
+    /// this record for [`Log::at_end`].
+    pub fn append_json_then(&self, json: &[u8], then: impl FnOnce()) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let line = encode(json);
         let fail = |e: std::io::Error| {
@@ -320,9 +338,17 @@ impl Log {
             return Err(fail(e));
         }
         *end += line.len() as u64;
+        then();
         drop(end);
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Runs `f` on the open file between two appends: what it sees of the file (its length, its
+    /// modification time) and what [`Log::append_json_then`] recorded agree.
+    pub fn at_end<R>(&self, f: impl FnOnce(&std::fs::File) -> R) -> R {
+        let _end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        f(&self.file)
     }
 
     /// fsync if anything was written since the last sync.
@@ -334,7 +360,10 @@ impl Log {
             // Not synced after all: the next sync must try again.
             self.dirty.store(true, Ordering::Release);
             Error::io(format!("cannot sync `{}`: {e}", self.path.display()), e).with_hint(WRITE_HINT)
-        })
+        })?;
+        #[cfg(test)]
+        SYNCS.with(|n| n.set(n.get() + 1));
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! RUN_DIR/
 //!   plan.json                   the plan manifest (immutable once written; replaced only by --replan)
 //!   units-<hash>.tsv            the plan's units
+//!   shards-<hash>.idx           each shard's byte range in the units file and its digest
 //!   journal/shard-NNNNN.jrnl    per-shard journals of calls and finished dialogues (the truth about what is done)
 //!   state/shard-NNNNN.json      per-shard worker state (attempt, host, heartbeat, counts)
 //!   locks/shard-NNNNN.lock      one worker per shard
@@ -93,6 +94,11 @@ impl RunDir {
 
     pub fn units_path(&self, plan: &crate::plan::Plan) -> PathBuf {
         self.root.join(&plan.units_file)
+    }
+
+    /// The plan's shard index (version-2 plans on), beside its units file.
+    pub fn shard_index_path(&self, plan: &crate::plan::Plan) -> Option<PathBuf> {
+        plan.shard_index.as_ref().map(|name| self.root.join(name))
     }
 
     pub fn journal_dir(&self) -> PathBuf {

@@ -41,12 +41,20 @@ pub fn plan_experiment(loaded: Loaded, run_dir: Option<&Path>, replan: bool, dry
     let exp = loaded.experiment;
     let expansion = plan::expand(&exp).map_err(|x| x.for_file(Path::new(&loaded.shown)))?;
     let mut units_tsv = Vec::with_capacity(expansion.units.len() * 48);
-    plan::write_units(&mut units_tsv, &expansion.units).expect("writing to memory");
-    let plan = Plan::new(exp, &expansion, loaded.source.display().to_string(), &units_tsv);
+    let spans = plan::write_units_indexed(&mut units_tsv, &expansion.units);
+    let index = plan::encode_index(&spans);
+    let plan = Plan::with_index(exp, &expansion, loaded.source.display().to_string(), &units_tsv, &index);
+    let ids: Vec<(UnitId, u32)> = expansion.units.iter().map(|u| (u.id, u.shard)).collect();
+    let files = PlanFiles {
+        units: &ids,
+        units_tsv: &units_tsv,
+        index: Some(&index),
+        staged: None,
+    };
     let (status, kept) = if dry_run {
         (Status::DryRun, None)
     } else {
-        write_plan(&RunDir::new(&run_dir), &plan, &expansion, &units_tsv, replan)?
+        store(&RunDir::new(&run_dir), &plan, &files, replan)?
     };
     Ok(Planned {
         run_dir,
@@ -57,8 +65,92 @@ pub fn plan_experiment(loaded: Loaded, run_dir: Option<&Path>, replan: bool, dry
     })
 }
 
-/// Read and check the plan manifest of a run directory, and that its units file is the one planned.
+/// What a plan brings to the store beside its manifest.
+pub struct PlanFiles<'a> {
+    /// Every unit's id and shard.
+    pub units: &'a [(UnitId, u32)],
+    /// The units file's bytes.
+    pub units_tsv: &'a [u8],
+    /// The shard index's bytes, when the plan names one.
+    pub index: Option<&'a [u8]>,
+    /// A folder built beforehand (a judge stage's inputs) that moves into the run directory under
+    /// this name with the plan; replaced by the next plan's, never archived (it is made again
+    /// from the judged run).
+    pub staged: Option<(&'a Path, &'a str)>,
+}
+
+/// Read and check the plan manifest of a run directory, and that its units file (and shard index)
+/// are the ones planned: every byte of them is read. For a worker, [`load_for_shard`] reads less.
 pub fn load(rd: &RunDir) -> Result<Plan> {
+    let plan = load_manifest(rd)?;
+    let units = rd.units_path(&plan);
+    let units_ok = match std::fs::read(&units) {
+        Ok(bytes) => blake3::hash(&bytes).to_hex().as_str() == plan.units_digest,
+        Err(_) => false,
+    };
+    if !units_ok {
+        return Err(changed(&units));
+    }
+    if let (Some(path), Some(digest)) = (rd.shard_index_path(&plan), &plan.shard_index_digest) {
+        let ok = std::fs::read(&path).is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == digest);
+        if !ok {
+            return Err(changed(&path));
+        }
+    }
+    Ok(plan)
+}
+
+/// Read and check the plan manifest, and the part of the plan one shard's worker needs: with a
+/// shard index (plan version 2 on), that shard's line of the index and its units, whose digest is
+/// checked; the rest of the units file is not read, so a worker's start-up does not grow with the
+/// plan. A version-1 plan has no index: it is checked whole, as [`load`] does.
+pub fn load_for_shard(rd: &RunDir, shard: u32) -> Result<Plan> {
+    let plan = load_manifest(rd)?;
+    if plan.shard_index.is_none() {
+        return load(rd);
+    }
+    if (shard as usize) < plan.shards.len() {
+        units_of_shard(rd, &plan, shard)?;
+    }
+    Ok(plan)
+}
+
+/// The units of one shard, checked against the plan: through the shard index where the plan has
+/// one (one index line and the shard's bytes are read, and their digest checked), else by
+/// reading the units file up to the shard.
+pub fn units_of_shard(rd: &RunDir, plan: &Plan, shard: u32) -> Result<Vec<plan::Unit>> {
+    use std::os::unix::fs::FileExt;
+    let units_path = rd.units_path(plan);
+    let Some(index_path) = rd.shard_index_path(plan) else {
+        return plan::read_units_of_shard(&units_path, shard);
+    };
+    let read_at = |path: &Path, offset: u64, len: u64| -> Option<Vec<u8>> {
+        let file = std::fs::File::open(path).ok()?;
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
+        file.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    };
+    let span = read_at(
+        &index_path,
+        plan::ShardSpan::record_offset(shard),
+        plan::INDEX_RECORD_LEN,
+    )
+    .and_then(|line| plan::ShardSpan::decode(&line))
+    .filter(|s| s.shard == shard)
+    .ok_or_else(|| changed(&index_path))?;
+    let bytes = read_at(&units_path, span.offset, span.len)
+        .filter(|b| span.holds(b))
+        .ok_or_else(|| changed(&units_path))?;
+    plan::parse_shard_lines(&units_path, &bytes, shard)
+}
+
+fn changed(path: &Path) -> Error {
+    Error::config(format!("`{}` is missing or was changed after planning", path.display()))
+        .with_hint("the plan's files must not be edited; plan again with `roleplay plan --replan`")
+}
+
+/// Read and check the plan manifest alone: its format, version and hashes.
+fn load_manifest(rd: &RunDir) -> Result<Plan> {
     let path = rd.plan_path();
     if !path.exists() {
         return Err(Error::config(format!(
@@ -88,18 +180,6 @@ pub fn load(rd: &RunDir) -> Result<Plan> {
         Error::config(format!("`{}` does not hold a valid plan ({e})", path.display()))
             .with_hint("the plan must not be edited by hand; plan again with `--replan`")
     })?;
-    let units = rd.units_path(&plan);
-    let units_ok = match std::fs::read(&units) {
-        Ok(bytes) => blake3::hash(&bytes).to_hex().as_str() == plan.units_digest,
-        Err(_) => false,
-    };
-    if !units_ok {
-        return Err(Error::config(format!(
-            "`{}` is missing or was changed after planning",
-            units.display()
-        ))
-        .with_hint("the units file must not be edited; plan again with `roleplay plan --replan`"));
-    }
     if plan.content_hash() != plan.plan_hash || plan.compute_manifest_hash() != plan.manifest_hash {
         return Err(Error::config(format!(
             "`{}` was changed after it was written (its hash does not match its content)",
@@ -108,18 +188,6 @@ pub fn load(rd: &RunDir) -> Result<Plan> {
         .with_hint("plans must not be edited by hand: edit the experiment file and run `roleplay plan --replan`"));
     }
     Ok(plan)
-}
-
-/// What a plan brings to the store beside its manifest.
-pub struct PlanFiles<'a> {
-    /// Every unit's id and shard.
-    pub units: &'a [(UnitId, u32)],
-    /// The units file's bytes.
-    pub units_tsv: &'a [u8],
-    /// A folder built beforehand (a judge stage's inputs) that moves into the run directory under
-    /// this name with the plan; replaced by the next plan's, never archived (it is made again
-    /// from the judged run).
-    pub staged: Option<(&'a Path, &'a str)>,
 }
 
 /// Write a plan into `rd` (created whole, left unchanged, or re-planned with `replan`: the old plan
@@ -161,9 +229,14 @@ pub fn store(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>, replan: bool) -> R
         }
         fs_err::rename(dir, &dest)?;
     }
-    write_files(rd, plan, files.units_tsv)?;
+    write_files(rd, plan, files)?;
     if old.units_file != plan.units_file {
         let _ = fs_err::remove_file(rd.units_path(&old));
+    }
+    if let Some(old_index) = rd.shard_index_path(&old)
+        && old.shard_index != plan.shard_index
+    {
+        let _ = fs_err::remove_file(old_index);
     }
     let old_staged = old.judge.as_ref().map(|j| j.inputs.as_str());
     if let Some(old_name) = old_staged.filter(|o| Some(*o) != files.staged.map(|(_, n)| n)) {
@@ -184,23 +257,6 @@ pub fn unit_ids(rd: &RunDir, plan: &Plan) -> Result<Vec<UnitId>> {
     } else {
         plan::read_units(&path)?.into_iter().map(|u| u.id).collect()
     })
-}
-
-/// Write the plan; returns the status and, for a re-plan, how many units kept their id.
-fn write_plan(
-    rd: &RunDir,
-    plan: &Plan,
-    x: &Expansion,
-    units_tsv: &[u8],
-    replan: bool,
-) -> Result<(Status, Option<u64>)> {
-    let units: Vec<(UnitId, u32)> = x.units.iter().map(|u| (u.id, u.shard)).collect();
-    let files = PlanFiles {
-        units: &units,
-        units_tsv,
-        staged: None,
-    };
-    store(rd, plan, &files, replan)
 }
 
 /// A new run directory, built beside its final place and renamed into it: never half of one.
@@ -232,7 +288,7 @@ fn create(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>) -> Result<()> {
     if let Some((dir, name)) = files.staged {
         fs_err::rename(dir, tmp.path().join(name))?;
     }
-    write_files(&RunDir::new(tmp.path()), plan, files.units_tsv)?;
+    write_files(&RunDir::new(tmp.path()), plan, files)?;
     let tmp_path = tmp.keep();
     if root.exists() {
         fs_err::remove_dir(root)?;
@@ -243,9 +299,13 @@ fn create(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>) -> Result<()> {
     sync_dir(&parent)
 }
 
-fn write_files(rd: &RunDir, plan: &Plan, units_tsv: &[u8]) -> Result<()> {
+/// The units file and the shard index first, the manifest that names them last.
+fn write_files(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>) -> Result<()> {
     fs_err::create_dir_all(&rd.root)?;
-    write_atomic(&rd.units_path(plan), units_tsv)?;
+    write_atomic(&rd.units_path(plan), files.units_tsv)?;
+    if let (Some(path), Some(index)) = (rd.shard_index_path(plan), files.index) {
+        write_atomic(&path, index)?;
+    }
     let json = serde_json::to_vec_pretty(plan).expect("serialisable");
     write_atomic(&rd.plan_path(), &json)
 }
@@ -258,6 +318,11 @@ fn archive_plan(rd: &RunDir, old: &Plan) -> Result<()> {
     let units = rd.units_path(old);
     if units.exists() {
         fs_err::copy(&units, dest.join(&old.units_file))?;
+    }
+    if let (Some(index), Some(name)) = (rd.shard_index_path(old), &old.shard_index)
+        && index.exists()
+    {
+        fs_err::copy(&index, dest.join(name))?;
     }
     fs_err::copy(rd.plan_path(), dest.join(PLAN_FILE))?;
     sync_dir(&dest)
@@ -437,5 +502,185 @@ impl fmt::Display for Summary<'_> {
             write!(f, "\n  {k} units kept their id (and any finished work)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::{Options, Shared, run_shard, signals::Cancel};
+    use std::sync::Arc;
+
+    /// 100 personas x 50 goals x 2 seeds = 10,000 units in 100 shards of 100.
+    const BIG: &str = r#"
+name = "big"
+run_dir = "run"
+[dialogue]
+max_turns = 2
+seeds = [0, 1]
+[personas]
+template = "a <AGE> <JOB>"
+[personas.sample]
+count = 100
+seed = 1
+[personas.sample.features]
+age = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10"]
+job = ["j1", "j2", "j3", "j4", "j5", "j6", "j7", "j8", "j9", "j10"]
+[goals]
+items = [
+  "g0", "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g10", "g11", "g12", "g13", "g14", "g15", "g16",
+  "g17", "g18", "g19", "g20", "g21", "g22", "g23", "g24", "g25", "g26", "g27", "g28", "g29", "g30", "g31", "g32",
+  "g33", "g34", "g35", "g36", "g37", "g38", "g39", "g40", "g41", "g42", "g43", "g44", "g45", "g46", "g47", "g48",
+  "g49",
+]
+[[models]]
+name = "asker"
+roles = ["inquirer"]
+backend = "sim"
+[models.templates]
+system_prompt = "You are <PERSONA>. Say <CONV_STOP> when done."
+first_turn = "Goal: <OBJECTIVE>. Quote your prompt."
+response_forwarding = "Reply: <RESPONSE>. Quote your next prompt."
+[[models]]
+name = "bot"
+roles = ["responder"]
+backend = "sim"
+[sharding]
+units_per_shard = 100
+"#;
+
+    fn planned() -> (tempfile::TempDir, RunDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("experiment.toml");
+        std::fs::write(&file, BIG).unwrap();
+        plan_experiment(crate::experiment::load(&file).unwrap(), None, false, false).unwrap();
+        let rd = RunDir::new(dir.path().join("run"));
+        (dir, rd)
+    }
+
+    /// Bytes this thread has read through system calls so far (`rchar`).
+    fn read_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_worker_starts_up_reading_only_its_shards_part_of_the_plan() {
+        let (_dir, rd) = planned();
+        let plan = load(&rd).unwrap();
+        assert_eq!((plan.version, plan.total_units, plan.shards.len()), (2, 10_000, 100));
+        let units_bytes = size(&rd.units_path(&plan));
+        let manifest = size(&rd.plan_path());
+        assert!(
+            units_bytes > 4 * manifest,
+            "{units_bytes} B of units, {manifest} B of manifest"
+        );
+        let last = 99;
+        // The worker command's start-up, then a run of the shard to its end, then a worker with
+        // nothing left to do: in the calling thread (a current-thread runtime), so counted there.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start_up = || {
+            let before = read_by_this_thread();
+            let plan = Arc::new(load_for_shard(&rd, last).unwrap());
+            let options = Options {
+                retry_failed: false,
+                durable: false,
+                grace: std::time::Duration::from_secs(1),
+                slurm_job_id: None,
+            };
+            let outcome = rt.block_on(async {
+                let shared = Shared::new(rd.clone(), plan, options, Cancel::new(), crate::llm::client_for).unwrap();
+                run_shard(&shared, last).await.unwrap()
+            });
+            (outcome, read_by_this_thread() - before)
+        };
+        let (first, _) = start_up();
+        assert_eq!(first.finished, 100);
+        let (idle, read) = start_up();
+        assert_eq!((idle.already_done, idle.finished), (100, 0));
+        let own = size(&rd.journal_path(last)) + size(&rd.state_path(last));
+        assert!(
+            read < manifest + own + 64 * 1024,
+            "read {read} B: the manifest is {manifest} B, the shard's journal and state {own} B, the units file {units_bytes} B"
+        );
+        // The units it read are those of the full read.
+        let by_index = units_of_shard(&rd, &plan, last).unwrap();
+        assert_eq!(
+            by_index,
+            plan::read_units_of_shard(&rd.units_path(&plan), last).unwrap()
+        );
+        assert_eq!(by_index.len(), 100);
+        // `load`, for the commands that need the whole plan, reads it whole.
+        let before = read_by_this_thread();
+        load(&rd).unwrap();
+        assert!(read_by_this_thread() - before >= units_bytes);
+    }
+
+    #[test]
+    fn a_shard_is_checked_against_its_own_digest() {
+        let (_dir, rd) = planned();
+        let plan = load(&rd).unwrap();
+        let units_path = rd.units_path(&plan);
+        let text = std::fs::read_to_string(&units_path).unwrap();
+        // Change one unit of shard 50 (its seed), keeping the file's length.
+        let line = text.lines().find(|l| l.split('\t').nth(1) == Some("50")).unwrap();
+        let edited = format!(
+            "{}{}",
+            &line[..line.len() - 1],
+            if line.ends_with('0') { '1' } else { '0' }
+        );
+        std::fs::write(&units_path, text.replacen(line, &edited, 1)).unwrap();
+        assert!(load(&rd).is_err(), "the whole plan is checked whole");
+        // Another shard's worker is not concerned; shard 50's is refused, naming the file.
+        let plan = load_for_shard(&rd, 7).unwrap();
+        assert_eq!(units_of_shard(&rd, &plan, 7).unwrap().len(), 100);
+        let e = load_for_shard(&rd, 50).unwrap_err();
+        assert!(
+            e.message.contains(&plan.units_file) && e.message.contains("was changed after planning"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.is_some());
+        // A damaged index line is refused too.
+        let index = rd.shard_index_path(&plan).unwrap();
+        let mut bytes = std::fs::read(&index).unwrap();
+        let at = plan::ShardSpan::record_offset(7) as usize + 12;
+        bytes[at] = b'x';
+        std::fs::write(&index, bytes).unwrap();
+        let e = load_for_shard(&rd, 7).unwrap_err();
+        assert!(e.message.contains(&plan.shard_index.unwrap()), "{}", e.message);
+    }
+
+    #[test]
+    fn a_version_1_plan_without_an_index_is_still_read_whole() {
+        let (_dir, rd) = planned();
+        let mut plan = load(&rd).unwrap();
+        // The plan as version 1 wrote it: no index, the manifest hash without it.
+        std::fs::remove_file(rd.shard_index_path(&plan).unwrap()).unwrap();
+        plan.version = 1;
+        plan.shard_index = None;
+        plan.shard_index_digest = None;
+        plan.manifest_hash = plan.compute_manifest_hash();
+        let json = serde_json::to_value(&plan).unwrap();
+        assert!(json.get("shard_index").is_none());
+        std::fs::write(rd.plan_path(), serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        let units_bytes = size(&rd.units_path(&plan));
+        let before = read_by_this_thread();
+        let back = load_for_shard(&rd, 99).unwrap();
+        assert!(read_by_this_thread() - before >= units_bytes, "checked whole");
+        assert_eq!(back.version, 1);
+        let units = units_of_shard(&rd, &back, 99).unwrap();
+        assert_eq!(units, plan::read_units_of_shard(&rd.units_path(&back), 99).unwrap());
+        assert_eq!(units.len(), 100);
     }
 }

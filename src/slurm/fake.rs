@@ -1,7 +1,10 @@
 //! [`FakeScheduler`]: an in-memory [`Scheduler`] for unit tests of code that submits and watches
 //! jobs. It records what it was asked and answers what the test set; it does not simulate Slurm.
 
-use super::{AccountingRecord, ArrayTask, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, Submitted};
+use super::room::{JobRoom, SubmitLimit};
+use super::{
+    AccountingRecord, ArrayTask, JobRef, JobState, Limits, QueueFilter, QueueRecord, Scheduler, Steps, Submitted,
+};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -25,6 +28,8 @@ struct State {
     requeued: Vec<JobRef>,
     submit_error: Option<String>,
     kill_wait_secs: Option<u64>,
+    accounting_calls: Vec<(Vec<JobRef>, Steps)>,
+    submit_limit: Option<SubmitLimit>,
 }
 
 /// Submissions get job ids 1000, 1001, ...; `queue` and `accounting` answer from the records the
@@ -61,6 +66,8 @@ impl FakeScheduler {
                 requeued: Vec::new(),
                 submit_error: None,
                 kill_wait_secs: Some(30),
+                accounting_calls: Vec::new(),
+                submit_limit: None,
             }),
         }
     }
@@ -109,6 +116,31 @@ impl FakeScheduler {
     pub fn requeued(&self) -> Vec<JobRef> {
         self.lock().requeued.clone()
     }
+
+    /// The user's association's submit limit (`None`: none set).
+    pub fn set_submit_limit(&self, limit: Option<SubmitLimit>) {
+        self.lock().submit_limit = limit;
+    }
+
+    /// Every accounting question asked, in order: the jobs, and whether steps were asked for.
+    pub fn accounting_calls(&self) -> Vec<(Vec<JobRef>, Steps)> {
+        self.lock().accounting_calls.clone()
+    }
+}
+
+/// The tasks an sbatch call asks for (`--array=0-9%2`: 10), 1 for a plain job.
+fn tasks_of(args: &[String]) -> u64 {
+    args.iter()
+        .find_map(|a| a.strip_prefix("--array="))
+        .and_then(|spec| super::parse::expand_task_ranges(spec).ok())
+        .map_or(1, |(tasks, _)| tasks.len() as u64)
+}
+
+impl State {
+    /// The jobs "slurmctld" holds: the queue's records and every task submitted.
+    fn jobs_held(&self) -> u64 {
+        self.queue.len() as u64 + self.submissions.iter().map(|s| tasks_of(&s.args)).sum::<u64>()
+    }
 }
 
 fn matches(jobs: &[JobRef], job_id: u64, array: Option<ArrayTask>) -> bool {
@@ -127,6 +159,20 @@ impl Scheduler for FakeScheduler {
             return Err(Error::runtime(format!(
                 "`sbatch --parsable` failed (exit 1):\n{message}"
             )));
+        }
+        // slurmctld refuses a job that would bring its jobs to MaxJobCount (EAGAIN, which sbatch
+        // reports as below after retrying for minutes).
+        if let Some(max) = s.limits.max_job_count
+            && s.jobs_held() + tasks_of(args) >= u64::from(max)
+        {
+            let inv = super::cmd::Invocation::new(None, "sbatch", vec!["--parsable".into()]);
+            return Err(inv.failure(&super::cmd::Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr: "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n\
+                         sbatch: error: Batch job submission failed: Resource temporarily unavailable"
+                    .into(),
+            }));
         }
         let job_id = s.next_job_id;
         s.next_job_id += 1;
@@ -151,12 +197,26 @@ impl Scheduler for FakeScheduler {
     }
 
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>> {
-        let s = self.lock();
+        self.accounting_rows(jobs, Steps::With)
+    }
+
+    /// Without steps, what the steps added (the batch step, a step out of memory) is left out,
+    /// as `sacct -X` leaves it out.
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
+        let mut s = self.lock();
+        s.accounting_calls.push((jobs.to_vec(), steps));
         Ok(s.accounting.as_ref().map(|records| {
             records
                 .iter()
                 .filter(|r| matches(jobs, r.job_id, r.array))
-                .cloned()
+                .map(|r| match steps {
+                    Steps::With => r.clone(),
+                    Steps::Without => AccountingRecord {
+                        batch: None,
+                        step_out_of_memory: false,
+                        ..r.clone()
+                    },
+                })
                 .collect()
         }))
     }
@@ -175,6 +235,15 @@ impl Scheduler for FakeScheduler {
 
     fn kill_wait_secs(&self) -> Result<Option<u64>> {
         Ok(self.lock().kill_wait_secs)
+    }
+
+    fn job_room(&self, _account: Option<&str>) -> Result<JobRoom> {
+        let s = self.lock();
+        Ok(JobRoom {
+            max_job_count: s.limits.max_job_count,
+            jobs_in_controller: Some(s.jobs_held()),
+            submit_limit: s.submit_limit.clone(),
+        })
     }
 
     fn cancel(&self, jobs: &[JobRef]) -> Result<()> {

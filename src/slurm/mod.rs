@@ -14,6 +14,7 @@ mod fake;
 pub mod parse;
 pub mod records;
 pub mod render;
+pub mod room;
 pub mod shell;
 pub mod status;
 pub mod submit;
@@ -23,6 +24,7 @@ pub use parse::{AccountingRecord, ArrayTask, ExitCode, JobRef, JobState, Limits,
 
 use crate::error::Result;
 use cmd::{Invocation, Output};
+pub use room::JobRoom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +38,18 @@ pub enum QueueFilter {
     Name(String),
 }
 
+/// Which rows [`Scheduler::accounting_rows`] asks sacct for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steps {
+    /// The allocations only (`sacct -X`).
+    Without,
+    /// The allocations and their steps (the batch step's exit code, a step out of memory).
+    With,
+}
+
+/// The most job ids one sacct call is given (a single argument must stay under Linux's 128 KiB).
+const SACCT_IDS_PER_CALL: usize = 2000;
+
 /// What roleplay needs from a batch scheduler.
 pub trait Scheduler: Send + Sync {
     /// Submits `script` with sbatch options `args` (`--array=0-99%10`, `--job-name=...`); the
@@ -48,9 +62,18 @@ pub trait Scheduler: Send + Sync {
     fn queue(&self, filter: &QueueFilter) -> Result<Vec<QueueRecord>>;
 
     /// The accounting records of these jobs (an array job id stands for all its tasks), one per
-    /// run of a requeued job, in order; `None` when the cluster keeps no accounting. Records may
-    /// lag behind squeue by seconds.
+    /// run of a requeued job, in order, with what their steps tell folded in; `None` when the
+    /// cluster keeps no accounting. Records may lag behind squeue by seconds.
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>>;
+
+    /// Like [`Scheduler::accounting`], but asking for the rows `steps` says: the allocations
+    /// alone (`sacct -X`, many times cheaper: no `batch` step, no step ran out of memory) or with
+    /// their steps. A pending array task that never started has no row of its own: ask for its
+    /// array. Schedulers that cannot tell the difference answer with the steps.
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
+        let _ = steps;
+        self.accounting(jobs)
+    }
 
     /// The accounting records of the current user's jobs named `name` that were eligible, ran or
     /// ended in the last `within_secs` seconds (`sacct --name`), to find a job that left the queue
@@ -69,6 +92,17 @@ pub trait Scheduler: Send + Sync {
 
     /// The limits a submission must respect.
     fn config(&self) -> Result<Limits>;
+
+    /// How many more jobs the cluster takes now (MaxJobCount against the jobs slurmctld holds,
+    /// the user's association's submit limits in `account`, else the default one). Schedulers that
+    /// cannot count say only MaxJobCount, which limits nothing by itself.
+    fn job_room(&self, account: Option<&str>) -> Result<JobRoom> {
+        let _ = account;
+        Ok(JobRoom {
+            max_job_count: self.config()?.max_job_count,
+            ..JobRoom::default()
+        })
+    }
 
     /// Cancels jobs; jobs that already ended are not an error.
     fn cancel(&self, jobs: &[JobRef]) -> Result<()>;
@@ -195,12 +229,28 @@ impl Scheduler for SlurmCli {
     }
 
     fn accounting(&self, jobs: &[JobRef]) -> Result<Option<Vec<AccountingRecord>>> {
+        self.accounting_rows(jobs, Steps::With)
+    }
+
+    fn accounting_rows(&self, jobs: &[JobRef], steps: Steps) -> Result<Option<Vec<AccountingRecord>>> {
         if jobs.is_empty() {
             return Ok(self.config()?.accounting.then(Vec::new));
         }
         // `--duplicates`: every run of a requeued task (NODE_FAIL, PREEMPTED, REQUEUED, ...), not
-        // only its latest.
-        self.sacct(vec!["--duplicates".to_string(), format!("--jobs={}", id_list(jobs))])
+        // only its latest; ids in chunks, each `--jobs=` argument under Linux's 128 KiB.
+        let mut records = Vec::new();
+        for chunk in jobs.chunks(SACCT_IDS_PER_CALL) {
+            let mut args = vec!["--duplicates".to_string()];
+            if steps == Steps::Without {
+                args.push("--allocations".to_string());
+            }
+            args.push(format!("--jobs={}", id_list(chunk)));
+            match self.sacct(args)? {
+                Some(r) => records.extend(r),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(records))
     }
 
     fn accounting_named(&self, name: &str, within_secs: u64) -> Result<Option<Vec<AccountingRecord>>> {
@@ -217,6 +267,48 @@ impl Scheduler for SlurmCli {
         let inv = self.invocation("scontrol", vec!["show".to_string(), "config".to_string()]);
         let out = self.run_ok(&inv)?;
         parse::parse_config(&out.stdout).map_err(|e| inv.unreadable(e))
+    }
+
+    fn job_room(&self, account: Option<&str>) -> Result<JobRoom> {
+        let limits = self.config()?;
+        let jobs_in_controller = match limits.max_job_count {
+            None => None,
+            Some(_) => {
+                // Every job slurmctld holds, array tasks one per line (all users' jobs, where
+                // PrivateData lets us see them).
+                let inv = self.invocation(
+                    "squeue",
+                    vec![
+                        "--noheader".to_string(),
+                        "--array".to_string(),
+                        "--states=all".to_string(),
+                        "--format=%i".to_string(),
+                    ],
+                );
+                let out = self.run_ok(&inv)?;
+                Some(out.stdout.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+            }
+        };
+        // Submit limits where accounting enforces them; a cluster that cannot tell limits nothing.
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok();
+        let submit_limit = user.filter(|_| limits.accounting).and_then(|user| {
+            let inv = self.invocation(
+                "scontrol",
+                vec![
+                    "show".to_string(),
+                    "assoc_mgr".to_string(),
+                    format!("users={user}"),
+                    "flags=assoc".to_string(),
+                ],
+            );
+            let out = inv.run(self.timeout).ok().filter(Output::success)?;
+            room::parse_assoc_submit_limit(&out.stdout, &user, account)
+        });
+        Ok(JobRoom {
+            max_job_count: limits.max_job_count,
+            jobs_in_controller,
+            submit_limit,
+        })
     }
 
     fn cancel(&self, jobs: &[JobRef]) -> Result<()> {

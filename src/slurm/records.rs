@@ -491,6 +491,13 @@ impl Submissions {
         Ok(())
     }
 
+    /// Appends many records to the journal with one sync, and to this in-memory copy.
+    pub fn push_all(&mut self, rd: &RunDir, records: Vec<Record>) -> Result<()> {
+        Submissions::append(rd, &records)?;
+        self.records.extend(records);
+        Ok(())
+    }
+
     pub fn accepted(&self) -> impl Iterator<Item = &Accepted> {
         self.records.iter().filter_map(|r| match r {
             Record::Submitted(a) => Some(a),

@@ -74,6 +74,9 @@ pub struct SubmitReport {
     pub round: u32,
     pub limits: Option<ArrayLimits>,
     pub jobs: Vec<(Rendered, JobResult)>,
+    /// Arrays of the round not submitted now: the cluster had no room for their tasks (MaxJobCount,
+    /// MaxSubmitJobs); `resume` submits their shards later.
+    pub held_back: Vec<u32>,
     pub warnings: Vec<String>,
 }
 
@@ -201,10 +204,27 @@ struct Submitter<'a> {
     opts: &'a SubmitOptions,
     /// Units done in the run now (recorded with each submission, for the ETA).
     units_done: u64,
+    /// Arrays left unsubmitted for want of room in the cluster.
+    held_back: Vec<u32>,
     warnings: Vec<String>,
 }
 
 impl Submitter<'_> {
+    /// How many more tasks the cluster takes now, and the limit that says so (`None`: no limit
+    /// known; a room that cannot be read is warned about, and sbatch will say).
+    fn room(&mut self) -> Option<(u64, String)> {
+        match self.sched.job_room(self.ctx.plan.experiment.slurm.account.as_deref()) {
+            Ok(room) => room.tasks(),
+            Err(e) => {
+                self.warnings.push(format!(
+                    "cannot tell how many more jobs the cluster takes ({}): submitting without counting",
+                    e.message.lines().next().unwrap_or("")
+                ));
+                None
+            }
+        }
+    }
+
     /// Submits one script: looks for it by name first, journals the intent, runs sbatch, and after
     /// an error searches the queue before trying again.
     fn submit_one(&mut self, r: &Rendered, args: &[String]) -> Result<JobResult> {
@@ -320,8 +340,29 @@ impl Submitter<'_> {
     ) -> Result<Vec<(Rendered, JobResult)>> {
         let (ctx, opts) = (self.ctx, self.opts);
         let mut jobs = Vec::new();
+        let to_submit = arrays.iter().filter(|r| !already.contains_key(&r.slot.array)).count();
+        let mut room = if opts.dry_run || opts.test_only || to_submit == 0 {
+            None
+        } else {
+            self.room()
+        };
+        let initial_room = room.as_ref().map_or(0, |(n, _)| *n);
+        let mut held: Option<(String, u64)> = None;
         for r in arrays {
             let args = r.sbatch_args.clone();
+            let tasks = r.shards.len() as u64;
+            if !already.contains_key(&r.slot.array) && !opts.dry_run && !opts.test_only {
+                // The arrays that fit, in order; the rest wait for a `resume`.
+                if let Some((left, why)) = &mut room {
+                    if held.is_some() || tasks > *left {
+                        let (_, n) = held.get_or_insert((why.clone(), 0));
+                        *n += tasks;
+                        self.held_back.push(r.slot.array);
+                        continue;
+                    }
+                    *left -= tasks;
+                }
+            }
             let result = if let Some(&job_id) = already.get(&r.slot.array) {
                 JobResult::AlreadySubmitted { job_id }
             } else if opts.dry_run {
@@ -338,6 +379,27 @@ impl Submitter<'_> {
                 self.submit_one(&r, &args)?
             };
             jobs.push((r, result));
+        }
+        if let Some((why, tasks)) = held {
+            let arrays = format!(
+                "{} {} of round {round} ({tasks} tasks)",
+                if self.held_back.len() == 1 { "array" } else { "arrays" },
+                render::compact_ranges(&self.held_back)
+            );
+            if jobs.is_empty() {
+                return Err(Error::runtime(format!(
+                    "the cluster takes {initial_room} more tasks now ({why}): {arrays} not submitted"
+                ))
+                .with_hint(
+                    "wait for jobs to leave the queue (finished ones stay counted for MinJobAge), then run the same command again; \
+                     `scontrol show config | grep -E 'MaxJobCount|MinJobAge'` and `scontrol show assoc_mgr users=$USER flags=assoc` show the limits",
+                ));
+            }
+            self.warnings.push(format!(
+                "the cluster takes {initial_room} more tasks now ({why}): {arrays} not submitted; \
+                 `roleplay resume {}` submits their shards once room is made",
+                shell::quote(&ctx.root_display())
+            ));
         }
         if opts.merge_job && !opts.test_only {
             let merge = render::render_merge(ctx, round, render_opts)?;
@@ -533,14 +595,16 @@ pub fn submit(
         },
         subs: &mut subs,
         opts,
+        held_back: Vec::new(),
         warnings,
     };
     let jobs = submitter.submit_rendered(round, rendered.arrays, &already, &earlier_live, render_opts)?;
-    let warnings = submitter.warnings;
+    let (warnings, held_back) = (submitter.warnings, submitter.held_back);
     Ok(SubmitReport {
         round,
         limits: Some(limits),
         jobs,
+        held_back,
         warnings,
     })
 }
@@ -596,9 +660,9 @@ pub fn resume(
         ));
     }
     if !opts.submit.dry_run {
-        for o in &before.new_outcomes {
-            subs.push(&ctx.rd, Record::Outcome(o.clone()))?;
-        }
+        // One sync for every outcome learnt (thousands after a wave of task ends).
+        let outcomes = before.new_outcomes.iter().cloned().map(Record::Outcome).collect();
+        subs.push_all(&ctx.rd, outcomes)?;
     }
     let mut resubmitted = Vec::new();
     let mut over_budget = Vec::new();
@@ -645,6 +709,7 @@ pub fn resume(
         units_done: if opts.submit.dry_run { 0 } else { units_done(ctx) },
         subs: &mut subs,
         opts: &opts.submit,
+        held_back: Vec::new(),
         warnings,
     };
     let jobs = submitter.submit_rendered(
@@ -654,11 +719,12 @@ pub fn resume(
         &report.before.live_jobs,
         render_opts,
     )?;
-    let warnings = submitter.warnings;
+    let (warnings, held_back) = (submitter.warnings, submitter.held_back);
     report.submitted = Some(SubmitReport {
         round,
         limits: Some(limits),
         jobs,
+        held_back,
         warnings,
     });
     Ok(report)
@@ -699,5 +765,7 @@ pub fn cancel(ctx: &RunCtx, sched: &dyn Scheduler) -> Result<Vec<u64>> {
     Ok(live)
 }
 
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ pub mod signals;
 use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason, Recorder};
 use crate::error::{Error, Result};
 use crate::llm::{ChatModel, ErrorKind};
-use crate::plan::{self, Plan, Unit};
+use crate::plan::{Plan, Unit};
 use crate::rundir::journal::{self, AttemptStart, Entry, Journal, Replay};
 use crate::rundir::state::{self, ShardState, ShardStatus};
 use crate::rundir::{Lock, RunDir};
@@ -268,7 +268,8 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
         .with_hint("check `--shard`, or the array map the Slurm script passes"));
     }
     let lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
-    let units = plan::read_units_of_shard(&rd.units_path(plan), shard)?;
+    // Through the plan's shard index: only this shard's units are read, wherever it is in the plan.
+    let units = crate::rundir::plans::units_of_shard(rd, plan, shard)?;
     if units.len() as u32 != plan.shards[shard as usize].units {
         return Err(Error::config(format!(
             "the units file of `{}` does not match its plan (shard {shard})",
@@ -355,6 +356,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             error: None,
         },
         counts: counts.clone(),
+        journal: open.journal.clone(),
     };
     let outcome = |c: &ShardCounts, interrupted: bool| ShardOutcome {
         shard,
@@ -500,6 +502,8 @@ struct StateReporter {
     rd: RunDir,
     base: ShardState,
     counts: Arc<Mutex<ShardCounts>>,
+    /// Its mark goes into the state file, so that `status` need not read the journal.
+    journal: Arc<Journal>,
 }
 
 impl StateReporter {
@@ -514,7 +518,10 @@ impl StateReporter {
             error,
             ..self.base.clone()
         };
-        state::write(&self.rd, &s)
+        match self.journal.mark() {
+            Ok(mark) => state::write_marked(&self.rd, &s, mark),
+            Err(_) => state::write(&self.rd, &s),
+        }
     }
 }
 

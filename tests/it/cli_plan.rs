@@ -238,9 +238,10 @@ fn planning_twice_is_deterministic_and_the_second_run_is_a_no_op() {
     let names: BTreeSet<_> = fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(
         names.len(),
-        2,
-        "run dir holds exactly plan.json and the units file: {names:?}"
+        3,
+        "run dir holds exactly plan.json, the units file and the shard index: {names:?}"
     );
+    assert!(names.contains(std::ffi::OsStr::new(plan["shard_index"].as_str().unwrap())));
     assert_eq!(fs::read_to_string(&units_path).unwrap().lines().count(), 3601);
 
     let bytes = (fs::read(&plan_path).unwrap(), fs::read(&units_path).unwrap());
@@ -259,7 +260,7 @@ fn planning_twice_is_deterministic_and_the_second_run_is_a_no_op() {
     assert_eq!((stamp(&plan_path), stamp(&units_path)), stamps, "files were touched");
     assert_eq!(
         fs::read_dir(&run).unwrap().count(),
-        2,
+        3,
         "the no-op left something behind"
     );
 

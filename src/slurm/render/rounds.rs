@@ -125,7 +125,7 @@ fn round_warnings(ctx: &RunCtx, tasks: usize, limits: &ArrayLimits) -> Vec<Strin
         && tasks as u64 > u64::from(max)
     {
         warnings.push(format!(
-            "{tasks} tasks exceed the cluster's MaxJobCount ({max}): sbatch will refuse some arrays"
+            "{tasks} tasks exceed the cluster's MaxJobCount ({max}): only the arrays that fit are submitted at once, `roleplay resume` submits the rest when room is made"
         ));
     }
     let slurm: &SlurmSettings = &ctx.plan.experiment.slurm;
