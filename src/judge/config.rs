@@ -88,21 +88,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<JudgeFile> {
             return Err(err(k, "unknown key".into()).with_hint(hint));
         }
     }
-    let name = match top.remove("name") {
-        Some(toml::Value::String(s)) => s,
-        Some(_) => return Err(err("name", "must be a string".into())),
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "judge".into()),
-    };
-    let usable = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !usable {
-        return Err(err("name", format!("`{name}` is not a usable judge name")).with_hint(
-            "start with a letter or digit, then use letters, digits, `-`, `_` and `.` only (it names the stage's folder)",
-        ));
-    }
+    let name = name_of(&mut top, path, &err)?;
     let max_malformed = match top.remove("max_malformed") {
         None => DEFAULT_MAX_MALFORMED,
         Some(toml::Value::Integer(n)) if (0..=i64::from(MAX_MALFORMED)).contains(&n) => n as u32,
@@ -121,46 +107,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<JudgeFile> {
         }
         Some(_) => return Err(err("models", "must be a list of `[[models]]` tables".into())),
     };
-    let mut tables = Vec::with_capacity(models.len());
-    let mut rates = Vec::with_capacity(models.len());
-    for (i, m) in models.into_iter().enumerate() {
-        let toml::Value::Table(mut t) = m else {
-            return Err(err(&format!("models[{i}]"), "must be a table".into()));
-        };
-        let label = t.get("name").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-        let key = |k: &str| format!("models[{label}].{k}");
-        if t.contains_key("roles") {
-            return Err(err(&key("roles"), "a judge has no roles".into())
-                .with_hint("remove `roles`: every model of a judge file judges"));
-        }
-        if label == STAND_IN {
-            return Err(err(&key("name"), "this name is reserved".into()).with_hint("choose another name"));
-        }
-        let mut rate = 0.0;
-        if let Some(toml::Value::Table(sim)) = t.get_mut("sim")
-            && let Some(v) = sim.remove("malformed_rate")
-        {
-            rate = match v {
-                toml::Value::Float(x) if (0.0..=1.0).contains(&x) => x,
-                toml::Value::Integer(x) if (0..=1).contains(&x) => x as f64,
-                v => {
-                    return Err(err(&key("sim.malformed_rate"), format!("{v} is not a rate"))
-                        .with_hint("rates are from 0 to 1"));
-                }
-            };
-        }
-        t.insert("roles".into(), toml::Value::Array(vec!["responder".into()]));
-        // The experiment's own types, for their messages (unknown keys, wrong types).
-        toml::Value::Table(t.clone())
-            .try_into::<crate::experiment::raw::RawModel>()
-            .map_err(|e| {
-                err(&format!("models[{label}]"), e.to_string().trim_end().to_string()).with_hint(
-                    "a judge's table takes the keys of an experiment's `[[models]]` (README, \"Experiment file reference\"), without `roles`",
-                )
-            })?;
-        tables.push(toml::Value::Table(t));
-        rates.push((label, rate));
-    }
+    let (tables, rates) = model_tables(models, &err)?;
     // The experiment the judges are resolved in: a stand-in persona, goal and inquirer around them.
     let mut exp = toml::Table::new();
     exp.insert("name".into(), name.clone().into());
@@ -204,8 +151,97 @@ response_forwarding = "<RESPONSE>"
         .collect();
     let e = loaded.experiment;
     let models: Vec<Model> = e.models.into_iter().filter(|m| m.name != STAND_IN).collect();
+    let judges = judges_of(&models, &rates, &err)?;
+    Ok(JudgeFile {
+        name,
+        source: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        shown: shown.clone(),
+        models,
+        judges,
+        rubric,
+        max_malformed,
+        sharding: e.sharding,
+        worker: e.worker,
+        slurm: e.slurm,
+        warnings,
+    })
+}
+
+/// The stage's name: `name`, or the file's stem; it names a folder.
+fn name_of(top: &mut toml::Table, path: &Path, err: &impl Fn(&str, String) -> Error) -> Result<String> {
+    let name = match top.remove("name") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => return Err(err("name", "must be a string".into())),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "judge".into()),
+    };
+    let usable = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !usable {
+        return Err(err("name", format!("`{name}` is not a usable judge name")).with_hint(
+            "start with a letter or digit, then use letters, digits, `-`, `_` and `.` only (it names the stage's folder)",
+        ));
+    }
+    Ok(name)
+}
+
+/// The judge models' tables, each checked with the experiment's own types and given the responder
+/// role, and each one's `sim.malformed_rate` (taken out of its table), by name.
+#[allow(clippy::type_complexity)]
+fn model_tables(
+    models: Vec<toml::Value>,
+    err: &impl Fn(&str, String) -> Error,
+) -> Result<(Vec<toml::Value>, Vec<(String, f64)>)> {
+    let mut tables = Vec::with_capacity(models.len());
+    let mut rates = Vec::with_capacity(models.len());
+    for (i, m) in models.into_iter().enumerate() {
+        let toml::Value::Table(mut t) = m else {
+            return Err(err(&format!("models[{i}]"), "must be a table".into()));
+        };
+        let label = t.get("name").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let key = |k: &str| format!("models[{label}].{k}");
+        if t.contains_key("roles") {
+            return Err(err(&key("roles"), "a judge has no roles".into())
+                .with_hint("remove `roles`: every model of a judge file judges"));
+        }
+        if label == STAND_IN {
+            return Err(err(&key("name"), "this name is reserved".into()).with_hint("choose another name"));
+        }
+        let mut rate = 0.0;
+        if let Some(toml::Value::Table(sim)) = t.get_mut("sim")
+            && let Some(v) = sim.remove("malformed_rate")
+        {
+            rate = match v {
+                toml::Value::Float(x) if (0.0..=1.0).contains(&x) => x,
+                toml::Value::Integer(x) if (0..=1).contains(&x) => x as f64,
+                v => {
+                    return Err(err(&key("sim.malformed_rate"), format!("{v} is not a rate"))
+                        .with_hint("rates are from 0 to 1"));
+                }
+            };
+        }
+        t.insert("roles".into(), toml::Value::Array(vec!["responder".into()]));
+        // The experiment's own types, for their messages (unknown keys, wrong types).
+        toml::Value::Table(t.clone())
+            .try_into::<crate::experiment::raw::RawModel>()
+            .map_err(|e| {
+                err(&format!("models[{label}]"), e.to_string().trim_end().to_string()).with_hint(
+                    "a judge's table takes the keys of an experiment's `[[models]]` (README, \"Experiment file reference\"), without `roles`",
+                )
+            })?;
+        tables.push(toml::Value::Table(t));
+        rates.push((label, rate));
+    }
+    Ok((tables, rates))
+}
+
+/// Each judge model's settings as a judge; refused: a completions model, a malformed rate on a
+/// server model, two judges that would give the same verdicts.
+fn judges_of(models: &[Model], rates: &[(String, f64)], err: &impl Fn(&str, String) -> Error) -> Result<Vec<Judge>> {
     let mut judges = Vec::with_capacity(models.len());
-    for m in &models {
+    for m in models {
         if m.behaviour.api == Api::Completions {
             return Err(err(
                 &format!("models[{}].api", m.name),
@@ -240,19 +276,7 @@ response_forwarding = "<RESPONSE>"
             }
         }
     }
-    Ok(JudgeFile {
-        name,
-        source: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
-        shown: shown.clone(),
-        models,
-        judges,
-        rubric,
-        max_malformed,
-        sharding: e.sharding,
-        worker: e.worker,
-        slurm: e.slurm,
-        warnings,
-    })
+    Ok(judges)
 }
 
 fn rubric_of(v: Option<toml::Value>, err: &impl Fn(&str, String) -> Error) -> Result<Rubric> {

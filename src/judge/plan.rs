@@ -95,23 +95,8 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
     let stage_dir = stage_dir(parent_rd, &file.name);
     let rd = RunDir::new(&stage_dir);
     let pexp = &parent.experiment;
-    let judgeable = |f: &scan::Finished| !f.record.ending.reason.is_failure() && !dialogue_of(pexp, f).is_empty();
-
-    // Pass 1: how many dialogues are judged.
-    let mut count = 0u64;
-    let (mut empty, mut failed) = (0u64, 0u64);
-    let stats = scan::scan(parent_rd, &parent, |b| {
-        for f in &b.dialogues {
-            if f.record.ending.reason.is_failure() {
-                failed += 1;
-            } else if judgeable(f) {
-                count += 1;
-            } else {
-                empty += 1;
-            }
-        }
-        Ok(())
-    })?;
+    let tally = count_dialogues(parent_rd, &parent)?;
+    let count = tally.judged;
     let per_shard: u64 = match file.sharding {
         Sharding::UnitsPerShard(n) => u64::from(n),
         Sharding::Shards(n) => (count * file.models.len() as u64).div_ceil(u64::from(n)).max(1),
@@ -130,18 +115,6 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
                 e,
             )
         })?;
-    let digests: Vec<[u8; 32]> = file
-        .models
-        .iter()
-        .zip(&file.judges)
-        .map(|(m, j)| judge_digest(m, j))
-        .collect();
-    let mut all: Vec<Unit> = Vec::with_capacity((count as usize).saturating_mul(file.models.len()));
-    struct Open {
-        shard: u32,
-        file: std::io::BufWriter<fs_err::File>,
-    }
-    let mut open: Vec<Option<Open>> = (0..file.models.len()).map(|_| None).collect();
     let mut shards: Vec<Shard> = (0..file.models.len() as u32)
         .flat_map(|j| {
             (0..shards_per_judge).map(move |k| Shard {
@@ -151,58 +124,12 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
             })
         })
         .collect();
-    let io = |p: &std::path::Path, e: std::io::Error| {
-        Error::io(format!("cannot write `{}`: {e}", p.display()), e).with_hint(crate::rundir::WRITE_HINT)
+    let layout = Layout {
+        per_shard,
+        shards_per_judge,
+        capacity: count as usize,
     };
-    let mut k = 0u64;
-    scan::scan(parent_rd, &parent, |b| {
-        for f in &b.dialogues {
-            if !judgeable(f) {
-                continue;
-            }
-            let d = dialogue_of(pexp, f);
-            let messages = rubric::messages(&file.rubric, &d, &[]);
-            for (j, digest) in digests.iter().enumerate() {
-                let shard = (j as u64 * shards_per_judge + k / per_shard) as u32;
-                let id = unit_id(digest, f.unit.id, &messages);
-                if open[j].as_ref().is_none_or(|o| o.shard != shard) {
-                    if let Some(mut o) = open[j].take() {
-                        o.file.flush().map_err(|e| io(staging.path(), e))?;
-                    }
-                    let path = staging.path().join(crate::rundir::shard_inputs_name(shard));
-                    open[j] = Some(Open {
-                        shard,
-                        file: std::io::BufWriter::new(fs_err::File::create(&path)?),
-                    });
-                }
-                let o = open[j].as_mut().expect("opened above");
-                let input = Input {
-                    unit: id,
-                    parent: f.unit.id,
-                    dialogue: d.clone(),
-                };
-                let mut line = serde_json::to_vec(&input).expect("serialisable");
-                line.push(b'\n');
-                o.file.write_all(&line).map_err(|e| io(staging.path(), e))?;
-                shards[shard as usize].units += 1;
-                all.push(Unit {
-                    id,
-                    shard,
-                    parent: f.unit.id,
-                });
-            }
-            k += 1;
-        }
-        Ok(())
-    })?;
-    for o in open.into_iter().flatten() {
-        let mut w = o.file;
-        w.flush().map_err(|e| io(staging.path(), e))?;
-        w.into_inner()
-            .map_err(|e| io(staging.path(), e.into_error()))?
-            .sync_all()
-            .map_err(|e| io(staging.path(), e))?;
-    }
+    let (all, k) = write_inputs(parent_rd, &parent, file, staging.path(), &layout, &mut shards)?;
     crate::rundir::sync_dir(staging.path())?;
     if k != count {
         return Err(Error::runtime(format!(
@@ -222,25 +149,7 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
     units::write(&mut tsv, &all).expect("writing to memory");
     let digest = blake3::hash(&tsv).to_hex().to_string();
     let inputs = format!("inputs-{}", &digest[..16]);
-    let exp = Experiment {
-        name: format!("{}-judge-{}", pexp.name, file.name),
-        dialogue: pexp.dialogue.clone(),
-        personas: Vec::new(),
-        goals: Vec::new(),
-        models: file.models.clone(),
-        pairs: file
-            .models
-            .iter()
-            .map(|m| Pair {
-                inquirer: m.name.clone(),
-                responder: m.name.clone(),
-            })
-            .collect(),
-        sharding: file.sharding.clone(),
-        worker: file.worker.clone(),
-        slurm: file.slurm.clone(),
-        budget: Default::default(),
-    };
+    let exp = stage_experiment(pexp, file);
     let stage = Stage {
         name: file.name.clone(),
         parent_experiment: pexp.name.clone(),
@@ -250,9 +159,9 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
         max_malformed: file.max_malformed,
         inputs: inputs.clone(),
         dialogues: count,
-        empty,
-        failed,
-        missing: stats.missing.count,
+        empty: tally.empty,
+        failed: tally.failed,
+        missing: tally.missing,
     };
     let plan = Plan::judge(
         exp,
@@ -278,6 +187,153 @@ pub fn plan_stage(parent_rd: &RunDir, file: &JudgeFile) -> Result<Planned> {
         kept,
         plan,
     })
+}
+
+/// What pass 1 found in the run: dialogues judged, finished without a turn, failed, missing.
+struct Tally {
+    judged: u64,
+    empty: u64,
+    failed: u64,
+    missing: u64,
+}
+
+/// A finished dialogue is judged when it did not fail and has a turn to judge.
+fn judgeable(pexp: &Experiment, f: &scan::Finished) -> bool {
+    !f.record.ending.reason.is_failure() && !dialogue_of(pexp, f).is_empty()
+}
+
+/// Pass 1: how many of the run's dialogues are judged.
+fn count_dialogues(parent_rd: &RunDir, parent: &Plan) -> Result<Tally> {
+    let mut t = Tally {
+        judged: 0,
+        empty: 0,
+        failed: 0,
+        missing: 0,
+    };
+    let stats = scan::scan(parent_rd, parent, |b| {
+        for f in &b.dialogues {
+            if f.record.ending.reason.is_failure() {
+                t.failed += 1;
+            } else if judgeable(&parent.experiment, f) {
+                t.judged += 1;
+            } else {
+                t.empty += 1;
+            }
+        }
+        Ok(())
+    })?;
+    t.missing = stats.missing.count;
+    Ok(t)
+}
+
+/// How a stage's units fall into shards.
+struct Layout {
+    per_shard: u64,
+    shards_per_judge: u64,
+    /// The dialogues judged (the first pass's count).
+    capacity: usize,
+}
+
+/// Pass 2: every judgeable dialogue's unit per judge, its input written to its shard's file in
+/// `staging` (flushed and synced), the shards' unit counts filled in. Returns the units and the
+/// number of dialogues seen.
+fn write_inputs(
+    parent_rd: &RunDir,
+    parent: &Plan,
+    file: &JudgeFile,
+    staging: &std::path::Path,
+    layout: &Layout,
+    shards: &mut [Shard],
+) -> Result<(Vec<Unit>, u64)> {
+    let pexp = &parent.experiment;
+    let digests: Vec<[u8; 32]> = file
+        .models
+        .iter()
+        .zip(&file.judges)
+        .map(|(m, j)| judge_digest(m, j))
+        .collect();
+    let mut all: Vec<Unit> = Vec::with_capacity(layout.capacity.saturating_mul(file.models.len()));
+    struct Open {
+        shard: u32,
+        file: std::io::BufWriter<fs_err::File>,
+    }
+    let mut open: Vec<Option<Open>> = (0..file.models.len()).map(|_| None).collect();
+    let io = |p: &std::path::Path, e: std::io::Error| {
+        Error::io(format!("cannot write `{}`: {e}", p.display()), e).with_hint(crate::rundir::WRITE_HINT)
+    };
+    let mut k = 0u64;
+    scan::scan(parent_rd, parent, |b| {
+        for f in &b.dialogues {
+            if !judgeable(pexp, f) {
+                continue;
+            }
+            let d = dialogue_of(pexp, f);
+            let messages = rubric::messages(&file.rubric, &d, &[]);
+            for (j, digest) in digests.iter().enumerate() {
+                let shard = (j as u64 * layout.shards_per_judge + k / layout.per_shard) as u32;
+                let id = unit_id(digest, f.unit.id, &messages);
+                if open[j].as_ref().is_none_or(|o| o.shard != shard) {
+                    if let Some(mut o) = open[j].take() {
+                        o.file.flush().map_err(|e| io(staging, e))?;
+                    }
+                    let path = staging.join(crate::rundir::shard_inputs_name(shard));
+                    open[j] = Some(Open {
+                        shard,
+                        file: std::io::BufWriter::new(fs_err::File::create(&path)?),
+                    });
+                }
+                let o = open[j].as_mut().expect("opened above");
+                let input = Input {
+                    unit: id,
+                    parent: f.unit.id,
+                    dialogue: d.clone(),
+                };
+                let mut line = serde_json::to_vec(&input).expect("serialisable");
+                line.push(b'\n');
+                o.file.write_all(&line).map_err(|e| io(staging, e))?;
+                shards[shard as usize].units += 1;
+                all.push(Unit {
+                    id,
+                    shard,
+                    parent: f.unit.id,
+                });
+            }
+            k += 1;
+        }
+        Ok(())
+    })?;
+    for o in open.into_iter().flatten() {
+        let mut w = o.file;
+        w.flush().map_err(|e| io(staging, e))?;
+        w.into_inner()
+            .map_err(|e| io(staging, e.into_error()))?
+            .sync_all()
+            .map_err(|e| io(staging, e))?;
+    }
+    Ok((all, k))
+}
+
+/// The experiment of a judge stage: one pair per judge model (itself on both sides).
+fn stage_experiment(pexp: &Experiment, file: &JudgeFile) -> Experiment {
+    Experiment {
+        name: format!("{}-judge-{}", pexp.name, file.name),
+        dialogue: pexp.dialogue.clone(),
+        personas: Vec::new(),
+        goals: Vec::new(),
+        models: file.models.clone(),
+        pairs: file
+            .models
+            .iter()
+            .map(|m| Pair {
+                inquirer: m.name.clone(),
+                responder: m.name.clone(),
+            })
+            .collect(),
+        sharding: file.sharding.clone(),
+        worker: file.worker.clone(),
+        slurm: file.slurm.clone(),
+        budget: Default::default(),
+    }
 }
 
 impl Planned {

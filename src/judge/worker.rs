@@ -21,21 +21,19 @@ use super::units::{self, Unit};
 use super::verdict;
 use crate::dialogue::{BackendFailure, Call, CallEvent, Counters, DialogueRecord, EndReason, Ending};
 use crate::error::{Error, Result};
-use crate::experiment::{Backend, Model, Role};
+use crate::experiment::{Backend, Model, Pair, Role};
 use crate::llm::{CallKey, ChatModel, Prompt, Request};
-use crate::rundir::journal::{AttemptStart, Entry, Journal, SYNC_INTERVAL};
+use crate::plan::UnitId;
+use crate::rundir::journal::{AttemptStart, Entry, Journal};
 use crate::rundir::state::{self, ShardState, ShardStatus};
 use crate::rundir::{Lock, RunDir};
+use crate::worker::pool::Flight;
 use crate::worker::signals::Cancel;
-use crate::worker::{Progress, ShardOutcome, Shared};
-use std::collections::{BTreeMap, HashMap};
+use crate::worker::{Progress, ShardCounts, ShardOutcome, Shared, StateReporter, halted, with_background};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::task::JoinSet;
-
-const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The key of a judge's call.
 pub fn call_key(unit: crate::plan::UnitId, attempt: u32) -> CallKey {
@@ -104,48 +102,6 @@ fn client_of(shared: &Shared, model: &Model, judge: &Judge) -> Result<Arc<dyn Ch
         .get(&model.name)
         .cloned()
         .ok_or_else(|| Error::config(format!("no client for the judge `{}`", model.name)))
-}
-
-#[derive(Debug, Clone, Default)]
-struct Counts {
-    done: u64,
-    failed: u64,
-    by_status: BTreeMap<String, u64>,
-}
-
-impl Counts {
-    fn add(&mut self, s: Status) {
-        self.done += 1;
-        if s == Status::Failed {
-            self.failed += 1;
-        }
-        *self.by_status.entry(s.as_str().to_string()).or_default() += 1;
-    }
-}
-
-#[derive(Clone)]
-struct Reporter {
-    rd: RunDir,
-    base: ShardState,
-    counts: Arc<Mutex<Counts>>,
-}
-
-impl Reporter {
-    fn write(&self, status: ShardStatus, error: Option<String>) -> Result<()> {
-        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        state::write(
-            &self.rd,
-            &ShardState {
-                status,
-                heartbeat_at: state::now(),
-                done: c.done,
-                failed: c.failed,
-                end_reasons: c.by_status,
-                error,
-                ..self.base.clone()
-            },
-        )
-    }
 }
 
 /// The `done` mark of a judged unit (see the module docs).
@@ -288,13 +244,22 @@ async fn judge_one(
     Ok(Some(v))
 }
 
-/// Run one shard of a judge stage to its end, or to the stop signal.
-pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
-    let plan = shared.plan.clone();
-    let stage = plan
-        .judge
-        .as_ref()
-        .ok_or_else(|| Error::runtime("not a judge stage's plan"))?;
+/// A judge shard opened for work: its lock held, its journal open and read back.
+struct OpenStage {
+    _lock: Lock,
+    units: Vec<Unit>,
+    journal: Arc<Journal>,
+    /// Recorded calls of unjudged units, by unit and attempt.
+    calls: HashMap<UnitId, HashMap<u32, Call>>,
+    verdicts: HashMap<UnitId, Verdict>,
+    /// The highest attempt the journal names.
+    attempts: u32,
+}
+
+/// Take the shard's lock, check its units against the plan, open and replay its journal, and
+/// give a verdict without its `done` mark (a kill between the two writes) its mark.
+fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
+    let plan = &shared.plan;
     let rd = &shared.run_dir;
     if shard as usize >= plan.shards.len() {
         return Err(Error::config(format!(
@@ -304,8 +269,8 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         ))
         .with_hint("check `--shard`, or the array map the Slurm script passes"));
     }
-    let _lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
-    let units = units::read(&rd.units_path(&plan), Some(shard))?;
+    let lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
+    let units = units::read(&rd.units_path(plan), Some(shard))?;
     if units.len() as u32 != plan.shards[shard as usize].units {
         return Err(Error::config(format!(
             "the units file of `{}` does not match its plan (shard {shard})",
@@ -313,15 +278,6 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         ))
         .with_hint("the stage is damaged; run `roleplay judge` again"));
     }
-    let dialogues = read_inputs(rd, &plan, stage, shard, &units)?;
-    let pair = plan.experiment.pairs[plan.shards[shard as usize].pair as usize].clone();
-    let judge = &stage.judges[plan.shards[shard as usize].pair as usize];
-    let model = plan
-        .experiment
-        .model(&judge.name)
-        .ok_or_else(|| Error::config("the plan names a judge it does not define"))?
-        .clone();
-    let client = client_of(shared, &model, judge)?;
     let (journal, contents) = Journal::open(&rd.journal_path(shard), &plan.plan_hash, shard, shared.options.durable)?;
     if !contents.damaged_lines.is_empty() {
         eprintln!(
@@ -330,48 +286,88 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             contents.damaged_lines
         );
     }
-    let journal = Arc::new(journal);
-    let in_shard: std::collections::HashSet<_> = units.iter().map(|u| u.id).collect();
-    let mut attempts = 0u32;
-    let mut calls: HashMap<crate::plan::UnitId, HashMap<u32, Call>> = HashMap::new();
-    let mut verdicts: HashMap<crate::plan::UnitId, Verdict> = HashMap::new();
-    let mut marked: std::collections::HashSet<crate::plan::UnitId> = Default::default();
+    let in_shard: HashSet<_> = units.iter().map(|u| u.id).collect();
+    let mut open = OpenStage {
+        _lock: lock,
+        units,
+        journal: Arc::new(journal),
+        calls: HashMap::new(),
+        verdicts: HashMap::new(),
+        attempts: 0,
+    };
+    let mut marked: HashSet<UnitId> = HashSet::new();
     for e in contents.entries {
         match e {
-            Entry::Attempt(a) => attempts = attempts.max(a.attempt),
+            Entry::Attempt(a) => open.attempts = open.attempts.max(a.attempt),
             Entry::Call(c) if in_shard.contains(&c.key.unit) => {
-                calls.entry(c.key.unit).or_default().insert(c.key.attempt, c.call);
+                open.calls.entry(c.key.unit).or_default().insert(c.key.attempt, c.call);
             }
             Entry::Verdict(v) if in_shard.contains(&v.unit) => {
                 marked.remove(&v.unit);
-                verdicts.insert(v.unit, *v);
+                open.verdicts.insert(v.unit, *v);
             }
-            Entry::Done(d) if verdicts.contains_key(&d.unit) => {
+            Entry::Done(d) if open.verdicts.contains_key(&d.unit) => {
                 marked.insert(d.unit);
             }
             _ => {}
         }
     }
-    for v in verdicts.values().filter(|v| !marked.contains(&v.unit)) {
-        journal.append(&Entry::Done(Box::new(done_mark(v))))?;
+    for v in open.verdicts.values().filter(|v| !marked.contains(&v.unit)) {
+        open.journal.append(&Entry::Done(Box::new(done_mark(v))))?;
     }
+    Ok(open)
+}
+
+/// What a judge shard's units need: the judge's client and model, the stage, the transcripts.
+struct Bench {
+    client: Arc<dyn ChatModel>,
+    model: Arc<Model>,
+    stage: Arc<Stage>,
+    dialogues: Arc<HashMap<UnitId, Dialogue>>,
+}
+
+/// Run one shard of a judge stage to its end, or to the stop signal.
+pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
+    let plan = shared.plan.clone();
+    let stage = plan
+        .judge
+        .as_ref()
+        .ok_or_else(|| Error::runtime("not a judge stage's plan"))?;
+    let rd = &shared.run_dir;
+    let mut open = open_stage(shared, shard)?;
+    let dialogues = read_inputs(rd, &plan, stage, shard, &open.units)?;
+    let pair = plan.experiment.pairs[plan.shards[shard as usize].pair as usize].clone();
+    let judge = &stage.judges[plan.shards[shard as usize].pair as usize];
+    let model = plan
+        .experiment
+        .model(&judge.name)
+        .ok_or_else(|| Error::config("the plan names a judge it does not define"))?
+        .clone();
+    let bench = Bench {
+        client: client_of(shared, &model, judge)?,
+        model: Arc::new(model),
+        stage: Arc::new(stage.clone()),
+        dialogues: Arc::new(dialogues),
+    };
     let retry_failed = shared.options.retry_failed;
     let again = |v: &Verdict| retry_failed && v.status == Status::Failed;
-    let mut counts = Counts::default();
-    for v in verdicts.values().filter(|v| !again(v)) {
-        counts.add(v.status);
+    let mut counts = ShardCounts::default();
+    for v in open.verdicts.values().filter(|v| !again(v)) {
+        counts.add_end(v.status.as_str(), v.status == Status::Failed);
     }
     let already_done = counts.done;
-    let todo: Vec<Unit> = units
+    let todo: Vec<Unit> = open
+        .units
         .iter()
-        .filter(|u| verdicts.get(&u.id).is_none_or(again))
+        .filter(|u| open.verdicts.get(&u.id).is_none_or(again))
         .copied()
         .collect();
     let prior = state::read(rd, shard);
-    let attempt = attempts.max(prior.as_ref().map(|s| s.attempt).unwrap_or(0)) + u32::from(!todo.is_empty());
+    let attempt = open.attempts.max(prior.as_ref().map(|s| s.attempt).unwrap_or(0)) + u32::from(!todo.is_empty());
     let started_at = state::now();
+    let total = open.units.len() as u64;
     let counts = Arc::new(Mutex::new(counts));
-    let reporter = Reporter {
+    let reporter = StateReporter {
         rd: rd.clone(),
         base: ShardState {
             shard,
@@ -383,16 +379,16 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             slurm_job_id: shared.options.slurm_job_id.clone(),
             started_at,
             heartbeat_at: started_at,
-            units: units.len() as u64,
+            units: total,
             done: 0,
             failed: 0,
             end_reasons: BTreeMap::new(),
             error: None,
         },
         counts: counts.clone(),
+        journal: None,
     };
-    let total = units.len() as u64;
-    let outcome = |c: &Counts, interrupted: bool, halted: u64| ShardOutcome {
+    let outcome = |c: &ShardCounts, interrupted: bool, halted: u64| ShardOutcome {
         shard,
         units: total,
         already_done,
@@ -403,19 +399,15 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         budget: None,
     };
     if todo.is_empty() {
-        journal.sync()?;
+        open.journal.sync()?;
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let status = if c.failed > 0 {
-            ShardStatus::Failed
-        } else {
-            ShardStatus::Done
-        };
+        let status = c.final_status(false);
         if prior.as_ref().map(|s| (s.status, s.plan_hash.as_str())) != Some((status, plan.plan_hash.as_str())) {
             reporter.write(status, None)?;
         }
         return Ok(outcome(&c, false, 0));
     }
-    journal.append(&Entry::Attempt(AttemptStart {
+    open.journal.append(&Entry::Attempt(AttemptStart {
         attempt,
         host: state::hostname(),
         pid: std::process::id(),
@@ -423,174 +415,84 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         started_at,
     }))?;
     reporter.write(ShardStatus::Running, None)?;
-
-    // Group commit and heartbeat beside the work.
-    let (stop_bg, mut stop_rx) = tokio::sync::watch::channel(false);
-    let bg = {
-        let journal = journal.clone();
-        let reporter = reporter.clone();
-        tokio::spawn(async move {
-            let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
-            let mut beat = tokio::time::interval(HEARTBEAT);
-            beat.tick().await;
-            loop {
-                tokio::select! {
-                    _ = sync_tick.tick() => {
-                        let j = journal.clone();
-                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || j.sync()).await {
-                            eprintln!("{e}");
-                        }
-                    }
-                    _ = beat.tick() => { let _ = reporter.write(ShardStatus::Running, None); }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-        })
-    };
-    let stage = Arc::new(stage.clone());
-    let model = Arc::new(model);
-    let dialogues = Arc::new(dialogues);
-    let mut set: JoinSet<Result<Option<Verdict>>> = JoinSet::new();
-    let mut first_error: Option<Error> = None;
-    let mut cancel = shared.cancel.clone();
-    let mut started = 0u64;
     let todo_len = todo.len() as u64;
-    let on_done = |res: std::result::Result<Result<Option<Verdict>>, tokio::task::JoinError>,
-                   first_error: &mut Option<Error>| {
-        match res {
-            Ok(Ok(Some(v))) => {
-                // After a stop signal a failing call says nothing about the unit: it waits.
-                if v.status == Status::Failed && shared.cancel.is_cancelled() {
-                    return;
-                }
-                let mark = done_mark(&v);
-                let status = v.status;
-                if let Err(e) = journal
-                    .append(&Entry::Verdict(Box::new(v)))
-                    .and_then(|_| journal.append(&Entry::Done(Box::new(mark.clone()))))
-                {
-                    first_error.get_or_insert(e);
-                    return;
-                }
-                shared.progress.finish(&pair, &mark);
-                let _ = shared.breaker.observe(&pair, &mark);
-                counts.lock().unwrap_or_else(|p| p.into_inner()).add(status);
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => {
-                first_error.get_or_insert(Error::runtime(format!("a judge task failed: {e}")));
-            }
+    let work = judge_units(shared, &pair, &open.journal, &bench, &mut open.calls, todo, &counts);
+    let (stopped, started) = match with_background(&open.journal, &reporter, work).await {
+        Ok(ended) => ended,
+        Err(e) => {
+            let _ = reporter.write(ShardStatus::Error, Some(e.message.clone()));
+            return Err(e);
         }
     };
-    let mut pending = todo.into_iter();
-    loop {
-        if first_error.is_some() || cancel.is_cancelled() || !shared.breaker.allows(&pair) {
-            break;
-        }
-        let Some(unit) = pending.next() else { break };
-        let permit = loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break None,
-                Some(res) = set.join_next(), if !set.is_empty() => on_done(res, &mut first_error),
-                p = shared.permits.clone().acquire_owned() => break p.ok(),
-            }
-        };
-        let Some(permit) = permit else { break };
-        if first_error.is_some() || !shared.breaker.allows(&pair) {
-            break;
-        }
-        started += 1;
-        let cache = calls.remove(&unit.id).unwrap_or_default();
-        let (client, model, stage, dialogues) = (client.clone(), model.clone(), stage.clone(), dialogues.clone());
-        let (journal, progress, cancel) = (journal.clone(), shared.progress.clone(), shared.cancel.clone());
-        set.spawn(async move {
-            let _permit = permit;
-            let d = &dialogues[&unit.id];
-            judge_one(
-                client.as_ref(),
-                &model,
-                &stage,
-                unit,
-                d,
-                &cache,
-                &journal,
-                &progress,
-                &cancel,
-            )
-            .await
-        });
-    }
-    let mut interrupted = cancel.is_cancelled();
-    let mut deadline: Option<tokio::time::Instant> = None;
-    while !set.is_empty() {
-        if first_error.is_some() || cancel.is_cancelled_now() {
-            set.abort_all();
-        }
-        if deadline.is_none() && (interrupted || cancel.is_cancelled()) {
-            deadline = Some(tokio::time::Instant::now() + shared.options.grace);
-        }
-        let next = match deadline {
-            Some(at) => tokio::select! {
-                n = tokio::time::timeout_at(at, set.join_next()) => match n {
-                    Ok(n) => n,
-                    Err(_) => {
-                        set.abort_all();
-                        while let Some(res) = set.join_next().await {
-                            on_done(res, &mut first_error);
-                        }
-                        break;
-                    }
-                },
-                _ = cancel.cancelled_now() => { set.abort_all(); continue; }
-            },
-            None => tokio::select! {
-                n = set.join_next() => n,
-                _ = cancel.cancelled() => { interrupted = true; continue; }
-            },
-        };
-        match next {
-            Some(res) => on_done(res, &mut first_error),
-            None => break,
-        }
-    }
-    let _ = stop_bg.send(true);
-    let _ = bg.await;
-    let synced = {
-        let j = journal.clone();
-        tokio::task::spawn_blocking(move || j.sync())
-            .await
-            .unwrap_or_else(|e| Err(Error::runtime(format!("journal sync task failed: {e}"))))
-    };
-    if let Some(e) = first_error {
-        let _ = reporter.write(ShardStatus::Error, Some(e.message.clone()));
-        return Err(e);
-    }
-    synced?;
     let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let stopped = interrupted || cancel.is_cancelled();
     let interrupted = stopped && c.done < total;
-    let halted = if stopped || shared.breaker.allows(&pair) {
-        0
-    } else {
-        todo_len - started
-    };
+    let halted = halted(shared, &pair, stopped, todo_len - started);
     if halted > 0 {
         let why: Vec<String> = shared.breaker.trips().iter().map(|t| t.to_string()).collect();
         reporter.write(ShardStatus::Error, Some(why.join("; ")))?;
     } else {
-        let status = if interrupted {
-            ShardStatus::Interrupted
-        } else if c.failed > 0 {
-            ShardStatus::Failed
-        } else {
-            ShardStatus::Done
-        };
-        reporter.write(status, None)?;
+        reporter.write(c.final_status(interrupted), None)?;
     }
     Ok(outcome(&c, interrupted, halted))
+}
+
+/// Keep units in flight until all are judged, the stop signal, or an open breaker. Returns
+/// whether the stop came, and how many units were started.
+async fn judge_units(
+    shared: &Shared,
+    pair: &Pair,
+    journal: &Arc<Journal>,
+    bench: &Bench,
+    calls: &mut HashMap<UnitId, HashMap<u32, Call>>,
+    todo: Vec<Unit>,
+    counts: &Mutex<ShardCounts>,
+) -> Result<(bool, u64)> {
+    let on_done = |res: Result<Option<Verdict>>| -> Result<()> {
+        let Some(v) = res? else { return Ok(()) };
+        // After a stop signal a failing call says nothing about the unit: it waits.
+        if v.status == Status::Failed && shared.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let mark = done_mark(&v);
+        let status = v.status;
+        journal.append(&Entry::Verdict(Box::new(v)))?;
+        journal.append(&Entry::Done(Box::new(mark.clone())))?;
+        shared.progress.finish(pair, &mark);
+        let _ = shared.breaker.observe(pair, &mark);
+        counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_end(status.as_str(), status == Status::Failed);
+        Ok(())
+    };
+    let mut flight = Flight::new(shared.cancel.clone(), shared.options.grace, "judge", on_done);
+    let started = flight
+        .feed(
+            &shared.permits,
+            todo,
+            || shared.breaker.allows(pair),
+            |unit: Unit| {
+                let cache = calls.remove(&unit.id).unwrap_or_default();
+                let (client, model) = (bench.client.clone(), bench.model.clone());
+                let (stage, dialogues) = (bench.stage.clone(), bench.dialogues.clone());
+                let (journal, progress, cancel) = (journal.clone(), shared.progress.clone(), shared.cancel.clone());
+                async move {
+                    let d = &dialogues[&unit.id];
+                    judge_one(
+                        client.as_ref(),
+                        &model,
+                        &stage,
+                        unit,
+                        d,
+                        &cache,
+                        &journal,
+                        &progress,
+                        &cancel,
+                    )
+                    .await
+                }
+            },
+        )
+        .await;
+    Ok((flight.drain().await?, started))
 }

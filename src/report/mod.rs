@@ -381,49 +381,8 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
         }
         Ok(())
     })?;
-    let pair_name = |p: &crate::experiment::Pair| format!("{} -> {}", p.inquirer, p.responder);
-    let mut sorted_cells: Vec<Feature> = cells
-        .into_iter()
-        .map(|(name, values)| {
-            let mut groups = Vec::new();
-            for (vi, per_pair) in values.into_iter().enumerate() {
-                let value = features[name][vi].0;
-                for (acc, p) in per_pair.into_iter().zip(&exp.pairs) {
-                    let Some(acc) = acc else { continue };
-                    groups.push(acc.finish(
-                        format!("{value}, {}", pair_name(p)),
-                        labels(&[
-                            ("feature", name),
-                            ("value", value),
-                            ("inquirer", &p.inquirer),
-                            ("responder", &p.responder),
-                        ]),
-                    ));
-                }
-            }
-            groups.sort_by(|a, b| a.key.cmp(&b.key));
-            Feature {
-                name: name.to_string(),
-                values: groups,
-            }
-        })
-        .collect();
-    sorted_cells.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut sorted_features: Vec<Feature> = features
-        .into_iter()
-        .map(|(name, values)| {
-            let mut values: Vec<Group> = values
-                .into_iter()
-                .map(|(v, acc)| acc.finish(v.to_string(), labels(&[("feature", name), ("value", v)])))
-                .collect();
-            values.sort_by(|a, b| a.key.cmp(&b.key));
-            Feature {
-                name: name.to_string(),
-                values,
-            }
-        })
-        .collect();
-    sorted_features.sort_by(|a, b| a.name.cmp(&b.name));
+    let sorted_cells = finish_cells(cells, &features, &exp.pairs);
+    let sorted_features = finish_features(features);
     let budget = budget_report(rd, plan)?;
     let judgements = judgements::build(rd, plan)?;
     Ok(Report {
@@ -464,6 +423,63 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
         cells: sorted_cells,
         stats,
     })
+}
+
+/// Per persona feature value and pair, by feature name then group key.
+fn finish_cells(
+    cells: BTreeMap<&str, Vec<Vec<Option<Acc>>>>,
+    features: &BTreeMap<&str, Vec<(&str, Acc)>>,
+    pairs: &[crate::experiment::Pair],
+) -> Vec<Feature> {
+    let pair_name = |p: &crate::experiment::Pair| format!("{} -> {}", p.inquirer, p.responder);
+    let mut sorted_cells: Vec<Feature> = cells
+        .into_iter()
+        .map(|(name, values)| {
+            let mut groups = Vec::new();
+            for (vi, per_pair) in values.into_iter().enumerate() {
+                let value = features[name][vi].0;
+                for (acc, p) in per_pair.into_iter().zip(pairs) {
+                    let Some(acc) = acc else { continue };
+                    groups.push(acc.finish(
+                        format!("{value}, {}", pair_name(p)),
+                        labels(&[
+                            ("feature", name),
+                            ("value", value),
+                            ("inquirer", &p.inquirer),
+                            ("responder", &p.responder),
+                        ]),
+                    ));
+                }
+            }
+            groups.sort_by(|a, b| a.key.cmp(&b.key));
+            Feature {
+                name: name.to_string(),
+                values: groups,
+            }
+        })
+        .collect();
+    sorted_cells.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted_cells
+}
+
+/// Per persona feature value, by feature name then value.
+fn finish_features(features: BTreeMap<&str, Vec<(&str, Acc)>>) -> Vec<Feature> {
+    let mut sorted_features: Vec<Feature> = features
+        .into_iter()
+        .map(|(name, values)| {
+            let mut values: Vec<Group> = values
+                .into_iter()
+                .map(|(v, acc)| acc.finish(v.to_string(), labels(&[("feature", name), ("value", v)])))
+                .collect();
+            values.sort_by(|a, b| a.key.cmp(&b.key));
+            Feature {
+                name: name.to_string(),
+                values,
+            }
+        })
+        .collect();
+    sorted_features.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted_features
 }
 
 impl Report {

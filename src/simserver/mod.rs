@@ -480,17 +480,8 @@ fn judge_aware_reply(cfg: &ServerConfig, call: &CallKey, prompt: &Prompt) -> Sim
         .unwrap_or_else(|| sim_reply(&cfg.sim, call, prompt))
 }
 
-/// The response to send, or `None` to drop the connection instead. A request the rate limits
-/// admit leaves its `admission`, for [`Limits::settle`].
-async fn answer(
-    app: &App,
-    cfg: &ServerConfig,
-    n: u64,
-    headers: &HeaderMap,
-    body: &[u8],
-    chat: bool,
-    admission: &mut Option<Admission>,
-) -> Option<Response> {
+/// The 401 of a request without the key `--require-key` asks for.
+fn refuse_key(cfg: &ServerConfig, headers: &HeaderMap) -> Option<Response> {
     if let Some(want) = &cfg.require_key {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -507,6 +498,106 @@ async fn answer(
                 Some("invalid_api_key"),
             ));
         }
+    }
+    None
+}
+
+/// The response of a drawn fault, or `None` to drop the connection.
+async fn fault_response(
+    fault: Fault,
+    cfg: &ServerConfig,
+    req: &ParsedRequest,
+    chat: bool,
+    n: u64,
+    rng: &mut ChaCha8Rng,
+    out: impl Fn() -> SimOutput,
+) -> Option<Response> {
+    let resp = match fault {
+        Fault::ContextError => {
+            let asked = sim_tokens(&req.prompt) + req.max_tokens.unwrap_or(1000).max(0) as u64;
+            let msg = format!(
+                "This model's maximum context length is 4096 tokens. However, you requested {} tokens. \
+                 Please reduce the length of the messages or completion.",
+                asked.max(4097)
+            );
+            openai_error(
+                StatusCode::BAD_REQUEST,
+                &msg,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+            )
+        }
+        Fault::Fail5xx => {
+            let status = if rng.random::<bool>() {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            openai_error(status, "the simulated server failed", "server_error", None)
+        }
+        Fault::RateLimit => {
+            let secs = cfg.faults.retry_after_secs;
+            let mut r = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Rate limit reached. Please retry after {secs} seconds."),
+                "requests",
+                Some("rate_limit_exceeded"),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        Fault::Hang => {
+            // Longer than clients wait; a client that is still there gets a 504, never a reply,
+            // so a call its client gave up on is not counted as served.
+            tokio::time::sleep(Duration::from_secs_f64(cfg.faults.hang_secs)).await;
+            openai_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the simulated server hung",
+                "server_error",
+                None,
+            )
+        }
+        Fault::Drop => return None,
+        Fault::Malformed => {
+            let full = completion_body(req, chat, n, &out()).to_string();
+            let mut cut = full.len() / 2;
+            while !full.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                full[..cut].to_string(),
+            )
+                .into_response()
+        }
+        Fault::Html => {
+            let status = if rng.random::<bool>() {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let page = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><center>\
+                        <h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n";
+            (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+        }
+    };
+    Some(resp)
+}
+
+/// The response to send, or `None` to drop the connection instead. A request the rate limits
+/// admit leaves its `admission`, for [`Limits::settle`].
+async fn answer(
+    app: &App,
+    cfg: &ServerConfig,
+    n: u64,
+    headers: &HeaderMap,
+    body: &[u8],
+    chat: bool,
+    admission: &mut Option<Admission>,
+) -> Option<Response> {
+    if let Some(refused) = refuse_key(cfg, headers) {
+        return Some(refused);
     }
     let req = match parse_request(body, chat) {
         Ok(r) => r,
@@ -561,105 +652,40 @@ async fn answer(
     }
     let call = key.unwrap_or_else(|| anonymous_key(body));
     let out = || judge_aware_reply(cfg, &call, &req.prompt).limit(req.max_tokens);
-    let resp = match fault {
-        Some(Fault::ContextError) => {
-            let asked = sim_tokens(&req.prompt) + req.max_tokens.unwrap_or(1000).max(0) as u64;
-            let msg = format!(
-                "This model's maximum context length is 4096 tokens. However, you requested {} tokens. \
-                 Please reduce the length of the messages or completion.",
-                asked.max(4097)
-            );
-            openai_error(
-                StatusCode::BAD_REQUEST,
-                &msg,
-                "invalid_request_error",
-                Some("context_length_exceeded"),
-            )
-        }
-        Some(Fault::Fail5xx) => {
-            let status = if rng.random::<bool>() {
-                StatusCode::INTERNAL_SERVER_ERROR
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            openai_error(status, "the simulated server failed", "server_error", None)
-        }
-        Some(Fault::RateLimit) => {
-            let secs = cfg.faults.retry_after_secs;
-            let mut r = openai_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("Rate limit reached. Please retry after {secs} seconds."),
-                "requests",
-                Some("rate_limit_exceeded"),
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            r
-        }
-        Some(Fault::Hang) => {
-            // Longer than clients wait; a client that is still there gets a 504, never a reply,
-            // so a call its client gave up on is not counted as served.
-            tokio::time::sleep(Duration::from_secs_f64(cfg.faults.hang_secs)).await;
-            openai_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the simulated server hung",
-                "server_error",
-                None,
-            )
-        }
-        Some(Fault::Drop) => return None,
-        Some(Fault::Malformed) => {
-            let full = completion_body(&req, chat, n, &out()).to_string();
-            let mut cut = full.len() / 2;
-            while !full.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                full[..cut].to_string(),
-            )
-                .into_response()
-        }
-        Some(Fault::Html) => {
-            let status = if rng.random::<bool>() {
-                StatusCode::OK
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            let page = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><center>\
-                        <h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n";
-            (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
-        }
-        None => {
-            let reply = match fit_window(out(), cfg.context_length) {
-                Ok(reply) => reply,
-                Err(refusal) => return Some(*refusal),
-            };
-            if let Some(a) = admission {
-                a.used = Some(u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens));
-            }
-            let stats = &app.stats;
-            stats
-                .prompt_tokens
-                .fetch_add(u64::from(reply.prompt_tokens), Ordering::Relaxed);
-            stats
-                .completion_tokens
-                .fetch_add(u64::from(reply.completion_tokens), Ordering::Relaxed);
-            let body = completion_body(&req, chat, n, &reply);
-            let stat = match &key {
-                Some(k) => format!("{}/{}/{}/{}", k.unit, k.role, k.turn, k.attempt),
-                None => "anonymous".into(),
-            };
-            *app.stats
-                .calls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(stat)
-                .or_insert(0) += 1;
-            json_response(StatusCode::OK, &body)
-        }
+    if let Some(f) = fault {
+        return fault_response(f, cfg, &req, chat, n, &mut rng, out).await;
+    }
+    let reply = match fit_window(out(), cfg.context_length) {
+        Ok(reply) => reply,
+        Err(refusal) => return Some(*refusal),
     };
-    Some(resp)
+    if let Some(a) = admission {
+        a.used = Some(u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens));
+    }
+    Some(served(app, &req, chat, n, key.as_ref(), &reply))
+}
+
+/// A served reply: counted in the statistics (tokens, and calls by key), its body sent.
+fn served(app: &App, req: &ParsedRequest, chat: bool, n: u64, key: Option<&CallKey>, reply: &SimOutput) -> Response {
+    let stats = &app.stats;
+    stats
+        .prompt_tokens
+        .fetch_add(u64::from(reply.prompt_tokens), Ordering::Relaxed);
+    stats
+        .completion_tokens
+        .fetch_add(u64::from(reply.completion_tokens), Ordering::Relaxed);
+    let body = completion_body(req, chat, n, reply);
+    let stat = match key {
+        Some(k) => format!("{}/{}/{}/{}", k.unit, k.role, k.turn, k.attempt),
+        None => "anonymous".into(),
+    };
+    *stats
+        .calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(stat)
+        .or_insert(0) += 1;
+    json_response(StatusCode::OK, &body)
 }
 
 /// The 429 of a request beyond the rate limits, as OpenAI words it: `Retry-After` in whole

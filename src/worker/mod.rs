@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod local;
+pub(crate) mod pool;
 pub mod signals;
 
 use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason, Recorder};
@@ -24,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// How often the state file's heartbeat is refreshed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -356,7 +356,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             error: None,
         },
         counts: counts.clone(),
-        journal: open.journal.clone(),
+        journal: Some(open.journal.clone()),
     };
     let outcome = |c: &ShardCounts, interrupted: bool| ShardOutcome {
         shard,
@@ -370,11 +370,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     };
     if nothing_to_do {
         let c = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let status = if c.failed > 0 {
-            ShardStatus::Failed
-        } else {
-            ShardStatus::Done
-        };
+        let status = c.final_status(false);
         if open.prior_state.as_ref().map(|s| s.status) != Some(status) {
             reporter.write(status, None)?;
         }
@@ -424,14 +420,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
                 let why: Vec<String> = shared.breaker.trips().iter().map(|t| t.to_string()).collect();
                 reporter.write(ShardStatus::Error, Some(why.join("; ")))?;
             } else {
-                let status = if interrupted {
-                    ShardStatus::Interrupted
-                } else if c.failed > 0 {
-                    ShardStatus::Failed
-                } else {
-                    ShardStatus::Done
-                };
-                reporter.write(status, None)?;
+                reporter.write(c.final_status(interrupted), None)?;
             }
             Ok(ShardOutcome {
                 halted,
@@ -452,7 +441,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
 
 /// Run `work` with the journal's group commit and the state file's heartbeat beside it, then sync
 /// the journal a last time. An error of the work comes first, then one of the final sync.
-async fn with_background<T>(
+pub(crate) async fn with_background<T>(
     journal: &Arc<Journal>,
     reporter: &StateReporter,
     work: impl std::future::Future<Output = Result<T>>,
@@ -498,16 +487,17 @@ async fn with_background<T>(
 
 /// Writes the shard's state file from what does not change during a run and the live counts.
 #[derive(Clone)]
-struct StateReporter {
-    rd: RunDir,
-    base: ShardState,
-    counts: Arc<Mutex<ShardCounts>>,
-    /// Its mark goes into the state file, so that `status` need not read the journal.
-    journal: Arc<Journal>,
+pub(crate) struct StateReporter {
+    pub(crate) rd: RunDir,
+    pub(crate) base: ShardState,
+    pub(crate) counts: Arc<Mutex<ShardCounts>>,
+    /// Its mark goes into the state file, so that `status` need not read the journal (a judge
+    /// stage's state counts verdicts, not dialogue ends: its status reads the journal).
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl StateReporter {
-    fn write(&self, status: ShardStatus, error: Option<String>) -> Result<()> {
+    pub(crate) fn write(&self, status: ShardStatus, error: Option<String>) -> Result<()> {
         let c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let s = ShardState {
             status,
@@ -518,17 +508,18 @@ impl StateReporter {
             error,
             ..self.base.clone()
         };
-        match self.journal.mark() {
-            Ok(mark) => state::write_marked(&self.rd, &s, mark),
-            Err(_) => state::write(&self.rd, &s),
+        match self.journal.as_ref().map(|j| j.mark()) {
+            Some(Ok(mark)) => state::write_marked(&self.rd, &s, mark),
+            _ => state::write(&self.rd, &s),
         }
     }
 }
 
+/// What a shard's finished units came to, by end (a dialogue's end reason, a verdict's status).
 #[derive(Debug, Clone, Default)]
-struct ShardCounts {
-    done: u64,
-    failed: u64,
+pub(crate) struct ShardCounts {
+    pub(crate) done: u64,
+    pub(crate) failed: u64,
     end_reasons: BTreeMap<String, u64>,
 }
 
@@ -542,11 +533,26 @@ impl ShardCounts {
     }
 
     fn add(&mut self, reason: EndReason) {
+        self.add_end(reason.as_str(), reason.is_failure());
+    }
+
+    pub(crate) fn add_end(&mut self, end: &str, failure: bool) {
         self.done += 1;
-        if reason.is_failure() {
+        if failure {
             self.failed += 1;
         }
-        *self.end_reasons.entry(reason.as_str().to_string()).or_default() += 1;
+        *self.end_reasons.entry(end.to_string()).or_default() += 1;
+    }
+
+    /// The status a shard's state file says once its run ended with these counts.
+    pub(crate) fn final_status(&self, interrupted: bool) -> ShardStatus {
+        if interrupted {
+            ShardStatus::Interrupted
+        } else if self.failed > 0 {
+            ShardStatus::Failed
+        } else {
+            ShardStatus::Done
+        }
     }
 }
 
@@ -570,155 +576,86 @@ async fn drive(
     counts: Arc<Mutex<ShardCounts>>,
     ledger: Option<Arc<crate::budget::Ledger>>,
 ) -> Result<Driven> {
-    let mut set: JoinSet<Result<dialogue::Outcome>> = JoinSet::new();
-    let mut cancel = shared.cancel.clone();
-    let mut interrupted = false;
-    let mut first_error: Option<Error> = None;
     let total = todo.len() as u64;
-    let mut started = 0u64;
     let pair = match todo.first() {
         Some(u) => shared.plan.experiment.pairs[u.pair as usize].clone(),
         None => return Ok(Driven::default()),
     };
     let prices = crate::budget::prices(&shared.plan.experiment, &pair);
     let at_budget = || ledger.as_ref().and_then(|l| l.reached()).is_some();
-    let mut pending = todo.into_iter();
-    let on_done = |res: std::result::Result<Result<dialogue::Outcome>, tokio::task::JoinError>,
-                   first_error: &mut Option<Error>| match res {
-        // Stopped before its next request: it waits in the journal for the next attempt.
-        Ok(Ok(dialogue::Outcome::Stopped)) => {}
-        Ok(Ok(dialogue::Outcome::Finished(rec))) => {
-            if rec.ending.reason.is_failure() && shared.cancel.is_cancelled() {
-                // After a stop signal the endpoint often dies with us (scancel, preemption and
-                // requeue signal every process of the job): a call failing now says nothing
-                // about the unit. Leave it unfinished; its completed calls are journaled and the
-                // next attempt resumes it.
-                return;
-            }
-            let (reason, entry) = (rec.ending.reason, Entry::Done(rec));
-            if let Err(e) = journal.append(&entry) {
-                first_error.get_or_insert(e);
-                return;
-            }
-            if let Entry::Done(rec) = &entry {
-                shared.progress.finish(&pair, rec);
-                // Told once, with its hint, in the closing summary (`ui::print_failures`), which
-                // `run` and `worker` both print; a line here would say it twice, and break the bar.
-                let _ = shared.breaker.observe(&pair, rec);
-            }
-            counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
+    let on_done = |res: Result<dialogue::Outcome>| -> Result<()> {
+        let rec = match res? {
+            // Stopped before its next request: it waits in the journal for the next attempt.
+            dialogue::Outcome::Stopped => return Ok(()),
+            dialogue::Outcome::Finished(rec) => rec,
+        };
+        if rec.ending.reason.is_failure() && shared.cancel.is_cancelled() {
+            // After a stop signal the endpoint often dies with us (scancel, preemption and
+            // requeue signal every process of the job): a call failing now says nothing
+            // about the unit. Leave it unfinished; its completed calls are journaled and the
+            // next attempt resumes it.
+            return Ok(());
         }
-        Ok(Err(e)) => {
-            first_error.get_or_insert(e);
+        let (reason, entry) = (rec.ending.reason, Entry::Done(rec));
+        journal.append(&entry)?;
+        if let Entry::Done(rec) = &entry {
+            shared.progress.finish(&pair, rec);
+            // Told once, with its hint, in the closing summary (`ui::print_failures`), which
+            // `run` and `worker` both print; a line here would say it twice, and break the bar.
+            let _ = shared.breaker.observe(&pair, rec);
         }
-        Err(e) if e.is_cancelled() => {}
-        Err(e) => {
-            first_error.get_or_insert(Error::runtime(format!("a dialogue task failed: {e}")));
-        }
+        counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
+        Ok(())
     };
-    loop {
-        if first_error.is_some() || cancel.is_cancelled() || !shared.breaker.allows(&pair) || at_budget() {
-            break;
-        }
-        // Take a permit for the next unit, while collecting finished dialogues.
-        let Some(unit) = pending.next() else { break };
-        let permit = loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break None,
-                Some(res) = set.join_next(), if !set.is_empty() => on_done(res, &mut first_error),
-                p = shared.permits.clone().acquire_owned() => break p.ok(),
+    let mut flight = pool::Flight::new(shared.cancel.clone(), shared.options.grace, "dialogue", on_done);
+    let may_start = || shared.breaker.allows(&pair) && !at_budget();
+    let started = flight
+        .feed(&shared.permits, todo, may_start, |unit: Unit| {
+            let cache = replay.calls.remove(&unit.id).unwrap_or_default();
+            let plan = shared.plan.clone();
+            let clients = shared.clients.clone();
+            let recorder = JournalRecorder {
+                journal: journal.clone(),
+                progress: shared.progress.clone(),
+                cancel: shared.cancel.clone(),
+                ledger: ledger.clone(),
+                prices,
+            };
+            async move {
+                let exp = &plan.experiment;
+                let pair = &exp.pairs[unit.pair as usize];
+                let (inq, resp) = (exp.model(&pair.inquirer), exp.model(&pair.responder));
+                let (Some(inq), Some(resp)) = (inq, resp) else {
+                    return Err(Error::config("the plan names a model it does not define")
+                        .with_hint("plan again with `--replan`"));
+                };
+                let input = DialogueInput {
+                    unit: unit.id,
+                    seed: unit.seed,
+                    persona: &exp.personas[unit.persona as usize],
+                    goal: &exp.goals[unit.goal as usize],
+                    inquirer: inq,
+                    responder: resp,
+                    settings: &exp.dialogue,
+                };
+                let (ci, cr) = (clients[&inq.name].clone(), clients[&resp.name].clone());
+                dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &cache, &recorder).await
             }
-        };
-        let Some(permit) = permit else { break };
-        if first_error.is_some() || !shared.breaker.allows(&pair) || at_budget() {
-            break;
-        }
-        started += 1;
-        let cache = replay.calls.remove(&unit.id).unwrap_or_default();
-        let plan = shared.plan.clone();
-        let clients = shared.clients.clone();
-        let recorder = JournalRecorder {
-            journal: journal.clone(),
-            progress: shared.progress.clone(),
-            cancel: shared.cancel.clone(),
-            ledger: ledger.clone(),
-            prices,
-        };
-        set.spawn(async move {
-            let _permit = permit;
-            let exp = &plan.experiment;
-            let pair = &exp.pairs[unit.pair as usize];
-            let (inq, resp) = (exp.model(&pair.inquirer), exp.model(&pair.responder));
-            let (Some(inq), Some(resp)) = (inq, resp) else {
-                return Err(
-                    Error::config("the plan names a model it does not define").with_hint("plan again with `--replan`")
-                );
-            };
-            let input = DialogueInput {
-                unit: unit.id,
-                seed: unit.seed,
-                persona: &exp.personas[unit.persona as usize],
-                goal: &exp.goals[unit.goal as usize],
-                inquirer: inq,
-                responder: resp,
-                settings: &exp.dialogue,
-            };
-            let (ci, cr) = (clients[&inq.name].clone(), clients[&resp.name].clone());
-            dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &cache, &recorder).await
-        });
-    }
-    if cancel.is_cancelled() {
-        interrupted = true;
-    }
-    // Drain: on a stop, in-flight dialogues get the grace period (no new request starts in them),
-    // then are abandoned; a second signal abandons them at once. Their completed calls are
-    // journaled already. The grace period starts when the stop is first seen.
-    let mut deadline: Option<tokio::time::Instant> = None;
-    while !set.is_empty() {
-        if first_error.is_some() || cancel.is_cancelled_now() {
-            set.abort_all();
-        }
-        if deadline.is_none() && (interrupted || cancel.is_cancelled()) {
-            deadline = Some(tokio::time::Instant::now() + shared.options.grace);
-        }
-        let next = match deadline {
-            Some(at) => tokio::select! {
-                n = tokio::time::timeout_at(at, set.join_next()) => match n {
-                    Ok(n) => n,
-                    Err(_) => {
-                        set.abort_all();
-                        // Dialogues that finished just before the abort still get their record.
-                        while let Some(res) = set.join_next().await {
-                            on_done(res, &mut first_error);
-                        }
-                        break;
-                    }
-                },
-                _ = cancel.cancelled_now() => { set.abort_all(); continue; }
-            },
-            None => tokio::select! {
-                n = set.join_next() => n,
-                _ = cancel.cancelled() => { interrupted = true; continue; }
-            },
-        };
-        match next {
-            Some(res) => on_done(res, &mut first_error),
-            None => break,
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    let stopped = interrupted || cancel.is_cancelled();
-    let halted = if stopped || shared.breaker.allows(&pair) {
-        0
-    } else {
-        total - started
-    };
+        })
+        .await;
+    let stopped = flight.drain().await?;
     Ok(Driven {
         stopped,
-        halted,
+        halted: halted(shared, &pair, stopped, total - started),
         budget: ledger.and_then(|l| l.reached()),
     })
+}
+
+/// The units a shard did not start because a breaker of its pair is open (none after a stop).
+pub(crate) fn halted(shared: &Shared, pair: &crate::experiment::Pair, stopped: bool, not_started: u64) -> u64 {
+    if stopped || shared.breaker.allows(pair) {
+        0
+    } else {
+        not_started
+    }
 }
