@@ -2,15 +2,13 @@
 //! run every shard here (unless `--plan-only`), and merge the run's judgements. Running it again
 //! resumes, and judges only what is new.
 
+use super::RanHere;
 use crate::cli::JudgeArgs;
 use crate::error::{Result, exit};
 use crate::judge;
 use crate::rundir::RunDir;
 use crate::rundir::plans::Status;
-use crate::ui::progress::Display;
-use crate::worker::{self, Options, Shared, local, signals::Cancel};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 pub fn run(args: JudgeArgs) -> Result<i32> {
     let parent = RunDir::new(&args.run_dir);
@@ -34,37 +32,23 @@ pub fn run(args: JudgeArgs) -> Result<i32> {
         return Ok(exit::OK);
     }
     let plan = Arc::new(rd.load_plan()?);
-    let parallel = local::parallel_shards(&plan, args.parallel_shards);
-    let options = Options {
-        retry_failed: args.retry_failed,
-        durable: !args.no_fsync,
-        grace: Duration::from_secs_f64(plan.experiment.worker.grace_secs),
-        slurm_job_id: None,
-    };
-    let before = totals(&rd)?;
-    let start = crate::ui::progress::Start {
-        total: before.units,
-        done_before: before.done + if args.retry_failed { 0 } else { before.failed },
-        shards: plan.shards.len() as u64,
-    };
-    let rt = super::runtime()?;
-    let started = Instant::now();
-    let (ran, progress) = rt.block_on(async {
-        let cancel = Cancel::new();
-        worker::signals::install(&cancel)?;
-        let shared = Shared::new(rd.clone(), plan.clone(), options, cancel, crate::llm::client_for)?;
-        let display = Display::start(shared.progress.clone(), start, args.no_progress);
-        let ran = local::run_all(&shared, parallel, |e| display.println(&e.to_string())).await;
-        display.finish();
-        Ok::<_, crate::Error>((ran, shared.progress.clone()))
-    })?;
-    let after = totals(&rd)?;
+    let RanHere { ran, progress, elapsed } = super::run_here(
+        &rd,
+        &plan,
+        super::Here {
+            retry_failed: args.retry_failed,
+            no_fsync: args.no_fsync,
+            parallel_shards: args.parallel_shards,
+            no_progress: args.no_progress,
+        },
+    )?;
+    let after = super::offline_totals(&rd)?;
     let now = progress.finished.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "{} of {} units judged ({now} in this run, {:.1}s), {} failed",
         after.done + after.failed,
         after.units,
-        started.elapsed().as_secs_f64(),
+        elapsed.as_secs_f64(),
         after.failed
     );
     crate::ui::print_failures(&progress, &ran.trips);
@@ -94,15 +78,4 @@ pub fn run(args: JudgeArgs) -> Result<i32> {
         return Ok(exit::FAILURES);
     }
     Ok(exit::OK)
-}
-
-/// Unit totals from the stage's records, as `status --offline` counts them.
-fn totals(rd: &RunDir) -> Result<crate::slurm::status::Totals> {
-    let ctx = crate::slurm::render::RunCtx::open(&rd.root)?;
-    let subs = crate::slurm::records::Submissions::read(&ctx.rd)?;
-    let opts = crate::slurm::status::StatusOptions {
-        offline: true,
-        ..Default::default()
-    };
-    Ok(crate::slurm::status::collect(&ctx, None, &subs, &opts).units)
 }

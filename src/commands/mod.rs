@@ -39,3 +39,70 @@ pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {
         .build()
         .map_err(|e| crate::Error::runtime(format!("cannot start the async runtime: {e}")))
 }
+
+/// How `run` and `judge` run a plan's shards on this machine (their shared flags).
+pub(crate) struct Here {
+    pub retry_failed: bool,
+    pub no_fsync: bool,
+    pub parallel_shards: Option<u32>,
+    pub no_progress: bool,
+}
+
+/// What running the shards here came to.
+pub(crate) struct RanHere {
+    pub ran: crate::worker::local::LocalOutcome,
+    /// This process's counters.
+    pub progress: std::sync::Arc<crate::worker::Progress>,
+    pub elapsed: std::time::Duration,
+}
+
+/// Run every shard of the plan in `rd` here, with the progress display, until done or stopped
+/// (Ctrl-C): the local executor behind `run` and `judge`.
+pub(crate) fn run_here(
+    rd: &crate::rundir::RunDir,
+    plan: &std::sync::Arc<crate::plan::Plan>,
+    here: Here,
+) -> crate::Result<RanHere> {
+    use crate::worker::{self, Options, Shared, local, signals::Cancel};
+    let parallel = local::parallel_shards(plan, here.parallel_shards);
+    let options = Options {
+        retry_failed: here.retry_failed,
+        durable: !here.no_fsync,
+        grace: std::time::Duration::from_secs_f64(plan.experiment.worker.grace_secs),
+        slurm_job_id: None,
+    };
+    let before = offline_totals(rd)?;
+    let start = crate::ui::progress::Start {
+        total: before.units,
+        // Failed units run again with `--retry-failed`: they are not done yet.
+        done_before: before.done + if here.retry_failed { 0 } else { before.failed },
+        shards: plan.shards.len() as u64,
+    };
+    let rt = runtime()?;
+    let started = std::time::Instant::now();
+    let (ran, progress) = rt.block_on(async {
+        let cancel = Cancel::new();
+        worker::signals::install(&cancel)?;
+        let shared = Shared::new(rd.clone(), plan.clone(), options, cancel, crate::llm::client_for)?;
+        let display = crate::ui::progress::Display::start(shared.progress.clone(), start, here.no_progress);
+        let ran = local::run_all(&shared, parallel, |e| display.println(&e.to_string())).await;
+        display.finish();
+        Ok::<_, crate::Error>((ran, shared.progress.clone()))
+    })?;
+    Ok(RanHere {
+        ran,
+        progress,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Unit totals from a run's (or a judge stage's) records, as `status --offline` counts them.
+pub(crate) fn offline_totals(rd: &crate::rundir::RunDir) -> crate::Result<crate::slurm::status::Totals> {
+    let ctx = crate::slurm::render::RunCtx::open(&rd.root)?;
+    let subs = crate::slurm::records::Submissions::read(&ctx.rd)?;
+    let opts = crate::slurm::status::StatusOptions {
+        offline: true,
+        ..Default::default()
+    };
+    Ok(crate::slurm::status::collect(&ctx, None, &subs, &opts).units)
+}

@@ -1,14 +1,12 @@
 //! `roleplay run FILE_OR_RUN_DIR`: the local executor. Plans if needed, runs every shard on this
 //! machine, shows progress, survives Ctrl-C, and resumes when run again.
 
+use super::RanHere;
 use crate::cli::RunArgs;
 use crate::error::{Result, exit};
 use crate::rundir::RunDir;
 use crate::rundir::plans::{self, Status};
-use crate::ui::progress::Display;
-use crate::worker::{self, Options, Shared, local, signals::Cancel};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 pub fn run(args: RunArgs) -> Result<i32> {
     // A folder is a run directory (load_plan says so if it is not one); a file is an experiment.
@@ -23,35 +21,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         RunDir::new(planned.run_dir)
     };
     let plan = Arc::new(rd.load_plan()?);
-    let exp = &plan.experiment;
-    let parallel = local::parallel_shards(&plan, args.parallel_shards);
-    let options = Options {
-        retry_failed: args.retry_failed,
-        durable: !args.no_fsync,
-        grace: Duration::from_secs_f64(exp.worker.grace_secs),
-        slurm_job_id: None,
-    };
-    let before = run_totals(&rd)?;
-    let start = crate::ui::progress::Start {
-        total: before.units,
-        // Failed units run again with `--retry-failed`: they are not done yet.
-        done_before: before.done + if args.retry_failed { 0 } else { before.failed },
-        shards: plan.shards.len() as u64,
-    };
-    let rt = super::runtime()?;
-    let started = Instant::now();
-    let (ran, progress) = rt.block_on(async {
-        let cancel = Cancel::new();
-        worker::signals::install(&cancel)?;
-        let shared = Shared::new(rd.clone(), plan.clone(), options, cancel, crate::llm::client_for)?;
-        let display = Display::start(shared.progress.clone(), start, args.no_progress);
-        let ran = local::run_all(&shared, parallel, |e| display.println(&e.to_string())).await;
-        display.finish();
-        Ok::<_, crate::Error>((ran, shared.progress.clone()))
-    })?;
+    let RanHere { ran, progress, elapsed } = super::run_here(
+        &rd,
+        &plan,
+        super::Here {
+            retry_failed: args.retry_failed,
+            no_fsync: args.no_fsync,
+            parallel_shards: args.parallel_shards,
+            no_progress: args.no_progress,
+        },
+    )?;
 
     // The counts `roleplay status RUN_DIR --offline` gives, from the run's own records.
-    let units = run_totals(&rd)?;
+    let units = super::offline_totals(&rd)?;
     let reasons = progress.end_reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let finished_now: u64 = reasons.values().sum();
     let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -59,7 +41,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         "{} of {} dialogues finished ({finished_now} in this run, {:.1}s), {} failed",
         units.done + units.failed,
         units.units,
-        started.elapsed().as_secs_f64(),
+        elapsed.as_secs_f64(),
         units.failed
     );
     if !reasons.is_empty() {
@@ -109,15 +91,4 @@ pub fn run(args: RunArgs) -> Result<i32> {
         return Ok(exit::FAILURES);
     }
     Ok(exit::OK)
-}
-
-/// Unit totals from the run's records, as `status --offline` counts them.
-fn run_totals(rd: &RunDir) -> Result<crate::slurm::status::Totals> {
-    let ctx = crate::slurm::render::RunCtx::open(&rd.root)?;
-    let subs = crate::slurm::records::Submissions::read(&ctx.rd)?;
-    let opts = crate::slurm::status::StatusOptions {
-        offline: true,
-        ..Default::default()
-    };
-    Ok(crate::slurm::status::collect(&ctx, None, &subs, &opts).units)
 }

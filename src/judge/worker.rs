@@ -29,7 +29,9 @@ use crate::rundir::state::{self, ShardState, ShardStatus};
 use crate::rundir::{Lock, RunDir};
 use crate::worker::pool::Flight;
 use crate::worker::signals::Cancel;
-use crate::worker::{Progress, ShardCounts, ShardOutcome, Shared, StateReporter, halted, with_background};
+use crate::worker::{
+    Progress, ShardCounts, ShardOutcome, Shared, StateReporter, halted, lock_shard, open_journal, with_background,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::sync::atomic::Ordering;
@@ -261,15 +263,7 @@ struct OpenStage {
 fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
     let plan = &shared.plan;
     let rd = &shared.run_dir;
-    if shard as usize >= plan.shards.len() {
-        return Err(Error::config(format!(
-            "shard {shard} does not exist: the judge stage has {} shards (0 to {})",
-            plan.shards.len(),
-            plan.shards.len().saturating_sub(1)
-        ))
-        .with_hint("check `--shard`, or the array map the Slurm script passes"));
-    }
-    let lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
+    let lock = lock_shard(shared, shard, "the judge stage")?;
     let units = units::read(&rd.units_path(plan), Some(shard))?;
     if units.len() as u32 != plan.shards[shard as usize].units {
         return Err(Error::config(format!(
@@ -278,14 +272,7 @@ fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
         ))
         .with_hint("the stage is damaged; run `roleplay judge` again"));
     }
-    let (journal, contents) = Journal::open(&rd.journal_path(shard), &plan.plan_hash, shard, shared.options.durable)?;
-    if !contents.damaged_lines.is_empty() {
-        eprintln!(
-            "warning: `{}`: skipped damaged records at lines {:?}; the units they touched are judged again",
-            journal.path().display(),
-            contents.damaged_lines
-        );
-    }
+    let (journal, contents) = open_journal(shared, shard, "are judged again")?;
     let in_shard: HashSet<_> = units.iter().map(|u| u.id).collect();
     let mut open = OpenStage {
         _lock: lock,

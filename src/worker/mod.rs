@@ -255,19 +255,42 @@ struct OpenShard {
     ledger: Option<Arc<crate::budget::Ledger>>,
 }
 
+/// The lock of an existing shard (`whose`: "the plan", "the judge stage", for the error).
+pub(crate) fn lock_shard(shared: &Shared, shard: u32, whose: &str) -> Result<Lock> {
+    let n = shared.plan.shards.len();
+    if shard as usize >= n {
+        return Err(Error::config(format!(
+            "shard {shard} does not exist: {whose} has {n} shards (0 to {})",
+            n.saturating_sub(1)
+        ))
+        .with_hint("check `--shard`, or the array map the Slurm script passes"));
+    }
+    Lock::try_acquire(
+        &shared.run_dir.shard_lock_path(shard),
+        &format!("a worker of shard {shard}"),
+    )
+}
+
+/// The shard's journal, opened and read back; damaged records are skipped with a warning saying
+/// what happens to their units (`then`: "run again", "are judged again").
+pub(crate) fn open_journal(shared: &Shared, shard: u32, then: &str) -> Result<(Journal, journal::Contents)> {
+    let path = shared.run_dir.journal_path(shard);
+    let (journal, contents) = Journal::open(&path, &shared.plan.plan_hash, shard, shared.options.durable)?;
+    if !contents.damaged_lines.is_empty() {
+        eprintln!(
+            "warning: `{}`: skipped damaged records at lines {:?}; the units they touched {then}",
+            journal.path().display(),
+            contents.damaged_lines
+        );
+    }
+    Ok((journal, contents))
+}
+
 /// Take the shard's lock, check its units against the plan, open and replay its journal.
 fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
     let plan = &shared.plan;
     let rd = &shared.run_dir;
-    if shard as usize >= plan.shards.len() {
-        return Err(Error::config(format!(
-            "shard {shard} does not exist: the plan has {} shards (0 to {})",
-            plan.shards.len(),
-            plan.shards.len().saturating_sub(1)
-        ))
-        .with_hint("check `--shard`, or the array map the Slurm script passes"));
-    }
-    let lock = Lock::try_acquire(&rd.shard_lock_path(shard), &format!("a worker of shard {shard}"))?;
+    let lock = lock_shard(shared, shard, "the plan")?;
     // Through the plan's shard index: only this shard's units are read, wherever it is in the plan.
     let units = crate::rundir::plans::units_of_shard(rd, plan, shard)?;
     if units.len() as u32 != plan.shards[shard as usize].units {
@@ -277,14 +300,7 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
         ))
         .with_hint("the run directory is damaged; plan again with `--replan`"));
     }
-    let (journal, contents) = Journal::open(&rd.journal_path(shard), &plan.plan_hash, shard, shared.options.durable)?;
-    if !contents.damaged_lines.is_empty() {
-        eprintln!(
-            "warning: `{}`: skipped damaged records at lines {:?}; the units they touched run again",
-            journal.path().display(),
-            contents.damaged_lines
-        );
-    }
+    let (journal, contents) = open_journal(shared, shard, "run again")?;
     let caps = crate::budget::shard_caps(&plan.experiment, plan, shard);
     let ledger = (!caps.is_empty()).then(|| {
         let pair = &plan.experiment.pairs[plan.shards[shard as usize].pair as usize];
