@@ -5,7 +5,9 @@
 //! (`rundir::plans`) and run by the same worker machinery, so `status`, `render`, `submit`,
 //! `resume` and `worker` work on it as on any run directory. See README, "Judging the dialogues".
 //!
-//! Rooms: [`rubric`] (templates, the transcript, the messages), [`verdict`] (the strict parser).
+//! Rooms: [`rubric`] (templates, the transcript, the messages), [`verdict`] (the strict parser),
+//! [`plan`] (the stage planned from the run's finished dialogues), [`config`] (the judge file);
+//! a shard of a stage is run by `worker::judge`.
 
 pub mod config;
 pub mod record;
@@ -16,4 +18,3 @@ pub mod verdict;
 pub use record::{Input, Judge, Stage, Status, Verdict};
 pub mod plan;
 pub mod scan;
-pub mod worker;

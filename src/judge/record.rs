@@ -72,7 +72,7 @@ impl Status {
     }
 }
 
-/// A judged unit: the journal's `verdict` record (followed by a `done` record, see `judge::worker`).
+/// A judged unit: the journal's `verdict` record (followed by a `done` record, see `worker::judge`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub unit: UnitId,

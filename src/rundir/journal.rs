@@ -52,7 +52,7 @@ pub enum Entry {
     Attempt(AttemptStart),
     Call(Box<CallEvent>),
     Done(Box<DialogueRecord>),
-    /// A judge stage's verdict on one unit (only in a judge stage's journals; see `judge::worker`).
+    /// A judge stage's verdict on one unit (only in a judge stage's journals; see `worker::judge`).
     Verdict(Box<crate::judge::Verdict>),
 }
 

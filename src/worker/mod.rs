@@ -8,6 +8,7 @@
 //! calls are already journaled), syncs, and reports `interrupted`.
 
 pub mod breaker;
+pub mod judge;
 pub mod local;
 pub(crate) mod pool;
 pub mod signals;
@@ -333,9 +334,9 @@ fn open_shard(shared: &Shared, shard: u32) -> Result<OpenShard> {
 
 /// Run one shard to completion, or until the stop signal.
 pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
-    // A judge stage's plan: its units are verdicts (`judge::worker`).
+    // A judge stage's plan: its units are verdicts (`judge`).
     if shared.plan.judge.is_some() {
-        return crate::judge::worker::run_shard(shared, shard).await;
+        return judge::run_shard(shared, shard).await;
     }
     let mut open = open_shard(shared, shard)?;
     let units = open.units.len() as u64;

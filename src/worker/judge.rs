@@ -1,4 +1,4 @@
-//! Running one shard of a judge stage: what `worker::run_shard` does for a judge plan.
+//! Running one shard of a judge stage: what [`super::run_shard`] does for a judge plan.
 //!
 //! The same discipline as a dialogue shard: the shard's lock, its journal replayed, up to
 //! `worker.concurrency` units in flight, every completed model call appended as a `call` record
@@ -14,14 +14,14 @@
 //! run directory already counts (`status`, `resume`, the progress display, the breaker). A verdict
 //! found without its mark (a kill between the two writes) gets it on the next open.
 
-use super::plan::{judge_digest, unit_id};
-use super::record::{Input, Judge, Stage, Status, Verdict};
-use super::rubric::{self, Dialogue};
-use super::units::{self, Unit};
-use super::verdict;
 use crate::dialogue::{BackendFailure, Call, CallEvent, Counters, DialogueRecord, EndReason, Ending};
 use crate::error::{Error, Result};
 use crate::experiment::{Backend, Model, Pair, Role};
+use crate::judge::plan::{judge_digest, unit_id};
+use crate::judge::record::{Input, Judge, Stage, Status, Verdict};
+use crate::judge::rubric::{self, Dialogue};
+use crate::judge::units::{self, Unit};
+use crate::judge::verdict;
 use crate::llm::{CallKey, ChatModel, Prompt, Request};
 use crate::plan::UnitId;
 use crate::rundir::journal::{AttemptStart, Entry, Journal};
