@@ -32,7 +32,12 @@ pub fn run(args: JudgeArgs) -> Result<i32> {
         return Ok(exit::OK);
     }
     let plan = Arc::new(rd.load_plan()?);
-    let RanHere { ran, progress, elapsed } = super::run_here(
+    let RanHere {
+        ran,
+        progress,
+        elapsed,
+        runtime: _runtime,
+    } = super::run_here(
         &rd,
         &plan,
         super::Here {

@@ -54,6 +54,8 @@ pub(crate) struct RanHere {
     /// This process's counters.
     pub progress: std::sync::Arc<crate::worker::Progress>,
     pub elapsed: std::time::Duration,
+    /// Kept until the command ends: its signal handler goes on telling a Ctrl-C during the merge.
+    pub runtime: tokio::runtime::Runtime,
 }
 
 /// Run every shard of the plan in `rd` here, with the progress display, until done or stopped
@@ -93,6 +95,7 @@ pub(crate) fn run_here(
         ran,
         progress,
         elapsed: started.elapsed(),
+        runtime: rt,
     })
 }
 

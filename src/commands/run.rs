@@ -21,7 +21,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
         RunDir::new(planned.run_dir)
     };
     let plan = Arc::new(rd.load_plan()?);
-    let RanHere { ran, progress, elapsed } = super::run_here(
+    let RanHere {
+        ran,
+        progress,
+        elapsed,
+        runtime: _runtime,
+    } = super::run_here(
         &rd,
         &plan,
         super::Here {

@@ -537,6 +537,16 @@ impl Submissions {
             .min()
     }
 
+    /// Whether the plan has records of a round after `round` (rounds that `resume` made).
+    pub fn has_round_after(&self, plan_hash: &str, round: u32) -> bool {
+        self.records.iter().any(|r| match r {
+            Record::Submitting(i) => i.slot.plan_hash == plan_hash && i.slot.round > round,
+            Record::Submitted(a) => a.slot.plan_hash == plan_hash && a.slot.round > round,
+            Record::SubmitFailed(f) => f.slot.plan_hash == plan_hash && f.slot.round > round,
+            _ => false,
+        })
+    }
+
     /// Intents that got no answer (a crash between sbatch and its record, or an sbatch whose answer
     /// was lost): the jobs may be queued and must be looked for by name.
     pub fn unresolved(&self) -> Vec<&Intent> {

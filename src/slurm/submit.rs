@@ -579,7 +579,28 @@ pub fn submit(
             already.insert(a.slot.array, a.job_id);
         }
     }
-    render::write(ctx, &rendered.arrays, &subs)?;
+    let mut arrays = rendered.arrays;
+    if subs.has_round_after(&plan_hash, round) {
+        // `resume` has submitted later rounds: it owns what the first round left out (held back
+        // for want of room, or never answered); sending those arrays now could queue shards that
+        // a later round already holds.
+        let skipped: Vec<u32> = arrays
+            .iter()
+            .filter(|r| !already.contains_key(&r.slot.array))
+            .map(|r| r.slot.array)
+            .collect();
+        if !skipped.is_empty() {
+            warnings.push(format!(
+                "{} {} of round {round} not submitted: `roleplay resume` has submitted later rounds of this run; \
+                 `roleplay resume {}` submits what is neither done nor queued",
+                if skipped.len() == 1 { "array" } else { "arrays" },
+                render::compact_ranges(&skipped),
+                shell::quote(&ctx.root_display())
+            ));
+            arrays.retain(|r| already.contains_key(&r.slot.array));
+        }
+    }
+    render::write(ctx, &arrays, &subs)?;
     let earlier_live = if opts.merge_job && !opts.dry_run && !opts.test_only && !already.is_empty() {
         live_job_ids(sched, &subs, &plan_hash)?
     } else {
@@ -598,7 +619,7 @@ pub fn submit(
         held_back: Vec::new(),
         warnings,
     };
-    let jobs = submitter.submit_rendered(round, rendered.arrays, &already, &earlier_live, render_opts)?;
+    let jobs = submitter.submit_rendered(round, arrays, &already, &earlier_live, render_opts)?;
     let (warnings, held_back) = (submitter.warnings, submitter.held_back);
     Ok(SubmitReport {
         round,

@@ -258,9 +258,10 @@ struct OpenStage {
     attempts: u32,
 }
 
-/// Take the shard's lock, check its units against the plan, open and replay its journal, and
-/// give a verdict without its `done` mark (a kill between the two writes) its mark.
-fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
+/// Take the shard's lock, check its units against the plan, read their inputs and find the judge,
+/// then open and replay the journal, and give a verdict without its `done` mark (a kill between
+/// the two writes) its mark.
+fn open_stage(shared: &Shared, stage: &Stage, shard: u32) -> Result<(OpenStage, Bench)> {
     let plan = &shared.plan;
     let rd = &shared.run_dir;
     let lock = lock_shard(shared, shard, "the judge stage")?;
@@ -272,6 +273,19 @@ fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
         ))
         .with_hint("the stage is damaged; run `roleplay judge` again"));
     }
+    let dialogues = read_inputs(rd, plan, stage, shard, &units)?;
+    let judge = &stage.judges[plan.shards[shard as usize].pair as usize];
+    let model = plan
+        .experiment
+        .model(&judge.name)
+        .ok_or_else(|| Error::config("the plan names a judge it does not define"))?
+        .clone();
+    let bench = Bench {
+        client: client_of(shared, &model, judge)?,
+        model: Arc::new(model),
+        stage: Arc::new(stage.clone()),
+        dialogues: Arc::new(dialogues),
+    };
     let (journal, contents) = open_journal(shared, shard, "are judged again")?;
     let in_shard: HashSet<_> = units.iter().map(|u| u.id).collect();
     let mut open = OpenStage {
@@ -302,7 +316,7 @@ fn open_stage(shared: &Shared, shard: u32) -> Result<OpenStage> {
     for v in open.verdicts.values().filter(|v| !marked.contains(&v.unit)) {
         open.journal.append(&Entry::Done(Box::new(done_mark(v))))?;
     }
-    Ok(open)
+    Ok((open, bench))
 }
 
 /// What a judge shard's units need: the judge's client and model, the stage, the transcripts.
@@ -321,21 +335,8 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         .as_ref()
         .ok_or_else(|| Error::runtime("not a judge stage's plan"))?;
     let rd = &shared.run_dir;
-    let mut open = open_stage(shared, shard)?;
-    let dialogues = read_inputs(rd, &plan, stage, shard, &open.units)?;
+    let (mut open, bench) = open_stage(shared, stage, shard)?;
     let pair = plan.experiment.pairs[plan.shards[shard as usize].pair as usize].clone();
-    let judge = &stage.judges[plan.shards[shard as usize].pair as usize];
-    let model = plan
-        .experiment
-        .model(&judge.name)
-        .ok_or_else(|| Error::config("the plan names a judge it does not define"))?
-        .clone();
-    let bench = Bench {
-        client: client_of(shared, &model, judge)?,
-        model: Arc::new(model),
-        stage: Arc::new(stage.clone()),
-        dialogues: Arc::new(dialogues),
-    };
     let retry_failed = shared.options.retry_failed;
     let again = |v: &Verdict| retry_failed && v.status == Status::Failed;
     let mut counts = ShardCounts::default();

@@ -101,6 +101,41 @@ fn submit_sends_the_arrays_that_fit_under_max_job_count_and_resume_the_rest() {
 }
 
 #[test]
+fn a_submit_after_a_resume_does_not_send_the_held_back_arrays_again() {
+    let f = fixture();
+    // Room for one array of two: array 1 (shards 2-3) is held back.
+    let fake = crowded(6, 2);
+    let first = submit(&f.ctx, &fake, &offline_limits(2), &quick()).unwrap();
+    assert_eq!(first.held_back, vec![1]);
+    // Room is made; `resume` sends shards 2-3 as round 1 (shards 0-1 are still queued).
+    fake.set_queue(vec![
+        queued(1000, 0, JobState::Running, None),
+        queued(1000, 1, JobState::Running, None),
+    ]);
+    let resumed = resume(
+        &f.ctx,
+        &fake,
+        &offline_limits(2),
+        &ResumeOptions {
+            submit: quick(),
+            ..ResumeOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.resubmitted, vec![2, 3]);
+    assert_eq!(fake.submissions().len(), 2);
+    // With room for all, a `submit` now must not queue shards 2-3 a second time as round 0's array 1.
+    let mut limits = fake.config().unwrap();
+    limits.max_job_count = Some(100);
+    fake.set_limits(limits);
+    let again = submit(&f.ctx, &fake, &offline_limits(2), &quick()).unwrap();
+    assert_eq!(fake.submissions().len(), 2, "shards 2-3 queued twice");
+    let w = again.warnings.join("\n");
+    assert!(w.contains("array 1 of round 0"), "{w}");
+    assert!(w.contains("roleplay resume"), "{w}");
+}
+
+#[test]
 fn with_no_room_at_all_submit_refuses_naming_the_limit_and_submits_nothing() {
     let f = fixture();
     let fake = crowded(3, 2);
