@@ -12,6 +12,7 @@ pub mod dialogue;
 pub mod error;
 pub mod experiment;
 pub mod judge;
+pub mod judgement;
 pub mod llm;
 pub mod merge;
 pub mod plan;
@@ -24,28 +25,3 @@ pub mod ui;
 pub mod worker;
 
 pub use error::{Error, Result};
-
-/// Run one command line; returns the exit code for a run that completed (0, or 1 when some work
-/// failed), or the error to render.
-pub fn run(cli: cli::Cli) -> Result<i32> {
-    use cli::Command;
-    match cli.command {
-        Command::Init(a) => commands::init::run(a),
-        Command::Validate(a) => commands::validate::run(a),
-        Command::Plan(a) => commands::plan::run(a),
-        Command::Run(a) => commands::run::run(a),
-        Command::Worker(a) => commands::worker::run(a),
-        Command::Try(a) => commands::try_one::run(a),
-        Command::SimServer(a) => commands::sim_server::run(a),
-        Command::Merge(a) => commands::merge::run(a),
-        Command::Report(a) => commands::report::run(a),
-        Command::Export(a) => commands::export::run(a),
-        Command::Compare(a) => commands::compare::run(a),
-        Command::Judge(a) => commands::judge::run(a),
-        Command::Render(a) => commands::render::run(a),
-        Command::Submit(a) => commands::submit::run(a),
-        Command::Status(a) => commands::status::run(a),
-        Command::Resume(a) => commands::resume::run(a),
-        Command::Cancel(a) => commands::cancel::run(a),
-    }
-}

@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = roleplay::cli::Cli::parse();
-    let code = match roleplay::run(cli) {
+    let code = match roleplay::commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{e}");

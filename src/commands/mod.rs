@@ -20,6 +20,31 @@ pub mod try_one;
 pub mod validate;
 pub mod worker;
 
+/// Run one command line; returns the exit code for a run that completed (0, or 1 when some work
+/// failed), or the error to render.
+pub fn dispatch(cli: crate::cli::Cli) -> crate::Result<i32> {
+    use crate::cli::Command;
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Validate(a) => validate::run(a),
+        Command::Plan(a) => plan::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Worker(a) => worker::run(a),
+        Command::Try(a) => try_one::run(a),
+        Command::SimServer(a) => sim_server::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Judge(a) => judge::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Submit(a) => submit::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Resume(a) => resume::run(a),
+        Command::Cancel(a) => cancel::run(a),
+    }
+}
+
 /// An experiment file loaded and checked as every command that takes one checks it: resolution
 /// (every key and cross-field rule) and the `[slurm]` template file rendered once with sample
 /// values, so that no command accepts what `render` would refuse.

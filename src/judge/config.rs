@@ -17,10 +17,10 @@
 //! with a stand-in persona, goal and inquirer around them; so a judge's `[[models]]` table means
 //! exactly what it would mean in an experiment.
 
-use super::Judge;
-use super::rubric::{self, Rubric};
+use super::rubric;
 use crate::error::{Error, Result};
 use crate::experiment::{Api, Backend, Model, Sharding, SlurmSettings, Template, WorkerSettings};
+use crate::plan::stage::{Judge, Rubric};
 use std::path::{Path, PathBuf};
 
 /// The most re-asks a malformed verdict gets.

@@ -6,15 +6,15 @@
 //! `resume` and `worker` work on it as on any run directory. See README, "Judging the dialogues".
 //!
 //! Rooms: [`rubric`] (templates, the transcript, the messages), [`verdict`] (the strict parser),
-//! [`plan`] (the stage planned from the run's finished dialogues), [`config`] (the judge file);
-//! a shard of a stage is run by `worker::judge`.
+//! [`plan`] (the stage planned from the run's finished dialogues), [`config`] (the judge file).
+//! What the stage stores lives below the run directory's owner: its plan section in
+//! `plan::stage`, its units file in `rundir::judge_units`, its verdicts in `judgement` (read back by
+//! `merge::verdicts`); a shard of a stage is run by `worker::judge`.
 
 pub mod config;
+pub mod plan;
 pub mod record;
 pub mod rubric;
-pub mod units;
 pub mod verdict;
 
-pub use record::{Input, Judge, Stage, Status, Verdict};
-pub mod plan;
-pub mod scan;
+pub use record::Input;

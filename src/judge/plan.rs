@@ -16,15 +16,16 @@
 //! other writes each shard's inputs as it goes, so memory holds the units' ids, never the texts.
 
 use super::config::JudgeFile;
-use super::record::{Input, Judge, Stage};
+use super::record::Input;
 use super::rubric::{self, Dialogue, Exchange};
-use super::units::{self, Unit};
 use crate::dialogue::{DialogueRecord, EndReason};
 use crate::error::{Error, Result};
 use crate::experiment::{Experiment, Pair, Sharding};
 use crate::merge::scan;
+use crate::plan::stage::{Judge, Stage};
 use crate::plan::{self, Plan, Shard, UnitId};
 use crate::rundir::RunDir;
+use crate::rundir::judge_units::{self as units, Unit};
 use crate::rundir::plans::{PlanFiles, Status};
 use std::io::Write;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! message as a final turn with no reply. `reask` (with `<ERROR>`) is sent after a malformed
 //! verdict, below the judge's own reply.
 
-use crate::experiment::Template;
+use crate::plan::stage::Rubric;
 use serde::{Deserialize, Serialize};
 
 pub const PERSONA: &str = "PERSONA";
@@ -20,62 +20,6 @@ pub const ERROR: &str = "ERROR";
 
 /// Placeholders of `system` and `prompt`.
 pub const SLOTS: [&str; 5] = [PERSONA, GOAL, DIALOGUE, STOP_TOKEN, TURNS];
-
-pub const DEFAULT_SYSTEM: &str = "You are an expert evaluator of conversations between a simulated user and an AI assistant. You answer with one JSON object and nothing else.";
-
-pub const DEFAULT_PROMPT: &str = r#"A language model was asked to play a person talking to an AI assistant in pursuit of a goal. Read the conversation and judge the simulated user (the "User" lines).
-
-The persona it was asked to play:
-<PERSONA>
-
-The goal it was given:
-<GOAL>
-
-It was told to say "<STOP_TOKEN>" once its goal was reached, which ends the conversation.
-
-The conversation (<TURNS> turns):
-<DIALOGUE>
-
-Answer with one JSON object with exactly these fields:
-- "goal_achieved": true if the conversation achieved the user's goal, else false;
-- "goal_turn": the number of the turn in which the goal was achieved (1 to <TURNS>), or null if it was not achieved;
-- "persona_adherence": an integer from 1 to 5: how consistently the user spoke and acted as the persona (5: always in character, 1: not at all);
-- "human_likeness": an integer from 1 to 5: how much the user acts like a human user rather than like an assistant (5: clearly a person; 1: answers instead of asking, offers help, or writes like a chatbot);
-- "rationale": one or two short sentences saying why.
-Reply with the JSON object only."#;
-
-pub const DEFAULT_REASK: &str = "Your reply could not be used: <ERROR>. Reply again with only the JSON object, with exactly the fields goal_achieved, goal_turn, persona_adherence, human_likeness and rationale.";
-
-/// The rubric's templates, as the judge stage's plan stores them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rubric {
-    pub system: Option<Template>,
-    pub prompt: Template,
-    pub reask: Template,
-}
-
-impl Default for Rubric {
-    fn default() -> Rubric {
-        Rubric {
-            system: Some(Template::parse(DEFAULT_SYSTEM)),
-            prompt: Template::parse(DEFAULT_PROMPT),
-            reask: Template::parse(DEFAULT_REASK),
-        }
-    }
-}
-
-impl Rubric {
-    /// 16 hex digits of blake3 over the three templates: what the `rubric_digest` column holds.
-    pub fn digest(&self) -> String {
-        let v = (
-            self.system.as_ref().map(Template::source),
-            self.prompt.source(),
-            self.reask.source(),
-        );
-        let json = serde_json::to_vec(&v).expect("serialisable");
-        blake3::hash(&json).to_hex()[..16].to_string()
-    }
-}
 
 /// One exchange of a dialogue as the judge reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

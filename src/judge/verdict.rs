@@ -17,23 +17,11 @@
 //!   integers from 1 to 5 (`4.0` and `"4"` are refused); `rationale` a non-empty string of at most
 //!   [`MAX_RATIONALE_CHARS`] characters.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use crate::judgement::Scores;
+use serde::{Deserialize, Deserializer};
 
 /// The longest rationale accepted ("a short rationale").
 pub const MAX_RATIONALE_CHARS: usize = 2000;
-
-/// A verdict that passed every rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scores {
-    pub goal_achieved: bool,
-    /// 1-based, as the rubric numbers the turns; `None` when the goal was not achieved.
-    pub goal_turn: Option<u32>,
-    /// 1 to 5.
-    pub persona_adherence: u8,
-    /// 1 to 5: acts like a human user rather than an assistant.
-    pub human_likeness: u8,
-    pub rationale: String,
-}
 
 /// The object as written, before the range rules.
 #[derive(Deserialize)]
@@ -144,13 +132,6 @@ pub fn parse(reply: &str, turns: u32) -> Result<Scores, String> {
         human_likeness,
         rationale: rationale.to_string(),
     })
-}
-
-impl Scores {
-    /// The verdict as the one-line JSON object a judge is asked for.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("serialisable")
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 //! Slurm merge job runs). A merge finding no stage's journal changed since the last does nothing.
 
 use super::meta;
+use super::verdicts::{self as scan, StageStats};
 use crate::error::{Error, Result};
-use crate::judge::scan::{self, StageStats};
-use crate::judge::{Stage, Status};
+use crate::judgement::Status;
 use crate::plan::Plan;
+use crate::plan::stage::Stage;
 use crate::rundir::{Lock, Pending, RunDir};
 use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -121,8 +122,8 @@ impl Columns {
         stage: &str,
         judge: &str,
         rubric: &str,
-        unit: &crate::judge::units::Unit,
-        v: &crate::judge::Verdict,
+        unit: &crate::rundir::judge_units::Unit,
+        v: &crate::judgement::Verdict,
     ) {
         self.unit_id.append_value(unit.parent.to_string());
         self.judge.append_value(stage);
@@ -223,7 +224,7 @@ struct StageMeta<'a> {
     plan_hash: &'a str,
     parent_plan_hash: &'a str,
     rubric_digest: String,
-    rubric: &'a crate::judge::rubric::Rubric,
+    rubric: &'a crate::plan::stage::Rubric,
     max_malformed: u32,
     experiment: serde_json::Value,
     #[serde(skip_serializing_if = "str::is_empty")]

@@ -51,6 +51,7 @@ pub mod meta;
 pub mod scan;
 pub mod synth;
 pub mod table;
+pub mod verdicts;
 
 pub use scan::{IdList, ScanStats};
 

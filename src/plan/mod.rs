@@ -9,6 +9,7 @@
 //! Hashing is hierarchical: each persona, goal and model is digested once and a unit hashes only
 //! the digests, which keeps a million-unit plan to a few seconds.
 
+pub mod stage;
 mod units_file;
 
 pub use units_file::{
@@ -295,11 +296,11 @@ pub struct Plan {
     pub experiment: Experiment,
     /// Present exactly in a judge stage's plan (version 2): what makes its units verdicts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub judge: Option<crate::judge::Stage>,
+    pub judge: Option<crate::plan::stage::Stage>,
 }
 
 /// A judge stage's plan hash: its settings and its units (whose ids cover what they judge).
-pub fn judge_plan_hash(exp: &Experiment, stage: &crate::judge::Stage, units_digest: &str) -> String {
+pub fn judge_plan_hash(exp: &Experiment, stage: &crate::plan::stage::Stage, units_digest: &str) -> String {
     let d = digest_json(JUDGE_SCHEME, &(exp, stage, units_digest));
     blake3::Hash::from(d).to_hex()[..32].to_string()
 }
@@ -352,10 +353,10 @@ impl Plan {
         plan
     }
 
-    /// A judge stage's plan: `units_tsv` is its units file (`judge::units`), `total_units` its lines.
+    /// A judge stage's plan: `units_tsv` is its units file (`rundir::judge_units`), `total_units` its lines.
     pub fn judge(
         exp: Experiment,
-        stage: crate::judge::Stage,
+        stage: crate::plan::stage::Stage,
         shards: Vec<Shard>,
         total_units: u64,
         source: String,
@@ -376,7 +377,7 @@ impl Plan {
             source,
             total_units,
             units_digest,
-            // A judge stage's worker reads its units and inputs by itself (`judge::units`).
+            // A judge stage's worker reads its units and inputs by itself (`rundir::judge_units`).
             shard_index: None,
             shard_index_digest: None,
             manifest_hash: String::new(),

@@ -1,12 +1,13 @@
 //! The report's judgement section: per judge stage and judge model, the verdicts summarised in all,
 //! per (inquirer, responder) pair and per persona feature value of the judged dialogues.
 //!
-//! Read from the stages' journals (`judge::scan`, the last verdict of each planned unit), each
+//! Read from the stages' journals (`merge::verdicts`, the last verdict of each planned unit), each
 //! verdict placed through its judged dialogue's unit in the run's plan. Shares and means are over
 //! the `ok` verdicts; unparsable and failed ones are counted beside them.
 
 use crate::error::Result;
-use crate::judge::{Status, Verdict, scan};
+use crate::judgement::{Status, Verdict};
+use crate::merge::verdicts as scan;
 use crate::plan::{Plan, UnitId};
 use crate::rundir::RunDir;
 use serde::Serialize;

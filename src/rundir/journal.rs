@@ -53,7 +53,7 @@ pub enum Entry {
     Call(Box<CallEvent>),
     Done(Box<DialogueRecord>),
     /// A judge stage's verdict on one unit (only in a judge stage's journals; see `worker::judge`).
-    Verdict(Box<crate::judge::Verdict>),
+    Verdict(Box<crate::judgement::Verdict>),
 }
 
 /// Everything a journal holds, read back.

@@ -28,6 +28,7 @@
 
 pub mod atomic;
 pub mod journal;
+pub mod judge_units;
 pub mod lock;
 pub mod log;
 pub mod plans;

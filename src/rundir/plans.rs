@@ -250,7 +250,7 @@ pub fn store(rd: &RunDir, plan: &Plan, files: &PlanFiles<'_>, replan: bool) -> R
 pub fn unit_ids(rd: &RunDir, plan: &Plan) -> Result<Vec<UnitId>> {
     let path = rd.units_path(plan);
     Ok(if plan.judge.is_some() {
-        crate::judge::units::read(&path, None)?
+        crate::rundir::judge_units::read(&path, None)?
             .into_iter()
             .map(|u| u.id)
             .collect()

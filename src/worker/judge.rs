@@ -18,13 +18,15 @@ use crate::dialogue::{BackendFailure, Call, CallEvent, Counters, DialogueRecord,
 use crate::error::{Error, Result};
 use crate::experiment::{Backend, Model, Pair, Role};
 use crate::judge::plan::{judge_digest, unit_id};
-use crate::judge::record::{Input, Judge, Stage, Status, Verdict};
+use crate::judge::record::Input;
 use crate::judge::rubric::{self, Dialogue};
-use crate::judge::units::{self, Unit};
 use crate::judge::verdict;
+use crate::judgement::{Status, Verdict};
 use crate::llm::{CallKey, ChatModel, Prompt, Request};
 use crate::plan::UnitId;
+use crate::plan::stage::{Judge, Stage};
 use crate::rundir::journal::{AttemptStart, Entry, Journal};
+use crate::rundir::judge_units::{self as units, Unit};
 use crate::rundir::state::{self, ShardState, ShardStatus};
 use crate::rundir::{Lock, RunDir};
 use crate::worker::pool::Flight;

@@ -5,7 +5,7 @@
 //! stage as a Slurm array with the `sim` template on the real cluster.
 
 use crate::common::{Out, Proc, SimServer, roleplay};
-use roleplay::judge::{Status, Verdict};
+use roleplay::judgement::{Status, Verdict};
 use roleplay::plan::UnitId;
 use roleplay::rundir::RunDir;
 use roleplay::rundir::journal::Entry;
@@ -48,7 +48,7 @@ const SIM_JUDGE: &str = "[[models]]\nname = \"sim-judge\"\nbackend = \"sim\"\n[m
 fn stage_units(stage: &Path) -> HashMap<UnitId, UnitId> {
     let rd = RunDir::new(stage);
     let plan = rd.load_plan().unwrap();
-    roleplay::judge::units::read(&rd.units_path(&plan), None)
+    roleplay::rundir::judge_units::read(&rd.units_path(&plan), None)
         .unwrap()
         .into_iter()
         .map(|u| (u.id, u.parent))
@@ -206,7 +206,7 @@ fn the_quickstart_is_judged_offline_and_judging_again_reuses_every_verdict() {
     // A changed rubric changes every unit.
     let rubric = format!(
         "[rubric]\nprompt = \"\"\"{}\"\"\"\n",
-        roleplay::judge::rubric::DEFAULT_PROMPT.replace("Reply with the JSON object only.", "Only JSON.")
+        roleplay::plan::stage::DEFAULT_PROMPT.replace("Reply with the JSON object only.", "Only JSON.")
     );
     let judge3 = judge_file(dir.path(), "judge.toml", SIM_JUDGE, &rubric);
     let out = run(dir.path(), &["judge", r, judge3.to_str().unwrap(), "--no-progress"]);
@@ -333,9 +333,9 @@ fn expectation(run_dir: &Path, simulated: bool) -> Value {
     let plan = rd.load_plan().unwrap();
     let mut rows = Vec::new();
     let mut stages = Vec::new();
-    for (name, srd, splan) in roleplay::judge::scan::stages(&rd).unwrap() {
+    for (name, srd, splan) in roleplay::merge::verdicts::stages(&rd).unwrap() {
         let digest = splan.judge.as_ref().unwrap().rubric.digest();
-        roleplay::judge::scan::scan(&srd, &splan, |b| {
+        roleplay::merge::verdicts::scan(&srd, &splan, |b| {
             for (u, v) in &b.verdicts {
                 let s = v.scores.as_ref();
                 rows.push(json!({

@@ -158,8 +158,9 @@ fn malformed(v: &serde_json::Value, kind: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::rubric::{self, Dialogue, Exchange, Rubric};
+    use crate::judge::rubric::{self, Dialogue, Exchange};
     use crate::llm::Message;
+    use crate::plan::stage::Rubric;
 
     fn key(attempt: u32) -> CallKey {
         CallKey {

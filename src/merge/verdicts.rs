@@ -2,13 +2,13 @@
 //! planned unit, shard by shard in plan order (memory: one shard's verdicts). Records of units the
 //! plan does not place in that shard are ignored, like `merge::scan` ignores stray dialogues.
 
-use super::record::{Status, Verdict};
-use super::units::{self, Unit};
+use super::scan::IdList;
 use crate::error::{Error, Result};
-use crate::merge::scan::IdList;
+use crate::judgement::{Status, Verdict};
 use crate::plan::{Plan, UnitId};
 use crate::rundir::RunDir;
 use crate::rundir::journal::{self, Entry};
+use crate::rundir::judge_units::{self as units, Unit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
