@@ -25,16 +25,16 @@ use crate::judgement::{Status, Verdict};
 use crate::llm::{CallKey, ChatModel, Prompt, Request};
 use crate::plan::UnitId;
 use crate::plan::stage::{Judge, Stage};
-use crate::rundir::journal::{AttemptStart, Entry, Journal};
+use crate::rundir::journal::{Entry, Journal};
 use crate::rundir::judge_units::{self as units, Unit};
-use crate::rundir::state::{self, ShardState, ShardStatus};
+use crate::rundir::state::{self, ShardStatus};
 use crate::rundir::{Lock, RunDir};
 use crate::worker::pool::Flight;
 use crate::worker::signals::Cancel;
 use crate::worker::{
     Progress, ShardCounts, ShardOutcome, Shared, StateReporter, halted, lock_shard, open_journal, with_background,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -357,27 +357,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
     let started_at = state::now();
     let total = open.units.len() as u64;
     let counts = Arc::new(Mutex::new(counts));
-    let reporter = StateReporter {
-        rd: rd.clone(),
-        base: ShardState {
-            shard,
-            plan_hash: plan.plan_hash.clone(),
-            attempt,
-            status: ShardStatus::Running,
-            host: state::hostname(),
-            pid: std::process::id(),
-            slurm_job_id: shared.options.slurm_job_id.clone(),
-            started_at,
-            heartbeat_at: started_at,
-            units: total,
-            done: 0,
-            failed: 0,
-            end_reasons: BTreeMap::new(),
-            error: None,
-        },
-        counts: counts.clone(),
-        journal: None,
-    };
+    let reporter = StateReporter::new(shared, shard, attempt, started_at, total, counts.clone(), None);
     let outcome = |c: &ShardCounts, interrupted: bool, halted: u64| ShardOutcome {
         shard,
         units: total,
@@ -397,14 +377,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
         }
         return Ok(outcome(&c, false, 0));
     }
-    open.journal.append(&Entry::Attempt(AttemptStart {
-        attempt,
-        host: state::hostname(),
-        pid: std::process::id(),
-        slurm_job_id: shared.options.slurm_job_id.clone(),
-        started_at,
-    }))?;
-    reporter.write(ShardStatus::Running, None)?;
+    reporter.begin(&open.journal)?;
     let todo_len = todo.len() as u64;
     let work = judge_units(shared, &pair, &open.journal, &bench, &mut open.calls, todo, &counts);
     let (stopped, started) = match with_background(&open.journal, &reporter, work).await {

@@ -354,27 +354,15 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             .values()
             .filter(|r| !(retry_failed && r.ending.reason.is_failure())),
     )));
-    let reporter = StateReporter {
-        rd: shared.run_dir.clone(),
-        base: ShardState {
-            shard,
-            plan_hash: shared.plan.plan_hash.clone(),
-            attempt,
-            status: ShardStatus::Running,
-            host: state::hostname(),
-            pid: std::process::id(),
-            slurm_job_id: shared.options.slurm_job_id.clone(),
-            started_at,
-            heartbeat_at: started_at,
-            units,
-            done: 0,
-            failed: 0,
-            end_reasons: BTreeMap::new(),
-            error: None,
-        },
-        counts: counts.clone(),
-        journal: Some(open.journal.clone()),
-    };
+    let reporter = StateReporter::new(
+        shared,
+        shard,
+        attempt,
+        started_at,
+        units,
+        counts.clone(),
+        Some(open.journal.clone()),
+    );
     let outcome = |c: &ShardCounts, interrupted: bool| ShardOutcome {
         shard,
         units,
@@ -396,14 +384,7 @@ pub async fn run_shard(shared: &Shared, shard: u32) -> Result<ShardOutcome> {
             ..outcome(&c, false)
         });
     }
-    open.journal.append(&Entry::Attempt(AttemptStart {
-        attempt,
-        host: state::hostname(),
-        pid: std::process::id(),
-        slurm_job_id: shared.options.slurm_job_id.clone(),
-        started_at,
-    }))?;
-    reporter.write(ShardStatus::Running, None)?;
+    reporter.begin(&open.journal)?;
     let todo = std::mem::take(&mut open.todo);
     let result = with_background(
         &open.journal,
@@ -514,6 +495,52 @@ pub(crate) struct StateReporter {
 }
 
 impl StateReporter {
+    /// The reporter of attempt `attempt` of a shard of `units` units, started at `started_at`.
+    pub(crate) fn new(
+        shared: &Shared,
+        shard: u32,
+        attempt: u32,
+        started_at: u64,
+        units: u64,
+        counts: Arc<Mutex<ShardCounts>>,
+        journal: Option<Arc<Journal>>,
+    ) -> StateReporter {
+        StateReporter {
+            rd: shared.run_dir.clone(),
+            base: ShardState {
+                shard,
+                plan_hash: shared.plan.plan_hash.clone(),
+                attempt,
+                status: ShardStatus::Running,
+                host: state::hostname(),
+                pid: std::process::id(),
+                slurm_job_id: shared.options.slurm_job_id.clone(),
+                started_at,
+                heartbeat_at: started_at,
+                units,
+                done: 0,
+                failed: 0,
+                end_reasons: BTreeMap::new(),
+                error: None,
+            },
+            counts,
+            journal,
+        }
+    }
+
+    /// Start the attempt: its record in the journal, then the state file says `running`.
+    pub(crate) fn begin(&self, journal: &Journal) -> Result<()> {
+        let b = &self.base;
+        journal.append(&Entry::Attempt(AttemptStart {
+            attempt: b.attempt,
+            host: b.host.clone(),
+            pid: b.pid,
+            slurm_job_id: b.slurm_job_id.clone(),
+            started_at: b.started_at,
+        }))?;
+        self.write(ShardStatus::Running, None)
+    }
+
     pub(crate) fn write(&self, status: ShardStatus, error: Option<String>) -> Result<()> {
         let c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let s = ShardState {
