@@ -11,6 +11,7 @@
 //! already formatted and every chart's geometry already computed here, so the template only places
 //! elements.
 
+use super::judgements::JudgeGroup;
 use super::{Group, Report, RoleStats, quality};
 use crate::dialogue::EndReason;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
@@ -665,6 +666,66 @@ fn quality_section(r: &Report) -> QualitySection {
     QualitySection { charts, tables }
 }
 
+/// One group's verdicts in a judgement table, every cell formatted.
+#[derive(Serialize)]
+struct JudgeRow {
+    key: String,
+    verdicts: u64,
+    ok: u64,
+    unparsable: u64,
+    failed: u64,
+    achieved: String,
+    adherence: String,
+    likeness: String,
+}
+
+impl JudgeRow {
+    fn of(g: &JudgeGroup) -> JudgeRow {
+        JudgeRow {
+            key: g.key.clone(),
+            verdicts: g.verdicts,
+            ok: g.ok,
+            unparsable: g.unparsable,
+            failed: g.failed,
+            achieved: pct(g.goal_achieved_share),
+            adherence: num(g.persona_adherence_mean, 2),
+            likeness: num(g.human_likeness_mean, 2),
+        }
+    }
+}
+
+/// One judge model of one stage: its verdicts in all, per pair and per persona feature value.
+#[derive(Serialize)]
+struct JudgeTable {
+    title: String,
+    note: String,
+    rows: Vec<JudgeRow>,
+}
+
+fn judge_tables(r: &Report) -> Vec<JudgeTable> {
+    r.judgements
+        .iter()
+        .map(|j| {
+            let mut rows = vec![JudgeRow::of(&j.all)];
+            rows.extend(j.pairs.iter().map(JudgeRow::of));
+            for f in &j.features {
+                rows.extend(f.values.iter().map(|g| JudgeRow {
+                    key: format!("{}: {}", f.name, g.key),
+                    ..JudgeRow::of(g)
+                }));
+            }
+            JudgeTable {
+                title: format!("Stage {}, judge {}", j.stage, j.judge),
+                note: format!(
+                    "{} units planned, {} without a verdict yet; rubric {}",
+                    j.planned, j.missing, j.rubric_digest
+                ),
+                rows,
+            }
+        })
+        .collect()
+}
+
 /// What the template gets.
 #[derive(Serialize)]
 struct Page<'a> {
@@ -679,6 +740,7 @@ struct Page<'a> {
     goals: FinishedChart,
     tables: Vec<Table>,
     quality: QualitySection,
+    judgements: Vec<JudgeTable>,
     version: &'static str,
 }
 
@@ -745,6 +807,7 @@ fn page(r: &Report) -> Page<'_> {
         goals: finished_chart("finished share by goal", &r.goals),
         tables,
         quality: quality_section(r),
+        judgements: judge_tables(r),
         version: env!("CARGO_PKG_VERSION"),
     }
 }

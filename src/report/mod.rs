@@ -498,7 +498,8 @@ impl Report {
         out
     }
 
-    /// One CSV row per group; fixed columns, then one per end reason, then `turns_K` counts.
+    /// One CSV row per group; fixed columns, then one per end reason, then `turns_K` counts, the
+    /// quality columns (`q_`), and the judgement columns (`j_`) that only the `judge:` rows fill.
     pub fn write_csv(&self, out: impl std::io::Write) -> Result<()> {
         let err = |e: csv::Error| Error::runtime(format!("cannot write the CSV report: {e}"));
         let width = self
@@ -533,6 +534,8 @@ impl Report {
         header.extend(EndReason::ALL.iter().map(|e| format!("end_{}", e.as_str())));
         header.extend((0..width).map(|k| format!("turns_{k}")));
         header.extend(quality_csv_header());
+        let dialogue_columns = header.len();
+        header.extend(JUDGE_CSV_HEADER.iter().map(|s| s.to_string()));
         w.write_record(&header).map_err(err)?;
         let f = |v: Option<f64>| v.map(|x| format!("{}", (x * 1e4).round() / 1e4)).unwrap_or_default();
         let u = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -563,13 +566,56 @@ impl Report {
             );
             row.extend((0..width).map(|k| g.turns.distribution.get(k).copied().unwrap_or(0).to_string()));
             row.extend(quality_csv_row(&g.quality));
+            row.extend(std::iter::repeat_n(String::new(), JUDGE_CSV_HEADER.len()));
             w.write_record(&row).map_err(err)?;
+        }
+        // The judgement section: a row per judge group, its cells in the `j_` columns.
+        for j in &self.judgements {
+            let groups = std::iter::once(("judge:all".to_string(), &j.all))
+                .chain(j.pairs.iter().map(|g| ("judge:pair".to_string(), g)))
+                .chain(j.features.iter().flat_map(|feat| {
+                    feat.values
+                        .iter()
+                        .map(move |g| (format!("judge:feature:{}", feat.name), g))
+                }));
+            for (grouping, g) in groups {
+                let mut row = vec![grouping, g.key.clone()];
+                row.resize(dialogue_columns, String::new());
+                row.extend([
+                    j.stage.clone(),
+                    j.judge.clone(),
+                    g.verdicts.to_string(),
+                    g.ok.to_string(),
+                    g.unparsable.to_string(),
+                    g.failed.to_string(),
+                    g.goal_achieved.to_string(),
+                    f(g.goal_achieved_share),
+                    f(g.persona_adherence_mean),
+                    f(g.human_likeness_mean),
+                ]);
+                w.write_record(&row).map_err(err)?;
+            }
         }
         w.flush()
             .map_err(|e| Error::runtime(format!("cannot write the CSV report: {e}")))?;
         Ok(())
     }
 }
+
+/// The judgement columns of the CSV report, after the quality ones: empty on the dialogue rows;
+/// the `judge:...` rows fill them (and `grouping`, `key`) only.
+const JUDGE_CSV_HEADER: [&str; 10] = [
+    "j_stage",
+    "j_judge",
+    "j_verdicts",
+    "j_ok",
+    "j_unparsable",
+    "j_failed",
+    "j_goal_achieved",
+    "j_goal_achieved_share",
+    "j_persona_adherence_mean",
+    "j_human_likeness_mean",
+];
 
 // ---- The quality section in the CSV: appended after the turns_K columns. ----
 

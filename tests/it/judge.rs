@@ -226,6 +226,54 @@ fn the_quickstart_is_judged_offline_and_judging_again_reuses_every_verdict() {
     assert!(j0["all"]["human_likeness_mean"].as_f64().unwrap() >= 1.0);
     let text = run(dir.path(), &["report", r]);
     assert!(text.stdout.contains("judge `j` (sim-judge"), "{}", text.stdout);
+    // CSV: the judge rows carry the JSON's counts in the `j_` columns.
+    let csv_out = run(dir.path(), &["report", r, "--csv"]);
+    csv_out.expect_code(0);
+    let mut rdr = csv::Reader::from_reader(csv_out.stdout.as_bytes());
+    let header = rdr.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    let judge_rows: Vec<&csv::StringRecord> = rows
+        .iter()
+        .filter(|r| r[col("grouping")].starts_with("judge:"))
+        .collect();
+    let all = judge_rows
+        .iter()
+        .find(|r| &r[col("grouping")] == "judge:all")
+        .expect("a judge:all row");
+    assert_eq!(
+        (&all[col("j_stage")], &all[col("j_judge")]),
+        ("j", j0["judge"].as_str().unwrap())
+    );
+    assert_eq!(all[col("j_verdicts")].parse::<u64>().unwrap(), wanted.len() as u64);
+    assert_eq!(all[col("j_ok")], j0["all"]["ok"].to_string());
+    assert_eq!(all[col("dialogues")], *"", "dialogue columns stay empty on judge rows");
+    let per_pair: u64 = judge_rows
+        .iter()
+        .filter(|r| &r[col("grouping")] == "judge:pair")
+        .map(|r| r[col("j_verdicts")].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_pair, wanted.len() as u64);
+    let feature_rows = j0["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["values"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(judge_rows.len(), 1 + 2 + feature_rows);
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    // HTML: a table per judge, its first row all the verdicts.
+    let page = dir.path().join("report.html");
+    run(dir.path(), &["report", r, "--html", page.to_str().unwrap()]).expect_code(0);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let (_, section) = html.split_once("<h2>Judgements</h2>").expect("a judgement section");
+    let first_row = format!(
+        "<tr><td class=\"k\">all</td><td>{}</td><td>{}</td>",
+        wanted.len(),
+        j0["all"]["ok"]
+    );
+    assert!(section.contains(&first_row), "{first_row} not in the judgement table");
+    assert!(section.contains(&format!("Stage j, judge {}", j0["judge"].as_str().unwrap())));
 }
 
 #[test]
