@@ -190,6 +190,10 @@ pub struct WorkerArgs {
     /// Run dialogues that ended with a backend failure again.
     #[arg(long)]
     pub retry_failed: bool,
+    /// Take 1/N of every model's `requests_per_minute` and `tokens_per_minute`: N workers may run
+    /// at once against the same endpoints (the Slurm scripts pass it; see README, "Rate limits").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_share: Option<u32>,
     /// Do not fsync the journal (for benchmarks).
     #[arg(long, hide = true)]
     pub no_fsync: bool,

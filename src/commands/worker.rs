@@ -48,7 +48,32 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
     let rd = RunDir::new(&args.run_dir);
     let shard = shard_number(&args)?;
     // The manifest and this shard's part of the plan: start-up does not grow with the plan.
-    let plan = Arc::new(crate::rundir::plans::load_for_shard(&rd, shard)?);
+    let mut plan = crate::rundir::plans::load_for_shard(&rd, shard)?;
+    if let Some(n) = args.rate_share.filter(|n| *n > 1) {
+        for m in plan
+            .experiment
+            .models
+            .iter_mut()
+            .filter(|m| m.transport.limits.has_rates())
+        {
+            let l = m.transport.limits.shared_by(n);
+            let per = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}/min"));
+            let rates: Vec<String> = [
+                per(l.requests_per_minute, "requests"),
+                per(l.tokens_per_minute, "tokens"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            eprintln!(
+                "rate limits of `{}`: this worker's share (1/{n}): {}",
+                m.name,
+                rates.join(", ")
+            );
+            m.transport.limits = l;
+        }
+    }
+    let plan = Arc::new(plan);
     let options = Options {
         retry_failed: args.retry_failed,
         durable: !args.no_fsync,

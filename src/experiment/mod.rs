@@ -303,6 +303,23 @@ pub struct RateLimits {
     pub adaptive_concurrency: bool,
 }
 
+impl RateLimits {
+    /// Whether a rate is configured (`requests_per_minute` or `tokens_per_minute`).
+    pub fn has_rates(&self) -> bool {
+        self.requests_per_minute.is_some() || self.tokens_per_minute.is_some()
+    }
+
+    /// The share of one of `n` workers that may run at once against the same endpoint.
+    pub fn shared_by(&self, n: u32) -> RateLimits {
+        let n = f64::from(n.max(1));
+        RateLimits {
+            requests_per_minute: self.requests_per_minute.map(|r| r / n),
+            tokens_per_minute: self.tokens_per_minute.map(|t| t / n),
+            adaptive_concurrency: self.adaptive_concurrency,
+        }
+    }
+}
+
 impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {

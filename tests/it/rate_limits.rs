@@ -584,3 +584,56 @@ fn the_rate_limited_example_runs_against_the_server_its_comments_start() {
     );
     assert!(run.join("out/dialogues.parquet").exists());
 }
+
+/// On the cluster: four array tasks run at once against one server that allows 10 requests a
+/// second. Each model's `requests_per_minute` (240: 4 a second) is what one worker alone may send
+/// (8 a second for the two models); the rendered script gives each task a quarter of it
+/// (`--rate-share 4`), so the four together stay under the server's rate: almost nothing refused,
+/// where four full shares (32 a second) would see most requests refused.
+#[test]
+fn the_tasks_of_a_slurm_array_share_the_rate_limits() {
+    let _cluster = common::take_cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = common::SimServer::start(dir, &["--limit-rps", "10", "--latency-ms", "1"]);
+    let mut exp = common::Exp::quickstart(common::Backend::http(server.base_url(), 10, 20.0));
+    exp.name = "slurm-rates".into();
+    exp.personas = 5;
+    exp.goals = 2;
+    exp.both_inquirers = false;
+    exp.seeds = vec![1, 2];
+    exp.units_per_shard = 5;
+    exp.concurrency = 8;
+    let text = exp
+        .toml()
+        .replace("timeout_secs = 20\n", "timeout_secs = 20\nrequests_per_minute = 240\n");
+    assert_eq!(text.matches("requests_per_minute = 240").count(), 2, "{text}");
+    let slurm =
+        "\n[slurm]\ntemplate = \"api\"\ntime = \"00:10:00\"\ncpus_per_task = 1\nmem = \"500M\"\narray_throttle = 4\n";
+    let file = dir.join("slurm-rates.toml");
+    std::fs::write(&file, text + slurm).unwrap();
+    let logs = dir.join("logs");
+    let limit = Duration::from_secs(300);
+    common::roleplay(&logs, &["plan", file.to_str().unwrap()], &[], limit).expect_code(0);
+    let run = dir.join("run");
+    let rd = run.to_str().unwrap();
+    common::roleplay(&logs, &["submit", rd], &[], limit).expect_code(0);
+    let script = std::fs::read_to_string(run.join("slurm/round-000-array-0.sbatch")).unwrap();
+    assert!(script.contains(" --rate-share 4"), "{script}");
+    common::roleplay(&logs, &["status", rd, "--watch", "--interval", "2"], &[], limit).expect_code(0);
+    let records = common::assert_every_unit_done_once(&run);
+    assert_eq!(records.len(), exp.units());
+    assert!(records.values().all(|r| !r.ending.reason.is_failure()));
+    let log = std::fs::read_dir(run.join("logs/slurm"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(log.contains("this worker's share (1/4): 60.0 requests/min"), "{log}");
+    let stats = server.stats();
+    let requests = stats["requests"].as_u64().unwrap();
+    let refused = limited(&stats, "requests");
+    assert!(
+        refused * 50 <= requests,
+        "{refused} of {requests} requests refused by the server's 10 a second"
+    );
+}

@@ -10,7 +10,7 @@ use super::settings;
 use super::templates::Templates;
 use super::variables::JobVars;
 use crate::error::{Error, Result};
-use crate::experiment::SlurmSettings;
+use crate::experiment::{Builtin, SlurmSettings, TemplateSource};
 use crate::plan::Plan;
 use crate::rundir;
 use crate::slurm::records::{JobKind, Slot};
@@ -48,6 +48,12 @@ pub fn render_round(
     let groups = group(plan, shards, templates.serves_models, limits.per_array());
     let (throttle, mut warnings) = shared_throttle(slurm.array_throttle, groups.len());
     warnings.extend(round_warnings(ctx, shards.len(), &limits));
+    let tasks: usize = groups.iter().map(Vec::len).sum();
+    let mut worker_args = worker_args.to_vec();
+    if let Some((n, warning)) = rate_share(plan, templates.serves_models, throttle, groups.len(), tasks) {
+        worker_args.extend(["--rate-share".to_string(), n.to_string()]);
+        warnings.extend(warning);
+    }
     let arrays = RoundJobs {
         ctx,
         templates: &templates,
@@ -55,7 +61,7 @@ pub fn render_round(
         throttle,
         signal: settings::signal(&plan.experiment),
         opts,
-        worker_args,
+        worker_args: &worker_args,
     };
     let arrays = groups
         .iter()
@@ -116,6 +122,38 @@ fn shared_throttle(array_throttle: Option<u32>, arrays: usize) -> (Option<u32>, 
         }
     });
     (throttle, warnings)
+}
+
+/// How many workers of a round may run at once against the models' endpoints, when the models
+/// have rate limits and the jobs share endpoints (not when each job serves its models itself, as
+/// the `vllm` and `sim` templates do): each worker then takes that share of the limits
+/// (`roleplay worker --rate-share N`). At most the round's throttle (per array, times the arrays),
+/// else every task of the round; a warning says so in the second case.
+fn rate_share(
+    plan: &Plan,
+    serves_models: bool,
+    throttle: Option<u32>,
+    arrays: usize,
+    tasks: usize,
+) -> Option<(u32, Option<String>)> {
+    let exp = &plan.experiment;
+    let own_servers = serves_models || matches!(exp.slurm.template, TemplateSource::Builtin(Builtin::Sim));
+    if own_servers || !exp.models.iter().any(|m| m.transport.limits.has_rates()) {
+        return None;
+    }
+    let tasks = tasks as u32;
+    let at_once = throttle.map_or(tasks, |t| (t * arrays as u32).min(tasks));
+    if at_once <= 1 {
+        return None;
+    }
+    let warning = throttle.is_none().then(|| {
+        format!(
+            "the models' rate limits are split across the {at_once} tasks of the round, which may all run at once \
+             (no `[slurm] array_throttle`): each worker takes 1/{at_once} of `requests_per_minute` and \
+             `tokens_per_minute`; set `array_throttle` to the tasks that run at once for a larger share each"
+        )
+    });
+    Some((at_once, warning))
 }
 
 /// What the cluster's limits and the grace times say about a round of `tasks` tasks.
@@ -269,6 +307,45 @@ mod tests {
         let (each, warnings) = shared_throttle(Some(1), 3);
         assert_eq!(each, Some(1));
         assert!(warnings[0].contains("(3 in all)"), "{warnings:?}");
+    }
+
+    #[test]
+    fn workers_of_a_round_share_the_rate_limits_of_endpoints_outside_the_job() {
+        let f = crate::slurm::status::tests::fixture();
+        let limits = ArrayLimits {
+            max_array_size: 1001,
+            max_array_tasks: None,
+            max_job_count: None,
+            from_cluster: false,
+        };
+        let with = |template: Builtin, throttle: Option<u32>, rpm: Option<f64>| {
+            let mut ctx = f.ctx.clone();
+            let exp = &mut ctx.plan.experiment;
+            exp.slurm.template = TemplateSource::Builtin(template);
+            exp.slurm.array_throttle = throttle;
+            for m in &mut exp.models {
+                m.transport.limits.requests_per_minute = rpm;
+            }
+            let round = render_round(&ctx, 0, &[0, 1], limits, &RenderOptions::default(), &[]).unwrap();
+            (round.arrays[0].script.clone(), round.warnings.join("\n"))
+        };
+        // Throttled: as many shares as tasks may run at once.
+        let (script, warnings) = with(Builtin::Api, Some(3), Some(600.0));
+        assert!(script.contains(" --rate-share 2"), "{script}");
+        assert!(!warnings.contains("split across"), "{warnings}");
+        let (script, _) = with(Builtin::Api, Some(1), Some(600.0));
+        assert!(
+            !script.contains("--rate-share"),
+            "one task at a time takes the whole limit: {script}"
+        );
+        // Unthrottled: every task of the round, said in a warning.
+        let (script, warnings) = with(Builtin::Api, None, Some(600.0));
+        assert!(script.contains(" --rate-share 2"), "{script}");
+        assert!(warnings.contains("split across the 2 tasks of the round"), "{warnings}");
+        // No rates, or jobs that serve their models themselves: no share.
+        assert!(!with(Builtin::Api, None, None).0.contains("--rate-share"));
+        assert!(!with(Builtin::Sim, Some(2), Some(600.0)).0.contains("--rate-share"));
+        assert!(!with(Builtin::Vllm, Some(2), Some(600.0)).0.contains("--rate-share"));
     }
 
     #[test]
