@@ -194,6 +194,9 @@ pub struct WorkerArgs {
     /// at once against the same endpoints (the Slurm scripts pass it; see README, "Rate limits").
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_share: Option<u32>,
+    /// The models `--rate-share` applies to, comma-separated (default: every rate-limited model).
+    #[arg(long, value_name = "MODELS", requires = "rate_share", value_delimiter = ',')]
+    pub rate_share_models: Option<Vec<String>>,
     /// Do not fsync the journal (for benchmarks).
     #[arg(long, hide = true)]
     pub no_fsync: bool,

@@ -50,11 +50,16 @@ pub fn run(args: WorkerArgs) -> Result<i32> {
     // The manifest and this shard's part of the plan: start-up does not grow with the plan.
     let mut plan = crate::rundir::plans::load_for_shard(&rd, shard)?;
     if let Some(n) = args.rate_share.filter(|n| *n > 1) {
+        let named = |name: &str| {
+            args.rate_share_models
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|n| n == name))
+        };
         for m in plan
             .experiment
             .models
             .iter_mut()
-            .filter(|m| m.transport.limits.has_rates())
+            .filter(|m| m.transport.limits.has_rates() && named(&m.name))
         {
             let l = m.transport.limits.shared_by(n);
             let per = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}/min"));

@@ -601,7 +601,9 @@ pub fn submit(
         }
     }
     render::write(ctx, &arrays, &subs)?;
-    let earlier_live = if opts.merge_job && !opts.dry_run && !opts.test_only && !already.is_empty() {
+    // The merge job waits for every job of the run still queued (later rounds' too).
+    let earlier = !already.is_empty() || subs.has_round_after(&plan_hash, round);
+    let earlier_live = if opts.merge_job && !opts.dry_run && !opts.test_only && earlier {
         live_job_ids(sched, &subs, &plan_hash)?
     } else {
         Vec::new()

@@ -48,11 +48,15 @@ pub fn render_round(
     let groups = group(plan, shards, templates.serves_models, limits.per_array());
     let (throttle, mut warnings) = shared_throttle(slurm.array_throttle, groups.len());
     warnings.extend(round_warnings(ctx, shards.len(), &limits));
-    let tasks: usize = groups.iter().map(Vec::len).sum();
     let mut worker_args = worker_args.to_vec();
-    if let Some((n, warning)) = rate_share(plan, templates.serves_models, throttle, groups.len(), tasks) {
-        worker_args.extend(["--rate-share".to_string(), n.to_string()]);
-        warnings.extend(warning);
+    if let Some(share) = rate_share(plan, templates.serves_models, throttle, &groups) {
+        worker_args.extend([
+            "--rate-share".to_string(),
+            share.workers.to_string(),
+            "--rate-share-models".to_string(),
+            share.models.join(","),
+        ]);
+        warnings.extend(share.warning);
     }
     let arrays = RoundJobs {
         ctx,
@@ -124,25 +128,47 @@ fn shared_throttle(array_throttle: Option<u32>, arrays: usize) -> (Option<u32>, 
     (throttle, warnings)
 }
 
-/// How many workers of a round may run at once against the models' endpoints, when the models
-/// have rate limits and the jobs share endpoints (not when each job serves its models itself, as
-/// the `vllm` and `sim` templates do): each worker then takes that share of the limits
-/// (`roleplay worker --rate-share N`). At most the round's throttle (per array, times the arrays),
-/// else every task of the round; a warning says so in the second case.
-fn rate_share(
-    plan: &Plan,
-    serves_models: bool,
-    throttle: Option<u32>,
-    arrays: usize,
-    tasks: usize,
-) -> Option<(u32, Option<String>)> {
+/// How the workers of a round share the rate limits of endpoints outside their jobs.
+struct RateShare {
+    /// The tasks that may run at once: each takes 1/`workers` of the limits.
+    workers: u32,
+    /// The rate-limited models whose endpoint the jobs share.
+    models: Vec<String>,
+    warning: Option<String>,
+}
+
+/// How many workers of a round may run at once against the rate-limited models' endpoints that
+/// their jobs share (not a model a job serves itself: every HTTP model under the `sim` template,
+/// the loopback models a `vllm`-like template serves): each worker then takes that share of those
+/// models' limits (`roleplay worker --rate-share N --rate-share-models A,B`). At most the
+/// round's throttle (each array's, up to its tasks, summed), else every task of the round; a
+/// warning says so in the second case.
+fn rate_share(plan: &Plan, serves_models: bool, throttle: Option<u32>, groups: &[Vec<u32>]) -> Option<RateShare> {
     let exp = &plan.experiment;
-    let own_servers = serves_models || matches!(exp.slurm.template, TemplateSource::Builtin(Builtin::Sim));
-    if own_servers || !exp.models.iter().any(|m| m.transport.limits.has_rates()) {
+    if matches!(exp.slurm.template, TemplateSource::Builtin(Builtin::Sim)) {
         return None;
     }
-    let tasks = tasks as u32;
-    let at_once = throttle.map_or(tasks, |t| (t * arrays as u32).min(tasks));
+    let served = |m: &crate::experiment::Model| {
+        serves_models
+            && m.behaviour.backend == crate::experiment::Backend::Openai
+            && m.transport
+                .base_url
+                .as_deref()
+                .is_some_and(super::variables::is_loopback)
+    };
+    let models: Vec<String> = exp
+        .models
+        .iter()
+        .filter(|m| m.transport.limits.has_rates() && !served(m))
+        .map(|m| m.name.clone())
+        .collect();
+    if models.is_empty() {
+        return None;
+    }
+    let at_once: u32 = groups
+        .iter()
+        .map(|g| throttle.map_or(g.len() as u32, |t| t.min(g.len() as u32)))
+        .sum();
     if at_once <= 1 {
         return None;
     }
@@ -153,7 +179,11 @@ fn rate_share(
              `tokens_per_minute`; set `array_throttle` to the tasks that run at once for a larger share each"
         )
     });
-    Some((at_once, warning))
+    Some(RateShare {
+        workers: at_once,
+        models,
+        warning,
+    })
 }
 
 /// What the cluster's limits and the grace times say about a round of `tasks` tasks.
@@ -342,10 +372,36 @@ mod tests {
         let (script, warnings) = with(Builtin::Api, None, Some(600.0));
         assert!(script.contains(" --rate-share 2"), "{script}");
         assert!(warnings.contains("split across the 2 tasks of the round"), "{warnings}");
-        // No rates, or jobs that serve their models themselves: no share.
+        let names: Vec<&str> = f.ctx.plan.experiment.models.iter().map(|m| m.name.as_str()).collect();
+        assert!(
+            script.contains(&format!(" --rate-share-models {}", names.join(","))),
+            "{script}"
+        );
+        // No rates, or the `sim` template's own server: no share.
         assert!(!with(Builtin::Api, None, None).0.contains("--rate-share"));
         assert!(!with(Builtin::Sim, Some(2), Some(600.0)).0.contains("--rate-share"));
-        assert!(!with(Builtin::Vllm, Some(2), Some(600.0)).0.contains("--rate-share"));
+        // A `vllm` job shares only the models it does not serve itself (loopback OpenAI models).
+        let mut ctx = f.ctx.clone();
+        let exp = &mut ctx.plan.experiment;
+        exp.slurm.template = TemplateSource::Builtin(Builtin::Vllm);
+        exp.slurm.array_throttle = Some(2);
+        for (i, m) in exp.models.iter_mut().enumerate() {
+            m.behaviour.backend = crate::experiment::Backend::Openai;
+            m.behaviour.model = format!("model-{i}");
+            m.transport.base_url = Some(if i == 0 {
+                "http://127.0.0.1:8000/v1".to_string()
+            } else {
+                "https://api.example.com/v1".to_string()
+            });
+            m.transport.limits.requests_per_minute = Some(600.0);
+        }
+        let remote: Vec<String> = exp.models.iter().skip(1).map(|m| m.name.clone()).collect();
+        let round = render_round(&ctx, 0, &[0, 1], limits, &RenderOptions::default(), &[]).unwrap();
+        let script = &round.arrays[0].script;
+        assert!(
+            script.contains(&format!(" --rate-share 2 --rate-share-models {}", remote.join(","))),
+            "{script}"
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn gpu_count(gpus: Option<&str>) -> Option<u32> {
 }
 
 /// Whether a `base_url` points at this machine (a server the job starts itself).
-fn is_loopback(url: &str) -> bool {
+pub(super) fn is_loopback(url: &str) -> bool {
     let Some(host) = reqwest::Url::parse(url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))

@@ -223,3 +223,49 @@ fn sbatch_refusing_for_want_of_room_is_not_tried_again_and_names_max_job_count()
     let journal = Submissions::read(&f.ctx.rd).unwrap();
     assert!(journal.unresolved().is_empty(), "the refusal is recorded");
 }
+
+#[test]
+fn a_merge_job_submitted_after_a_resume_waits_for_the_resumed_round() {
+    let f = fixture();
+    // The first submit's only array is refused by sbatch: round 0 has no job.
+    let refusing = Uncounted {
+        fake: crowded(3, 2),
+        calls: Mutex::new(0),
+    };
+    submit(&f.ctx, &refusing, &offline_limits(4), &quick()).unwrap_err();
+    // `resume` sends every shard as round 1.
+    let fake = FakeScheduler::new();
+    let resumed = resume(
+        &f.ctx,
+        &fake,
+        &offline_limits(4),
+        &ResumeOptions {
+            submit: quick(),
+            ..ResumeOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.resubmitted, vec![0, 1, 2, 3]);
+    let round1 = resumed.submitted.unwrap().job_ids();
+    assert_eq!(round1.len(), 1);
+    fake.set_queue((0..4).map(|i| queued(round1[0], i, JobState::Running, None)).collect());
+    // `submit --merge-job` sends no array of round 0 again, and its merge job waits for round 1.
+    let opts = SubmitOptions {
+        merge_job: true,
+        ..quick()
+    };
+    submit(&f.ctx, &fake, &offline_limits(4), &opts).unwrap();
+    let subs = fake.submissions();
+    assert_eq!(subs.len(), 2, "round 1's array, then the merge job");
+    let merge = &subs[1];
+    assert!(
+        merge.script.ends_with("slurm/round-000-merge.sbatch"),
+        "{:?}",
+        merge.script
+    );
+    assert!(
+        merge.args.contains(&format!("--dependency=afterany:{}", round1[0])),
+        "{:?}",
+        merge.args
+    );
+}
