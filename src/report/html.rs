@@ -49,11 +49,9 @@ fn num(v: Option<f64>, d: usize) -> String {
     v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "–".into())
 }
 
-/// A role's latency per dialogue in seconds; no number where none of its calls recorded one (the
-/// built-in simulator and replays record 0 ms), rather than a mean of zeros that reads as "fast".
+/// A role's latency per dialogue in seconds (see [`RoleStats::seconds_mean`]).
 fn seconds(role: &RoleStats) -> String {
-    let measured = role.latency_ms_mean.filter(|_| role.latency_ms_total > 0.0);
-    num(measured.map(|ms| ms / 1000.0), 1)
+    num(role.seconds_mean(), 1)
 }
 
 /// A coordinate or length in the SVG.

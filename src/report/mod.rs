@@ -183,6 +183,16 @@ pub struct RoleStats {
     pub latency_ms_total: f64,
 }
 
+impl RoleStats {
+    /// Latency per dialogue in seconds; `None` where none of the role's calls recorded one (the
+    /// built-in simulator and replays record 0 ms), rather than a mean of zeros that reads as "fast".
+    pub fn seconds_mean(&self) -> Option<f64> {
+        self.latency_ms_mean
+            .filter(|_| self.latency_ms_total > 0.0)
+            .map(|ms| ms / 1000.0)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Group {
     /// What the group is: `asker -> helper`, `young`, `g1`, ...

@@ -117,6 +117,21 @@ fn renderers_escape_and_stay_offline() {
     let r = build(&rd, &plan).unwrap();
     let text = text::render(&r);
     assert!(text.contains("by pair") && text.contains("ask-a -> bot"), "{text}");
+    // Calls that recorded no latency (the in-process simulator, replays: 0 ms) show `-` seconds,
+    // not a mean of zeros.
+    let mut quiet = r.clone();
+    for role in [&mut quiet.all.inquirer, &mut quiet.all.responder] {
+        (role.latency_ms_mean, role.latency_ms_total) = (Some(0.0), 0.0);
+    }
+    let quiet_text = text::render(&quiet);
+    let all: Vec<&str> = quiet_text
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(all.windows(2).any(|w| w == ["-", "-"]), "{all:?}");
+    assert!(!all.contains(&"0.0"), "{all:?}");
     let mut csv_out = Vec::new();
     r.write_csv(&mut csv_out).unwrap();
     let mut rdr = csv::Reader::from_reader(&csv_out[..]);

@@ -70,8 +70,8 @@ fn table(title: &str, key_header: &str, groups: &[&Group]) -> String {
                 sparkline(&g.turns.distribution),
                 num(g.inquirer.completion_tokens_mean, 0),
                 num(g.responder.completion_tokens_mean, 0),
-                num(g.inquirer.latency_ms_mean.map(|x| x / 1000.0), 1),
-                num(g.responder.latency_ms_mean.map(|x| x / 1000.0), 1),
+                num(g.inquirer.seconds_mean(), 1),
+                num(g.responder.seconds_mean(), 1),
                 reasons(g),
             ]
         })
@@ -131,7 +131,7 @@ pub fn render(r: &Report) -> String {
         r.max_turns
     );
     out.push_str(
-        "stop: share finished by the stop token; tok: completion tokens and s: seconds per dialogue, mean\n\n",
+        "stop: share finished by the stop token; tok: completion tokens and s: seconds per dialogue, mean (- where no call recorded one)\n\n",
     );
     let mut pairs: Vec<&Group> = vec![&r.all];
     pairs.extend(r.pairs.iter());
