@@ -1,7 +1,8 @@
 //! The indicators' share of a merge (scripts/bench-quality): reads a run's journals the way
 //! `roleplay merge` does (`merge::scan`, plan order), then times, over exactly those records and
 //! in batches of the merge's size, building the indicator columns (`merge::indicators::Columns`:
-//! the analysis and the Arrow arrays, which is all the merge does for them). Prints one JSON line.
+//! the analysis and the Arrow arrays, which is all the merge does for them when the records do not
+//! store them; the ones they store are left out, so that they are computed). Prints one JSON line.
 //!
 //! Usage: cargo run --release --example quality_timing -- RUN_DIR [LIMIT]
 //! (LIMIT: time the first LIMIT dialogues only, e.g. under `valgrind --tool=callgrind`.)
@@ -39,7 +40,11 @@ fn main() {
         let mut records: Vec<Finished> = Vec::new();
         let full = scan::scan(&rd, &plan, |b| {
             let room = limit.saturating_sub(records.len());
-            records.extend(b.dialogues.into_iter().take(room));
+            // The indicators a worker stored are left out: this times computing them.
+            records.extend(b.dialogues.into_iter().take(room).map(|mut f| {
+                f.record.indicators = None;
+                f
+            }));
             if records.len() >= limit {
                 // Enough: stop the scan (its error is this one).
                 return Err(roleplay::Error::runtime("limit reached"));

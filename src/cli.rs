@@ -362,6 +362,11 @@ pub struct MergeArgs {
     /// Exit 0 even if some planned units are missing or failed (they are still listed).
     #[arg(long)]
     pub allow_partial: bool,
+    /// Leave the fidelity indicator columns out of both files (README, "Fidelity indicators"):
+    /// a faster merge for those who do not need them; `report` computes its quality section from
+    /// the journals either way.
+    #[arg(long)]
+    pub no_indicators: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,4 +1,4 @@
-//! `roleplay merge RUN_DIR [--allow-partial]`: the run's journals into `out/dialogues.parquet` and
+//! `roleplay merge RUN_DIR [--allow-partial] [--no-indicators]`: the run's journals into `out/dialogues.parquet` and
 //! `out/turns.parquet` (see `merge`), with the missing and failed units listed on stderr.
 
 use crate::cli::MergeArgs;
@@ -19,7 +19,13 @@ pub fn run(args: MergeArgs) -> Result<i32> {
             crate::error::exit::FAILURES
         });
     }
-    let summary = merge::merge_run(&rd, args.allow_partial)?;
+    let summary = merge::merge_with(
+        &rd,
+        merge::MergeOptions {
+            allow_partial: args.allow_partial,
+            indicators: !args.no_indicators,
+        },
+    )?;
     crate::ui::print_merge(&summary);
     Ok(summary.exit_code())
 }

@@ -644,6 +644,7 @@ impl Log {
             },
             counters: self.counters,
             windows: self.windows,
+            indicators: None,
         }))
     }
 }

@@ -227,6 +227,38 @@ pub struct DialogueRecord {
     pub counters: Counters,
     #[serde(default)]
     pub windows: Windows,
+    /// The fidelity indicators, computed by the worker when the dialogue finished (while its
+    /// models are what it waits for); merge and report use them when their `version` is the
+    /// code's and compute them otherwise (journals written before, or by another version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indicators: Option<Indicators>,
+}
+
+/// A dialogue's fidelity indicators as its record stores them (`quality::indicators`, README
+/// "Fidelity indicators"): the computed values, one list per per-turn value; what follows from
+/// them (role flips from the signals, near-duplicates, counts, rates, `style_shifted`) is derived
+/// again when read. Every field has a default so that any version's form parses; a change to a
+/// field's type needs a new name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Indicators {
+    /// `quality::indicators::VERSION` of the code that computed them.
+    pub version: u32,
+    pub words: Vec<u32>,
+    pub question_ratio: Vec<f64>,
+    pub contraction_rate: Vec<f64>,
+    pub formality: Vec<f64>,
+    /// The role-flip signal bits of each turn (`quality::Signals`).
+    pub signals: Vec<u8>,
+    pub repeat_jaccard: Vec<Option<f64>>,
+    pub restart: Vec<bool>,
+    pub goal_content_words: u32,
+    pub goal_word_share: Option<f64>,
+    pub goal_lcs_chars: Option<u32>,
+    pub goal_lcs_share: Option<f64>,
+    pub goal_leak: bool,
+    pub style_drift: Option<f64>,
+    pub style_shift: Option<f64>,
 }
 
 /// A completed call that the journal records as soon as it returns, so that a restarted worker

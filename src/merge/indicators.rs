@@ -1,6 +1,7 @@
 //! The fidelity indicator columns of both tables (`quality::indicators`; README, "Fidelity
-//! indicators"), computed from each finished dialogue's text while its batch is built: no model,
-//! no extra pass over the journals. Kept apart from `table`'s own columns, after them: per turn at
+//! indicators"): the ones each finished dialogue's record stores (the worker computed them), or
+//! else computed from its text while its batch is built: no model, no extra pass over the
+//! journals. Kept apart from `table`'s own columns, after them: per turn at
 //! the end of the turn fields (so in `turns.parquet` and in the nested `turns` column alike), per
 //! dialogue after the `turns` column.
 
@@ -111,14 +112,16 @@ impl Columns {
     /// Compute and append one dialogue's indicators (its turn rows and its row).
     pub fn push(&mut self, exp: &Experiment, f: &Finished) {
         let r = &f.record;
-        // Indices were checked against the experiment when the units were read (`scan`).
-        let goal = self
-            .goals
-            .entry(f.unit.goal)
-            .or_insert_with(|| GoalProfile::new(&exp.goals[f.unit.goal as usize].text));
-        let ind = self.analyzer.dialogue(
-            goal,
-            r.turns.iter().map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+        // Stored by the worker, or computed here. Indices were checked against the experiment
+        // when the units were read (`scan`).
+        let goals = &mut self.goals;
+        let ind = self.analyzer.record(
+            || {
+                goals
+                    .entry(f.unit.goal)
+                    .or_insert_with(|| GoalProfile::new(&exp.goals[f.unit.goal as usize].text))
+            },
+            r,
         );
         for t in &ind.turns {
             self.words.append_value(t.style.words);

@@ -20,6 +20,8 @@ pub const KEY_TOOL_VERSION: &str = "roleplay.tool_version";
 pub const KEY_EXPERIMENT: &str = "roleplay.experiment";
 pub const KEY_TABLE: &str = "roleplay.table";
 pub const KEY_REDACTED: &str = "roleplay.redacted";
+/// `true` when the file holds the fidelity indicator columns, `false` after `merge --no-indicators`.
+pub const KEY_INDICATORS: &str = "roleplay.indicators";
 
 /// The experiment as JSON with everything that could hold a secret removed, and a note of what was.
 pub fn redacted_experiment(plan: &Plan) -> (String, String) {

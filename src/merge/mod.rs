@@ -92,7 +92,24 @@ pub struct MergeSummary {
     /// Nothing had changed since the last merge: the files were left as they were.
     pub up_to_date: bool,
     pub allow_partial: bool,
+    /// The files hold the fidelity indicator columns (a manifest written before the option
+    /// existed always had them).
+    #[serde(default = "yes")]
+    pub indicators: bool,
     pub seconds: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How to merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeOptions {
+    /// Exit 0 even if units are missing or failed ([`MergeSummary::exit_code`]).
+    pub allow_partial: bool,
+    /// Compute and write the fidelity indicator columns (`merge --no-indicators` leaves them out).
+    pub indicators: bool,
 }
 
 impl MergeSummary {
@@ -123,10 +140,25 @@ struct Manifest {
     summary: MergeSummary,
 }
 
-/// Merge the run's journals into `RUN_DIR/out/{dialogues,turns}.parquet` (see the module docs).
-/// The caller prints [`scan::warnings`] of the summary's stats and decides the exit code with
-/// [`MergeSummary::exit_code`].
+/// Merge the run's journals into `RUN_DIR/out/{dialogues,turns}.parquet` (see the module docs),
+/// with the indicator columns. The caller prints [`scan::warnings`] of the summary's stats and
+/// decides the exit code with [`MergeSummary::exit_code`].
 pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
+    merge_with(
+        rd,
+        MergeOptions {
+            allow_partial,
+            indicators: true,
+        },
+    )
+}
+
+/// [`merge_run`] with its options. Files merged with other options are rewritten.
+pub fn merge_with(rd: &RunDir, opts: MergeOptions) -> Result<MergeSummary> {
+    let MergeOptions {
+        allow_partial,
+        indicators,
+    } = opts;
     let started = Instant::now();
     let plan = rd.load_plan()?;
     let out = rd.out_dir();
@@ -142,6 +174,7 @@ pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
         && m.tool_version == env!("CARGO_PKG_VERSION")
         && m.plan_hash == plan.plan_hash
         && m.fingerprint == fingerprint
+        && m.summary.indicators == indicators
         && file_len(&dialogues_path) == Some(m.dialogues_len)
         && file_len(&turns_path) == Some(m.turns_len)
     {
@@ -154,7 +187,7 @@ pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
             ..m.summary
         });
     }
-    let (dialogues, turns, stats) = write_tables(rd, &plan, &out, &dialogues_path, &turns_path)?;
+    let (dialogues, turns, stats) = write_tables(rd, &plan, indicators, &out, &dialogues_path, &turns_path)?;
     let summary = MergeSummary {
         dialogues_path: dialogues_path.clone(),
         turns_path: turns_path.clone(),
@@ -163,6 +196,7 @@ pub fn merge_run(rd: &RunDir, allow_partial: bool) -> Result<MergeSummary> {
         stats,
         up_to_date: false,
         allow_partial,
+        indicators,
         seconds: started.elapsed().as_secs_f64(),
     };
     let manifest = Manifest {
@@ -275,12 +309,13 @@ fn write_file(
 fn write_tables(
     rd: &RunDir,
     plan: &Plan,
+    indicators: bool,
     out: &Path,
     dialogues_path: &Path,
     turns_path: &Path,
 ) -> Result<(u64, u64, ScanStats)> {
     let exp = &plan.experiment;
-    let layout = table::Layout::new(exp);
+    let layout = table::Layout::new(exp, indicators);
     let (experiment_json, redacted) = meta::redacted_experiment(plan);
     let kv = |table: &str| {
         let mut kv = vec![
@@ -288,6 +323,7 @@ fn write_tables(
             KeyValue::new(meta::KEY_PLAN_HASH.into(), plan.plan_hash.clone()),
             KeyValue::new(meta::KEY_TOOL_VERSION.into(), env!("CARGO_PKG_VERSION").to_string()),
             KeyValue::new(meta::KEY_EXPERIMENT.into(), experiment_json.clone()),
+            KeyValue::new(meta::KEY_INDICATORS.into(), indicators.to_string()),
         ];
         if !redacted.is_empty() {
             kv.push(KeyValue::new(meta::KEY_REDACTED.into(), redacted.clone()));

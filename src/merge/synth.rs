@@ -10,11 +10,12 @@ use crate::error::Result;
 use crate::experiment::{Role, Sampling};
 use crate::llm::{CallKey, ErrorKind};
 use crate::plan::{self, Unit};
+use crate::quality::{Analyzer, GoalProfile};
 use crate::rundir::RunDir;
 use crate::rundir::journal::{AttemptStart, Entry, Journal};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -30,6 +31,9 @@ pub struct Options {
     pub retried_every: u64,
     /// Journal every call before the `done` record, as a worker does.
     pub calls: bool,
+    /// Store the fidelity indicators in each `done` record, as a worker does (journals written
+    /// before workers did have none: merge computes them).
+    pub indicators: bool,
 }
 
 impl Default for Options {
@@ -41,6 +45,7 @@ impl Default for Options {
             failed_every: 0,
             retried_every: 0,
             calls: true,
+            indicators: true,
         }
     }
 }
@@ -221,6 +226,7 @@ pub fn record_with(
         ending,
         counters,
         windows: Default::default(),
+        indicators: None,
     }
 }
 
@@ -271,6 +277,8 @@ pub fn synthesize_to(rd: &RunDir, opts: &Options, mut jsonl: Option<&mut dyn std
     }
     let every = |n: u64, i: usize| n > 0 && (i as u64).is_multiple_of(n);
     let mut w = Written::default();
+    let mut analyzer = Analyzer::new();
+    let mut goals: HashMap<u32, GoalProfile> = HashMap::new();
     for (shard, units) in by_shard {
         let (j, _) = Journal::open(&rd.journal_path(shard), &plan.plan_hash, shard, false)?;
         j.append(&Entry::Attempt(AttemptStart {
@@ -308,7 +316,19 @@ pub fn synthesize_to(rd: &RunDir, opts: &Options, mut jsonl: Option<&mut dyn std
                 line.push(b'\n');
                 out.write_all(&line)?;
             }
-            for rec in records {
+            for mut rec in records {
+                if opts.indicators {
+                    let goal = goals
+                        .entry(u.goal)
+                        .or_insert_with(|| GoalProfile::new(&exp.goals[u.goal as usize].text));
+                    let ind = analyzer.dialogue(
+                        goal,
+                        rec.turns
+                            .iter()
+                            .map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+                    );
+                    rec.indicators = ind.to_record();
+                }
                 if opts.calls {
                     for ev in call_events(&rec, u.seed) {
                         j.append(&Entry::Call(Box::new(ev)))?;

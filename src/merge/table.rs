@@ -71,10 +71,14 @@ pub struct Layout {
     pub dialogues: SchemaRef,
     pub turns: SchemaRef,
     turn_struct: Fields,
+    /// The fidelity indicator columns are computed and written (`roleplay merge --no-indicators`
+    /// leaves them out).
+    pub indicators: bool,
 }
 
 impl Layout {
-    pub fn new(exp: &Experiment) -> Layout {
+    /// Both tables' layout; `indicators`: with the fidelity indicator columns.
+    pub fn new(exp: &Experiment, indicators: bool) -> Layout {
         let mut names: Vec<&String> = exp.personas.iter().flat_map(|p| p.features.keys()).collect();
         names.sort_unstable();
         names.dedup();
@@ -91,7 +95,7 @@ impl Layout {
                 (f.clone(), col)
             })
             .collect();
-        let turn_struct = Fields::from(turn_fields_with_indicators());
+        let turn_struct = Fields::from(turn_fields_with_indicators(indicators));
         let mut d = vec![
             Field::new("unit_id", DataType::Utf8, false),
             Field::new("shard", DataType::UInt32, false),
@@ -153,14 +157,17 @@ impl Layout {
                 false,
             ),
         ]);
-        d.extend(super::indicators::dialogue_fields());
+        if indicators {
+            d.extend(super::indicators::dialogue_fields());
+        }
         let mut t = vec![Field::new("unit_id", DataType::Utf8, false)];
-        t.extend(turn_fields_with_indicators());
+        t.extend(turn_fields_with_indicators(indicators));
         Layout {
             features,
             dialogues: Arc::new(Schema::new(d)),
             turns: Arc::new(Schema::new(t)),
             turn_struct,
+            indicators,
         }
     }
 
@@ -168,7 +175,9 @@ impl Layout {
     pub fn batches(&self, exp: &Experiment, rows: &[Finished]) -> Result<(RecordBatch, RecordBatch), String> {
         let n_turns: usize = rows.iter().map(|f| f.record.turns.len()).sum();
         let mut t = TurnColumns::with_capacity(n_turns);
-        let mut q = super::indicators::Columns::new(rows.len(), n_turns);
+        let mut q = self
+            .indicators
+            .then(|| super::indicators::Columns::new(rows.len(), n_turns));
         let mut turn_unit = StringBuilder::with_capacity(n_turns, n_turns * 20);
         let mut d = DialogueColumns::new(rows.len(), self.features.len());
         for f in rows {
@@ -178,10 +187,14 @@ impl Layout {
                 t.push(turn);
             }
             d.push(exp, &self.features, f, &id);
-            q.push(exp, f);
+            if let Some(q) = &mut q {
+                q.push(exp, f);
+            }
         }
         let mut turn_arrays = t.finish();
-        turn_arrays.extend(q.finish_turns());
+        if let Some(q) = &mut q {
+            turn_arrays.extend(q.finish_turns());
+        }
         let values =
             StructArray::try_new(self.turn_struct.clone(), turn_arrays.clone(), None).map_err(|e| e.to_string())?;
         let offsets = OffsetBuffer::<i32>::from_lengths(rows.iter().map(|f| f.record.turns.len()));
@@ -192,7 +205,9 @@ impl Layout {
         let list = ListArray::try_new(list_field, offsets, Arc::new(values), None).map_err(|e| e.to_string())?;
         let mut dcols = d.finish();
         dcols.push(Arc::new(list));
-        dcols.extend(q.finish_dialogues());
+        if let Some(q) = &mut q {
+            dcols.extend(q.finish_dialogues());
+        }
         let dialogues = RecordBatch::try_new(self.dialogues.clone(), dcols).map_err(|e| e.to_string())?;
         let mut tcols: Vec<ArrayRef> = vec![Arc::new(turn_unit.finish())];
         tcols.extend(turn_arrays);
@@ -530,9 +545,11 @@ pub fn enum_name<T: serde::Serialize>(v: &T) -> String {
 
 // ---- Fidelity indicators (`merge::indicators`): appended after the table's own columns. ----
 
-/// The turn fields followed by the per-turn indicator fields.
-fn turn_fields_with_indicators() -> Vec<Field> {
+/// The turn fields, followed by the per-turn indicator fields if `indicators`.
+fn turn_fields_with_indicators(indicators: bool) -> Vec<Field> {
     let mut v = turn_fields();
-    v.extend(super::indicators::turn_fields());
+    if indicators {
+        v.extend(super::indicators::turn_fields());
+    }
     v
 }

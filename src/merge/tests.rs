@@ -329,3 +329,133 @@ fn rows_follow_the_plan_order_and_turns_are_keyed() {
         Some("org/helper-7b")
     );
 }
+
+/// The indicators a worker stores in its records and the ones merge computes for records without
+/// them (journals written before workers stored them) make the same files; stored indicators of
+/// this version are used as they are, those of another version computed again; `--no-indicators`
+/// leaves the columns out, and the next merge with them rewrites the files.
+#[test]
+fn stored_and_computed_indicators_make_the_same_files() {
+    use crate::quality::indicators::VERSION;
+    let opts = |indicators| synth::Options {
+        missing_every: 5,
+        failed_every: 4,
+        indicators,
+        ..Default::default()
+    };
+    let (_a, stored) = planned(EXPERIMENT);
+    let (_b, computed) = planned(EXPERIMENT);
+    synth::synthesize(&stored, &opts(true)).unwrap();
+    synth::synthesize(&computed, &opts(false)).unwrap();
+    let plan = stored.load_plan().unwrap();
+    let mut with = 0;
+    scan::scan(&stored, &plan, |b| {
+        for f in &b.dialogues {
+            assert_eq!(f.record.indicators.as_ref().map(|i| i.version), Some(VERSION));
+            with += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(with > 10);
+    let (s, c) = (merge_run(&stored, true).unwrap(), merge_run(&computed, true).unwrap());
+    for (a, b) in [(&s.dialogues_path, &c.dialogues_path), (&s.turns_path, &c.turns_path)] {
+        let (x, y) = (read_all(a).0, read_all(b).0);
+        assert_eq!(x.len(), y.len());
+        for (x, y) in x.iter().zip(&y) {
+            for (k, f) in x.schema().fields().iter().enumerate() {
+                if let (Some(l), Some(m)) = (x.column(k).as_list_opt::<i32>(), y.column(k).as_list_opt::<i32>())
+                    && let (Some(l), Some(m)) = (l.values().as_struct_opt(), m.values().as_struct_opt())
+                {
+                    for (i, name) in l.column_names().iter().enumerate() {
+                        assert_eq!(l.column(i), m.column(i), "{}: turns.{name}", a.display());
+                    }
+                }
+                assert_eq!(x.column(k), y.column(k), "{}: {}", a.display(), f.name());
+            }
+        }
+    }
+
+    // A later record of one unit stores another version's values (computed again), and one of
+    // another unit this version's with a marked drift (used as stored).
+    let units = crate::plan::read_units(&stored.units_path(&plan)).unwrap();
+    let (stale, marked) = (units[1], units[2]);
+    let (j, _) = Journal::open(&stored.journal_path(stale.shard), &plan.plan_hash, stale.shard, false).unwrap();
+    for (u, version, drift) in [(stale, VERSION + 1, 0.125), (marked, VERSION, 0.625)] {
+        let mut rec = synth::record(&u, 6, "FINISH", &synth::Options::default(), false);
+        let n = rec.turns.len();
+        rec.indicators = Some(crate::dialogue::record::Indicators {
+            version,
+            words: vec![999; n],
+            question_ratio: vec![0.0; n],
+            contraction_rate: vec![0.0; n],
+            formality: vec![0.5; n],
+            signals: vec![0; n],
+            repeat_jaccard: (0..n).map(|k| (k > 0).then_some(0.0)).collect(),
+            restart: vec![false; n],
+            style_drift: (n >= 2).then_some(drift),
+            style_shift: (n >= 2).then_some(0.0),
+            ..Default::default()
+        });
+        assert!(
+            stale.shard == u.shard && n >= 2,
+            "the test's units share a shard and have turns"
+        );
+        j.append(&Entry::Done(Box::new(rec))).unwrap();
+    }
+    drop(j);
+    let again = merge_run(&stored, true).unwrap();
+    let (batches, _) = read_all(&again.dialogues_path);
+    let drift_of = |unit: crate::plan::UnitId| {
+        let id = unit.to_string();
+        batches.iter().find_map(|b| {
+            let ids = b.column_by_name("unit_id").unwrap().as_string::<i32>();
+            let d = b
+                .column_by_name("style_drift")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Float64Type>();
+            (0..b.num_rows()).find(|&i| ids.value(i) == id).map(|i| d.value(i))
+        })
+    };
+    assert_eq!(
+        drift_of(marked.id),
+        Some(0.625),
+        "stored indicators of this version are used"
+    );
+    let recomputed = drift_of(stale.id).unwrap();
+    assert_ne!(recomputed, 0.125, "another version's are computed again");
+    let fresh = crate::quality::indicators::dialogue(
+        &plan.experiment.goals[stale.goal as usize].text,
+        synth::record(&stale, 6, "FINISH", &synth::Options::default(), false)
+            .turns
+            .iter()
+            .map(|t| (t.prompt.as_str(), t.responder.output.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(Some(recomputed), fresh.style_drift);
+
+    let bare = merge_with(
+        &stored,
+        MergeOptions {
+            allow_partial: true,
+            indicators: false,
+        },
+    )
+    .unwrap();
+    assert!(!bare.up_to_date && !bare.indicators);
+    let (batches, meta) = read_all(&bare.dialogues_path);
+    assert!(batches[0].column_by_name("style_drift").is_none());
+    assert!(batches[0].column_by_name("role_flip_rate").is_none());
+    assert_eq!(kv(&meta, meta::KEY_INDICATORS).as_deref(), Some("false"));
+    let (turns, _) = read_all(&bare.turns_path);
+    assert!(turns[0].column_by_name("repeat_jaccard").is_none());
+    let full = merge_run(&stored, true).unwrap();
+    assert!(
+        !full.up_to_date && full.indicators,
+        "a merge with other options rewrites"
+    );
+    let (batches, meta) = read_all(&full.dialogues_path);
+    assert!(batches[0].column_by_name("style_drift").is_some());
+    assert_eq!(kv(&meta, meta::KEY_INDICATORS).as_deref(), Some("true"));
+    assert!(merge_run(&stored, true).unwrap().up_to_date);
+}

@@ -10,6 +10,7 @@
 use super::text::{self, WordSet, fold, stop_words};
 use super::thresholds::*;
 use crate::dialogue::EndReason;
+use crate::dialogue::record::{DialogueRecord, Indicators};
 use std::sync::LazyLock;
 
 /// Role-flip signals that fired on a turn (a bit set).
@@ -163,6 +164,104 @@ pub struct DialogueIndicators {
     pub style_shift: Option<f64>,
     /// `style_shift >= STYLE_SHIFT`.
     pub style_shifted: bool,
+}
+
+/// Bumped with any change to what the indicators compute (a formula, a threshold, a word list,
+/// the tokenizer): indicators that a record stores from another version are computed again.
+pub const VERSION: u32 = 1;
+
+impl DialogueIndicators {
+    /// The form a dialogue's record stores (`None` if a value is not finite: JSON has no such
+    /// number, and the merge then computes them itself).
+    pub fn to_record(&self) -> Option<Indicators> {
+        let t = &self.turns;
+        let r = Indicators {
+            version: VERSION,
+            words: t.iter().map(|t| t.style.words).collect(),
+            question_ratio: t.iter().map(|t| t.style.question_ratio).collect(),
+            contraction_rate: t.iter().map(|t| t.style.contraction_rate).collect(),
+            formality: t.iter().map(|t| t.style.formality).collect(),
+            signals: t.iter().map(|t| t.signals.0).collect(),
+            repeat_jaccard: t.iter().map(|t| t.repeat_jaccard).collect(),
+            restart: t.iter().map(|t| t.restart).collect(),
+            goal_content_words: self.goal.content_words,
+            goal_word_share: self.goal.word_share,
+            goal_lcs_chars: self.goal.lcs_chars,
+            goal_lcs_share: self.goal.lcs_share,
+            goal_leak: self.goal.leak,
+            style_drift: self.style_drift,
+            style_shift: self.style_shift,
+        };
+        let finite = r
+            .question_ratio
+            .iter()
+            .chain(&r.contraction_rate)
+            .chain(&r.formality)
+            .copied()
+            .chain(r.repeat_jaccard.iter().flatten().copied())
+            .chain(
+                [r.goal_word_share, r.goal_lcs_share, r.style_drift, r.style_shift]
+                    .into_iter()
+                    .flatten(),
+            )
+            .all(f64::is_finite);
+        finite.then_some(r)
+    }
+
+    /// The indicators a record stores, with what follows from them derived as
+    /// [`Analyzer::dialogue`] derives it; `None` unless they are of this [`VERSION`] and of
+    /// `turns` turns.
+    pub fn from_record(r: &Indicators, turns: usize) -> Option<DialogueIndicators> {
+        let lens = [
+            r.words.len(),
+            r.question_ratio.len(),
+            r.contraction_rate.len(),
+            r.formality.len(),
+            r.signals.len(),
+            r.repeat_jaccard.len(),
+            r.restart.len(),
+        ];
+        if r.version != VERSION || lens.iter().any(|n| *n != turns) {
+            return None;
+        }
+        let turns: Vec<TurnIndicators> = (0..turns)
+            .map(|k| {
+                let signals = Signals(r.signals[k]);
+                TurnIndicators {
+                    style: Style {
+                        words: r.words[k],
+                        question_ratio: r.question_ratio[k],
+                        contraction_rate: r.contraction_rate[k],
+                        formality: r.formality[k],
+                    },
+                    signals,
+                    role_flip: signals.is_role_flip(),
+                    repeat_jaccard: r.repeat_jaccard[k],
+                    near_duplicate: r.repeat_jaccard[k].is_some_and(|j| j >= LOOP_JACCARD),
+                    restart: r.restart[k],
+                }
+            })
+            .collect();
+        let count = |f: fn(&TurnIndicators) -> bool| turns.iter().filter(|t| f(t)).count() as u32;
+        let role_flip_turns = count(|t| t.role_flip);
+        Some(DialogueIndicators {
+            role_flip_turns,
+            role_flip_rate: (!turns.is_empty()).then(|| role_flip_turns as f64 / turns.len() as f64),
+            goal: GoalLeakage {
+                content_words: r.goal_content_words,
+                word_share: r.goal_word_share,
+                lcs_chars: r.goal_lcs_chars,
+                lcs_share: r.goal_lcs_share,
+                leak: r.goal_leak,
+            },
+            loop_turns: count(|t| t.near_duplicate),
+            restart_turns: count(|t| t.restart),
+            style_drift: r.style_drift,
+            style_shift: r.style_shift,
+            style_shifted: r.style_shift.is_some_and(|s| s >= STYLE_SHIFT),
+            turns,
+        })
+    }
 }
 
 /// The goal side of goal leakage, computed once per goal: its first line's content words and a
@@ -789,6 +888,24 @@ impl Analyzer {
             out.style_shifted = shift >= STYLE_SHIFT;
         }
         out
+    }
+}
+
+impl Analyzer {
+    /// A finished dialogue's indicators: the ones its record stores
+    /// ([`DialogueIndicators::from_record`]), or else computed against `goal()`'s profile.
+    pub fn record<'g>(&mut self, goal: impl FnOnce() -> &'g GoalProfile, r: &DialogueRecord) -> DialogueIndicators {
+        if let Some(d) = r
+            .indicators
+            .as_ref()
+            .and_then(|i| DialogueIndicators::from_record(i, r.turns.len()))
+        {
+            return d;
+        }
+        self.dialogue(
+            goal(),
+            r.turns.iter().map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! Every threshold and scale of the indicators, in one place (README, "Fidelity indicators", names
 //! them). Changing one changes what the merge writes: bump `merge::MERGE_VERSION` with it, so that
-//! existing files are rewritten.
+//! existing files are rewritten, and `indicators::VERSION`, so that the indicators journal records
+//! store are computed again.
 
 /// Role flip, weak signal `length`: the inquirer's turn has at least this many characters ...
 pub const ROLE_FLIP_MIN_CHARS: usize = 200;

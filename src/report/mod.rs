@@ -361,11 +361,13 @@ pub fn build(rd: &RunDir, plan: &Plan) -> Result<Report> {
             let r = &f.record;
             let profile = goal_profiles
                 .get_mut(f.unit.goal as usize)
-                .ok_or_else(|| Error::config("the units file points outside its plan"))?
-                .get_or_insert_with(|| crate::quality::GoalProfile::new(&exp.goals[f.unit.goal as usize].text));
-            let indicators = analyzer.dialogue(
-                profile,
-                r.turns.iter().map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+                .ok_or_else(|| Error::config("the units file points outside its plan"))?;
+            let indicators = analyzer.record(
+                || {
+                    profile
+                        .get_or_insert_with(|| crate::quality::GoalProfile::new(&exp.goals[f.unit.goal as usize].text))
+                },
+                r,
             );
             let r = &quality::Assessed {
                 record: r,

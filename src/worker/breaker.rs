@@ -152,6 +152,7 @@ mod tests {
             },
             counters: Counters::default(),
             windows: Default::default(),
+            indicators: None,
         }
     }
 

@@ -129,6 +129,7 @@ fn done_mark(v: &Verdict) -> DialogueRecord {
             ..Counters::default()
         },
         windows: Default::default(),
+        indicators: None,
     }
 }
 

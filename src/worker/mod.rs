@@ -17,6 +17,7 @@ use crate::dialogue::{self, CallEvent, DialogueInput, DialogueRecord, EndReason,
 use crate::error::{Error, Result};
 use crate::llm::{ChatModel, ErrorKind};
 use crate::plan::{Plan, Unit};
+use crate::quality::{Analyzer, GoalProfile};
 use crate::rundir::journal::{self, AttemptStart, Entry, Journal, Replay};
 use crate::rundir::state::{self, ShardState, ShardStatus};
 use crate::rundir::{Lock, RunDir};
@@ -651,6 +652,15 @@ async fn drive(
         counts.lock().unwrap_or_else(|p| p.into_inner()).add(reason);
         Ok(())
     };
+    // What the fidelity indicators need of each goal, built once per shard.
+    let goals: Arc<HashMap<u32, GoalProfile>> = Arc::new(
+        todo.iter()
+            .map(|u| u.goal)
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .filter_map(|g| Some((g, GoalProfile::new(&shared.plan.experiment.goals.get(g as usize)?.text))))
+            .collect(),
+    );
     let mut flight = pool::Flight::new(shared.cancel.clone(), shared.options.grace, "dialogue", on_done);
     let may_start = || shared.breaker.allows(&pair) && !at_budget();
     let started = flight
@@ -658,6 +668,7 @@ async fn drive(
             let cache = replay.calls.remove(&unit.id).unwrap_or_default();
             let plan = shared.plan.clone();
             let clients = shared.clients.clone();
+            let goals = goals.clone();
             let recorder = JournalRecorder {
                 journal: journal.clone(),
                 progress: shared.progress.clone(),
@@ -683,7 +694,8 @@ async fn drive(
                     settings: &exp.dialogue,
                 };
                 let (ci, cr) = (clients[&inq.name].clone(), clients[&resp.name].clone());
-                dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &cache, &recorder).await
+                let out = dialogue::run_dialogue(input, ci.as_ref(), cr.as_ref(), &cache, &recorder).await?;
+                Ok(with_indicators(out, goals.get(&unit.goal)))
             }
         })
         .await;
@@ -693,6 +705,24 @@ async fn drive(
         halted: halted(shared, &pair, stopped, total - started),
         budget: ledger.and_then(|l| l.reached()),
     })
+}
+
+/// A finished dialogue's record with its fidelity indicators (README, "Fidelity indicators"),
+/// computed here, where the CPU waits for the models, rather than by every merge and report.
+fn with_indicators(out: dialogue::Outcome, goal: Option<&GoalProfile>) -> dialogue::Outcome {
+    match (out, goal) {
+        (dialogue::Outcome::Finished(mut rec), Some(goal)) => {
+            let ind = Analyzer::new().dialogue(
+                goal,
+                rec.turns
+                    .iter()
+                    .map(|t| (t.prompt.as_str(), t.responder.output.as_str())),
+            );
+            rec.indicators = ind.to_record();
+            dialogue::Outcome::Finished(rec)
+        }
+        (out, _) => out,
+    }
 }
 
 /// The units a shard did not start because a breaker of its pair is open (none after a stop).

@@ -326,6 +326,35 @@ fn every_scenario_ran_as_written() {
     }
 }
 
+/// The worker stored every finished dialogue's indicators in its `done` record (of this
+/// version), so that the merge above used them rather than computing them (`merge::tests::
+/// stored_and_computed_indicators_make_the_same_files` shows that both make the same files).
+#[test]
+fn the_worker_stores_the_indicators_in_its_records() {
+    LazyLock::force(&REPLAY_RUN);
+    let journals = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("quality-replay-{}", std::process::id()))
+        .join("run/journal");
+    let mut done = 0;
+    for f in std::fs::read_dir(&journals).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let Some((_, json)) = line.split_once(' ') else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(json).unwrap();
+            if v["t"] == "done" {
+                let turns = v["turns"].as_array().unwrap().len();
+                let ind = &v["indicators"];
+                assert_eq!(ind["version"], json!(roleplay::quality::indicators::VERSION), "{v}");
+                assert_eq!(ind["words"].as_array().map(Vec::len), Some(turns), "{v}");
+                done += 1;
+            }
+        }
+    }
+    assert_eq!(done, scenarios().len());
+}
+
 #[test]
 fn role_flip_trips_on_an_assistant_turn_and_not_on_a_user_turn() {
     assert_eq!(turn_column("flip", "role_flip"), [json!(false), json!(true)]);

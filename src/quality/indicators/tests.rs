@@ -329,3 +329,33 @@ fn style_shift_fires_when_the_persona_changes_register() {
     let d = run(&casual[..1]);
     assert_eq!((d.style_drift, d.style_shift, d.style_shifted), (None, None, false));
 }
+
+#[test]
+fn the_stored_form_reads_back_as_computed_and_only_as_this_version() {
+    let turns = [
+        ("Hi! How do I keep chickens warm in winter?", REPLY),
+        ("I'd be happy to help you. Would you like me to list the steps?", REPLY),
+        ("Hi! How do I keep chickens warm in winter?", REPLY),
+    ];
+    let d = run(&turns);
+    assert!(d.role_flip_turns > 0 && d.loop_turns > 0 && d.restart_turns > 0, "{d:?}");
+    let stored = d.to_record().unwrap();
+    let json = serde_json::to_string(&stored).unwrap();
+    let back: Indicators = serde_json::from_str(&json).unwrap();
+    assert_eq!(DialogueIndicators::from_record(&back, turns.len()), Some(d.clone()));
+    // Another version, another number of turns: computed again.
+    let other = Indicators {
+        version: VERSION + 1,
+        ..back.clone()
+    };
+    assert_eq!(DialogueIndicators::from_record(&other, turns.len()), None);
+    assert_eq!(DialogueIndicators::from_record(&back, turns.len() - 1), None);
+    // A form that is not this one's still parses (to be ignored), and so does an empty one.
+    let odd: Indicators = serde_json::from_str(r#"{"version": 99, "novel": [1, 2]}"#).unwrap();
+    assert_eq!(DialogueIndicators::from_record(&odd, 0), None);
+    assert_eq!(serde_json::from_str::<Indicators>("{}").unwrap().version, 0);
+    // A value JSON cannot hold is not stored.
+    let mut nan = d;
+    nan.turns[0].style.formality = f64::NAN;
+    assert_eq!(nan.to_record(), None);
+}

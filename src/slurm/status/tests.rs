@@ -77,6 +77,7 @@ pub(crate) fn finish(ctx: &RunCtx, shard: u32, done: usize, failed: usize) {
             },
             counters: Counters::default(),
             windows: Default::default(),
+            indicators: None,
         })))
         .unwrap();
     }
