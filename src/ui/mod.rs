@@ -45,6 +45,9 @@ pub fn print_merge(s: &MergeSummary) {
             format!(" in {:.1}s", s.seconds)
         }
     );
+    if !s.indicators {
+        eprintln!("without the fidelity indicator columns (--no-indicators)");
+    }
     if !st.failed.is_empty() {
         eprintln!("failed units (backend errors): {}", st.failed.describe());
     }

@@ -451,6 +451,35 @@ fn pyarrow_polars_and_duckdb_read_what_the_run_produced() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
+
+    // --no-indicators rewrites both files without the indicator columns, and says so in them;
+    // the next merge without the flag puts them back. Read by pyarrow.
+    let schema = || {
+        let code = "import sys, pyarrow.parquet as pq\n\
+            for f in sys.argv[1:]:\n\
+            \tp = pq.ParquetFile(f)\n\
+            \ts = p.schema_arrow\n\
+            \tprint(p.metadata.metadata[b'roleplay.indicators'].decode(), 'repeat_jaccard' in str(s), 'style_drift' in s.names)";
+        let out = Command::new("python3")
+            .args(["-c", code, dialogues.to_str().unwrap(), turns.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = roleplay(&["merge", rd.root.to_str().unwrap(), "--allow-partial", "--no-indicators"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("up to date") && stderr.contains("without the fidelity indicator columns"),
+        "{stderr}"
+    );
+    assert_eq!(schema(), "false False False\nfalse False False\n");
+    let out = roleplay(&["merge", rd.root.to_str().unwrap(), "--allow-partial"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("up to date"), "{stderr}");
+    assert_eq!(schema(), "true True True\ntrue True False\n");
+    python_check(&exp_path, &dialogues, &turns);
 }
 
 #[test]

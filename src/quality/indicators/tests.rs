@@ -338,7 +338,10 @@ fn the_stored_form_reads_back_as_computed_and_only_as_this_version() {
         ("Hi! How do I keep chickens warm in winter?", REPLY),
     ];
     let d = run(&turns);
-    assert!(d.role_flip_turns > 0 && d.loop_turns > 0 && d.restart_turns > 0, "{d:?}");
+    assert!(
+        d.role_flip_turns > 0 && d.loop_turns > 0 && d.restart_turns > 0,
+        "{d:?}"
+    );
     let stored = d.to_record().unwrap();
     let json = serde_json::to_string(&stored).unwrap();
     let back: Indicators = serde_json::from_str(&json).unwrap();
