@@ -82,14 +82,7 @@ impl Keys {
     }
 }
 
-fn analyse(
-    analyzer: &mut Analyzer,
-    keys: &mut Keys,
-    goal: &GoalProfile,
-    has_goal: bool,
-    turns: &[(&str, &str)],
-) -> Analysed {
-    let ind = analyzer.dialogue(goal, turns.iter().copied());
+fn analyse(keys: &mut Keys, ind: DialogueIndicators, has_goal: bool, turns: &[(&str, &str)]) -> Analysed {
     let tokens: Vec<Vec<u64>> = turns
         .iter()
         .map(|(u, _)| {
@@ -376,7 +369,8 @@ pub fn build(rd: &RunDir, plan: &Plan, reference: &Reference) -> Result<Comparis
     for d in &reference.dialogues {
         let turns: Vec<(&str, &str)> = d.turns.iter().map(|(u, a)| (u.as_str(), a.as_str())).collect();
         let goal = GoalProfile::new(d.goal.as_deref().unwrap_or(""));
-        let a = analyse(&mut analyzer, &mut ref_keys, &goal, d.goal.is_some(), &turns);
+        let ind = analyzer.dialogue(&goal, turns.iter().copied());
+        let a = analyse(&mut ref_keys, ind, d.goal.is_some(), &turns);
         refs[0].add(&a);
         for (k, v) in &d.features {
             if let Some(&i) = fv_index.get(&(k.as_str(), v.as_str())) {
@@ -400,15 +394,22 @@ pub fn build(rd: &RunDir, plan: &Plan, reference: &Reference) -> Result<Comparis
                 continue;
             }
             used += 1;
-            let goal = goals
-                .entry(f.unit.goal)
-                .or_insert_with(|| GoalProfile::new(&exp.goals[f.unit.goal as usize].text));
+            // The indicators the worker stored, or computed here.
+            let goals = &mut goals;
+            let ind = analyzer.record(
+                || {
+                    goals
+                        .entry(f.unit.goal)
+                        .or_insert_with(|| GoalProfile::new(&exp.goals[f.unit.goal as usize].text))
+                },
+                r,
+            );
             let turns: Vec<(&str, &str)> = r
                 .turns
                 .iter()
                 .map(|t| (t.prompt.as_str(), t.responder.output.as_str()))
                 .collect();
-            let a = analyse(&mut analyzer, &mut gen_keys, goal, true, &turns);
+            let a = analyse(&mut gen_keys, ind, true, &turns);
             let pair = f.unit.pair as usize;
             let mut targets = vec![0usize];
             for (k, v) in &exp.personas[f.unit.persona as usize].features {
@@ -674,7 +675,8 @@ mod tests {
         for (side, order) in sides.iter_mut().zip([[0, 1, 2], [2, 0, 1]]) {
             let mut keys = Keys::default();
             for i in order {
-                side.add(&analyse(&mut analyzer, &mut keys, &goal, true, dialogues[i]));
+                let ind = analyzer.dialogue(&goal, dialogues[i].iter().copied());
+                side.add(&analyse(&mut keys, ind, true, dialogues[i]));
             }
         }
         let (a, b) = (sides[0].stats(), sides[1].stats());
