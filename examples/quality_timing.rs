@@ -9,7 +9,9 @@
 
 use roleplay::merge::indicators::Columns;
 use roleplay::merge::scan::{self, Finished};
+use roleplay::quality::GoalProfile;
 use roleplay::rundir::RunDir;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// As `merge::BATCH_DIALOGUES`.
@@ -68,11 +70,13 @@ fn main() {
         for _ in 0..3 {
             let t0 = Instant::now();
             let c0 = thread_cpu();
+            // The goals' profiles, built once per merge (`merge::table::Layout`).
+            let goals: Vec<OnceLock<GoalProfile>> = exp.goals.iter().map(|_| OnceLock::new()).collect();
             for chunk in records.chunks(BATCH) {
                 let n: usize = chunk.iter().map(|f| f.record.turns.len()).sum();
                 let mut q = Columns::new(chunk.len(), n);
                 for f in chunk {
-                    q.push(exp, f);
+                    q.push(exp, &goals, f);
                 }
                 arrays += q.finish_turns().len() + q.finish_dialogues().len();
             }

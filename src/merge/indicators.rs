@@ -10,8 +10,7 @@ use crate::experiment::Experiment;
 use crate::quality::{Analyzer, GoalProfile, stopping};
 use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The list items of `role_flip_signals`.
 fn signal_item() -> Arc<Field> {
@@ -66,7 +65,6 @@ pub fn dialogue_fields() -> Vec<Field> {
 /// The indicator columns of one batch.
 pub struct Columns {
     analyzer: Analyzer,
-    goals: HashMap<u32, GoalProfile>,
     // Per turn.
     words: UInt32Builder,
     style: [Float64Builder; 3],
@@ -93,7 +91,6 @@ impl Columns {
         let u = |n: usize| UInt32Builder::with_capacity(n);
         Columns {
             analyzer: Analyzer::new(),
-            goals: HashMap::new(),
             words: u(turns),
             style: std::array::from_fn(|_| f(turns)),
             role_flip: b(turns),
@@ -109,20 +106,16 @@ impl Columns {
         }
     }
 
-    /// Compute and append one dialogue's indicators (its turn rows and its row).
-    pub fn push(&mut self, exp: &Experiment, f: &Finished) {
+    /// Append one dialogue's indicators (its turn rows and its row): the ones its record stores,
+    /// or computed here against its goal's profile in `goals` (one per goal of the experiment,
+    /// built when first needed, for the whole merge).
+    pub fn push(&mut self, exp: &Experiment, goals: &[OnceLock<GoalProfile>], f: &Finished) {
         let r = &f.record;
-        // Stored by the worker, or computed here. Indices were checked against the experiment
-        // when the units were read (`scan`).
-        let goals = &mut self.goals;
-        let ind = self.analyzer.record(
-            || {
-                goals
-                    .entry(f.unit.goal)
-                    .or_insert_with(|| GoalProfile::new(&exp.goals[f.unit.goal as usize].text))
-            },
-            r,
-        );
+        // Indices were checked against the experiment when the units were read (`scan`).
+        let g = f.unit.goal as usize;
+        let ind = self
+            .analyzer
+            .record(|| goals[g].get_or_init(|| GoalProfile::new(&exp.goals[g].text)), r);
         for t in &ind.turns {
             self.words.append_value(t.style.words);
             self.style[0].append_value(t.style.question_ratio);

@@ -74,6 +74,8 @@ pub struct Layout {
     /// The fidelity indicator columns are computed and written (`roleplay merge --no-indicators`
     /// leaves them out).
     pub indicators: bool,
+    /// Each goal's profile, for the indicators of records that do not store them.
+    goal_profiles: Vec<std::sync::OnceLock<crate::quality::GoalProfile>>,
 }
 
 impl Layout {
@@ -168,6 +170,7 @@ impl Layout {
             turns: Arc::new(Schema::new(t)),
             turn_struct,
             indicators,
+            goal_profiles: exp.goals.iter().map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 
@@ -188,7 +191,7 @@ impl Layout {
             }
             d.push(exp, &self.features, f, &id);
             if let Some(q) = &mut q {
-                q.push(exp, f);
+                q.push(exp, &self.goal_profiles, f);
             }
         }
         let mut turn_arrays = t.finish();
