@@ -224,43 +224,63 @@ impl DialogueIndicators {
         if r.version != VERSION || lens.iter().any(|n| *n != turns) {
             return None;
         }
-        let turns: Vec<TurnIndicators> = (0..turns)
+        let turns = (0..turns)
             .map(|k| {
-                let signals = Signals(r.signals[k]);
-                TurnIndicators {
-                    style: Style {
-                        words: r.words[k],
-                        question_ratio: r.question_ratio[k],
-                        contraction_rate: r.contraction_rate[k],
-                        formality: r.formality[k],
-                    },
-                    signals,
-                    role_flip: signals.is_role_flip(),
-                    repeat_jaccard: r.repeat_jaccard[k],
-                    near_duplicate: r.repeat_jaccard[k].is_some_and(|j| j >= LOOP_JACCARD),
-                    restart: r.restart[k],
-                }
+                let style = Style {
+                    words: r.words[k],
+                    question_ratio: r.question_ratio[k],
+                    contraction_rate: r.contraction_rate[k],
+                    formality: r.formality[k],
+                };
+                TurnIndicators::new(style, Signals(r.signals[k]), r.repeat_jaccard[k], r.restart[k])
             })
             .collect();
+        let goal = GoalLeakage {
+            content_words: r.goal_content_words,
+            word_share: r.goal_word_share,
+            lcs_chars: r.goal_lcs_chars,
+            lcs_share: r.goal_lcs_share,
+            leak: r.goal_leak,
+        };
+        Some(DialogueIndicators::assemble(turns, goal, r.style_drift, r.style_shift))
+    }
+
+    /// From its turns and the dialogue-wide measures, with the counts, the rate and
+    /// `style_shifted` derived (the one place they are: [`Analyzer::dialogue`] and
+    /// [`DialogueIndicators::from_record`] both come here).
+    fn assemble(
+        turns: Vec<TurnIndicators>,
+        goal: GoalLeakage,
+        style_drift: Option<f64>,
+        style_shift: Option<f64>,
+    ) -> DialogueIndicators {
         let count = |f: fn(&TurnIndicators) -> bool| turns.iter().filter(|t| f(t)).count() as u32;
         let role_flip_turns = count(|t| t.role_flip);
-        Some(DialogueIndicators {
+        DialogueIndicators {
             role_flip_turns,
             role_flip_rate: (!turns.is_empty()).then(|| role_flip_turns as f64 / turns.len() as f64),
-            goal: GoalLeakage {
-                content_words: r.goal_content_words,
-                word_share: r.goal_word_share,
-                lcs_chars: r.goal_lcs_chars,
-                lcs_share: r.goal_lcs_share,
-                leak: r.goal_leak,
-            },
+            goal,
             loop_turns: count(|t| t.near_duplicate),
             restart_turns: count(|t| t.restart),
-            style_drift: r.style_drift,
-            style_shift: r.style_shift,
-            style_shifted: r.style_shift.is_some_and(|s| s >= STYLE_SHIFT),
+            style_drift,
+            style_shift,
+            style_shifted: style_shift.is_some_and(|s| s >= STYLE_SHIFT),
             turns,
-        })
+        }
+    }
+}
+
+impl TurnIndicators {
+    /// From what was measured of the turn, with `role_flip` and `near_duplicate` derived.
+    fn new(style: Style, signals: Signals, repeat_jaccard: Option<f64>, restart: bool) -> TurnIndicators {
+        TurnIndicators {
+            style,
+            signals,
+            role_flip: signals.is_role_flip(),
+            repeat_jaccard,
+            near_duplicate: repeat_jaccard.is_some_and(|j| j >= LOOP_JACCARD),
+            restart,
+        }
     }
 }
 
@@ -796,19 +816,10 @@ impl Analyzer {
         let lists = &*LISTS;
         self.sketches.clear();
         self.styles.clear();
-        let mut out = DialogueIndicators {
-            turns: Vec::new(),
-            role_flip_turns: 0,
-            role_flip_rate: None,
-            goal: GoalLeakage {
-                content_words: goal.content_words() as u32,
-                ..GoalLeakage::default()
-            },
-            loop_turns: 0,
-            restart_turns: 0,
-            style_drift: None,
-            style_shift: None,
-            style_shifted: false,
+        let mut out_turns = Vec::new();
+        let mut leakage = GoalLeakage {
+            content_words: goal.content_words() as u32,
+            ..GoalLeakage::default()
         };
         for (k, (inquirer, responder)) in turns.into_iter().enumerate() {
             self.words.clear();
@@ -844,32 +855,18 @@ impl Analyzer {
             };
             let (mut repeat, mut restart) = (None, false);
             if k == 0 {
-                out.goal = goal.leakage(&self.words, inquirer);
+                leakage = goal.leakage(&self.words, inquirer);
             } else {
                 let best = self.sketches.iter().map(|e| e.jaccard(&s.sketch)).fold(0.0, f64::max);
                 repeat = Some(best);
                 restart = self.sketches[0].jaccard(&s.sketch) >= RESTART_JACCARD || greeting(&self.words, lists);
             }
-            let near_duplicate = repeat.is_some_and(|j| j >= LOOP_JACCARD);
-            let role_flip = signals.is_role_flip();
-            out.role_flip_turns += role_flip as u32;
-            out.loop_turns += near_duplicate as u32;
-            out.restart_turns += restart as u32;
             self.sketches.push(s.sketch);
             self.styles.push(style.normalised());
-            out.turns.push(TurnIndicators {
-                style,
-                signals,
-                role_flip,
-                repeat_jaccard: repeat,
-                near_duplicate,
-                restart,
-            });
+            out_turns.push(TurnIndicators::new(style, signals, repeat, restart));
         }
-        let n = out.turns.len();
-        if n > 0 {
-            out.role_flip_rate = Some(out.role_flip_turns as f64 / n as f64);
-        }
+        let n = out_turns.len();
+        let (mut style_drift, mut style_shift) = (None, None);
         if n >= 2 {
             let dist = |a: &[f64; 4], b: &[f64; 4]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / 4.0;
             let drift = self.styles.windows(2).map(|w| dist(&w[0], &w[1])).sum::<f64>() / (n - 1) as f64;
@@ -883,11 +880,10 @@ impl Analyzer {
                 m
             };
             let shift = dist(&mean(&self.styles[..n / 2]), &mean(&self.styles[n / 2..]));
-            out.style_drift = Some(drift);
-            out.style_shift = Some(shift);
-            out.style_shifted = shift >= STYLE_SHIFT;
+            style_drift = Some(drift);
+            style_shift = Some(shift);
         }
-        out
+        DialogueIndicators::assemble(out_turns, leakage, style_drift, style_shift)
     }
 }
 
